@@ -1,0 +1,23 @@
+"""Defaults read once from the environment.
+
+``NUMBANORM_CACHE``      "0" turns off Numba's on-disk cache of compiled kernels (default on).
+``NUMBANORM_MIN_PIECE``  fewest elements a parallel task is given (default 16384); smaller
+                         tasks cost more in scheduling than they save.
+"""
+
+import os
+
+
+def _flag(name, default):
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+CACHE = _flag("NUMBANORM_CACHE", True)
+MIN_PIECE = int(os.environ.get("NUMBANORM_MIN_PIECE", "16384"))
+
+# fastmath without "nnan"/"ninf": LLVM may reassociate sums into vector lanes, but NaN and
+# inf still propagate, so a NaN spoils only its own group.
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}

@@ -1,0 +1,515 @@
+"""The public functions: statistics, normalization forwards and their hand-derived backwards.
+
+Batch, instance and group norm are one computation: per-(sample, channel) partial statistics
+from the engine, merged over a grouping of the ``(N, C)`` grid -- over the batch and per channel
+(batch norm), per sample and channel (instance norm), or per sample and group of channels (group
+norm).  Their backward likewise reduces ``dy`` per (sample, channel) once and does the grouping
+on those small arrays.  Layer norm is the same engine with statistics per row and the affine
+parameters along the row.
+"""
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _checks as chk
+from . import _engine
+from ._engine import merge_axes
+from ._plan import Plan
+
+
+class NormStats(NamedTuple):
+    """What a forward keeps for its backward (float64, whatever the input's dtype).
+
+    mean, rstd
+        Per group: ``(C,)`` for batch norm, ``(N, C)`` for instance norm, ``(N, G)`` for group
+        norm, the leading shape of the input for layer norm.
+    batch_stats
+        True when the statistics came from the input (training); False when running
+        statistics were used, which the backward then treats as constants.
+    has_bias
+        Whether the forward had a bias, so the backward returns its gradient.
+    """
+
+    mean: np.ndarray
+    rstd: np.ndarray
+    batch_stats: bool = True
+    has_bias: bool = False
+
+
+class Grads(NamedTuple):
+    """Gradients of a normalization; ``weight``/``bias`` are None where the forward had none."""
+
+    input: np.ndarray
+    weight: Optional[np.ndarray] = None
+    bias: Optional[np.ndarray] = None
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _input(name, value, min_ndim):
+    """The checked input and the array the kernels compute on (float16 widened to float32)."""
+    x = chk.float_array(name, value, min_ndim)
+    return x, (x.astype(np.float32) if x.dtype == np.float16 else x)
+
+
+def _deliver(y, dtype, out):
+    """The result in the caller's dtype, written into ``out`` when one was given."""
+    if out is not None:
+        if y is not out:
+            np.copyto(out, y, casting="unsafe")
+        return out
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
+def _rstd(var, eps):
+    return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+
+
+def _update_running(running, batch_value, momentum, num_batches_tracked):
+    """``(1 - m)*old + m*new`` in place; ``momentum=None`` is the cumulative average."""
+    if running is None:
+        return
+    if momentum is None:
+        momentum = 1.0 / float(num_batches_tracked.reshape(-1)[0])
+    running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_value
+
+
+def _batch_counter(num_batches_tracked, required):
+    if num_batches_tracked is None:
+        if required:
+            raise ValueError("num_batches_tracked must be given when momentum is None (it is "
+                             "the count of the cumulative average), got None")
+        return None
+    nbt = num_batches_tracked
+    if not isinstance(nbt, np.ndarray) or nbt.dtype.kind not in "iu" or nbt.size != 1:
+        raise TypeError("num_batches_tracked must be an integer NumPy array of one element, got "
+                        f"{chk._describe(nbt)}")
+    if not nbt.flags.writeable:
+        raise ValueError("num_batches_tracked must be writable (it is incremented in place)")
+    return nbt
+
+
+def _running_pair(running_mean, running_var, channels):
+    rm = chk.running_stat("running_mean", running_mean, channels)
+    rv = chk.running_stat("running_var", running_var, channels)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var must both be given or both be None, got "
+                         f"running_mean={'None' if rm is None else 'an array'} and "
+                         f"running_var={'None' if rv is None else 'an array'}")
+    return rm, rv
+
+
+# -- batch / instance / group norm: one engine over the (N, C) grid -------------------------------
+
+class _Grouping(NamedTuple):
+    """How the (N, C) grid of per-(sample, channel) statistics is grouped."""
+
+    groups: int  # channel groups: C for batch and instance norm, num_groups for group norm
+    over_batch: bool  # batch norm merges the samples too
+
+    def merge(self, count, mean, m2):
+        n, c = mean.shape
+        shape = (n, self.groups, c // self.groups)
+        axes = (0, 2) if self.over_batch else (2,)
+        merged = merge_axes(count.reshape(shape), mean.reshape(shape), m2.reshape(shape), axes)
+        return tuple(a[..., 0] for a in merged)  # (1 or N, G)
+
+    def total(self, values):
+        n, c = values.shape
+        axes = (0, 2) if self.over_batch else (2,)
+        return values.reshape(n, self.groups, c // self.groups).sum(axis=axes, keepdims=True)[..., 0]
+
+    def expand(self, per_group, n, c):
+        """(1 or N, G) -> (N, C)."""
+        grid = np.broadcast_to(per_group[:, :, None], (n, self.groups, c // self.groups))
+        return grid.reshape(n, c)
+
+
+def _grid_plan(x, ch):
+    return Plan.of(x, [i in (0, ch) for i in range(x.ndim)])
+
+
+def _grid_shape(x, ch):
+    """Shape of an (N, C) array broadcast against x."""
+    shape = [1] * x.ndim
+    shape[0], shape[ch] = x.shape[0], x.shape[ch]
+    return shape
+
+
+def _grid_moments(x, plan, ch):
+    count, mean, m2 = _engine.partial_moments(x, plan)
+    rest = [i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes]
+    count, mean, m2 = merge_axes(count, mean, m2, rest)
+    n, c = x.shape[0], x.shape[ch]
+    return count.reshape(n, c), mean.reshape(n, c), m2.reshape(n, c)
+
+
+def _grid_sums(dy, x, plan, ch, center):
+    s1, s2 = _engine.grad_sums(dy, x, plan, center)
+    rest = tuple(i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes)
+    n, c = x.shape[0], x.shape[ch]
+    return s1.sum(axis=rest).reshape(n, c), s2.sum(axis=rest).reshape(n, c)
+
+
+def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
+    """Normalize with per-group ``mean``/``var`` of shape (1 or N, G); returns (y, mean, rstd)."""
+    n, c = x.shape[0], x.shape[ch]
+    rstd = _rstd(var, eps)
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    b = np.zeros(c) if bias is None else bias.astype(np.float64)
+    alpha = grouping.expand(rstd, n, c) * w
+    shape = _grid_shape(x, ch)
+    center = grouping.expand(mean, n, c).reshape(shape)
+    beta = np.broadcast_to(b, (n, c)).reshape(shape)
+    direct_out = out if out is not None and out.dtype == xc.dtype else None
+    y = _engine.affine(xc, plan, center, alpha.reshape(shape), beta, out=direct_out)
+    return _deliver(y, x.dtype, out), mean, rstd
+
+
+def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
+    """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
+    n, c = x.shape[0], x.shape[ch]
+    plan = _grid_plan(x, ch)
+    shape = _grid_shape(x, ch)
+    mean_nc = grouping.expand(mean, n, c)
+    rstd_nc = grouping.expand(rstd, n, c)
+    sum_dy, sum_dy_xc = _grid_sums(dy, x, plan, ch, mean_nc.reshape(shape))
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    ka = rstd_nc * w
+    if batch_stats:
+        # dx = rstd*(w*dy - mean_g(w*dy) - xhat*mean_g(w*dy*xhat)), group means from the sums
+        per_group = x.size / mean.size  # values in each group
+        mean_wdy = grouping.expand(grouping.total(w * sum_dy) / per_group, n, c)
+        mean_wdy_xhat = grouping.expand(grouping.total(w * sum_dy_xc * rstd_nc) / per_group, n, c)
+        kb = -rstd_nc * rstd_nc * mean_wdy_xhat
+        kc = -rstd_nc * mean_wdy
+    else:  # running statistics are constants: dx = dy * w * rstd
+        kb = kc = np.zeros((n, c))
+    dx, _, _ = _engine.input_grad(dy, x, plan, mean_nc.reshape(shape), ka.reshape(shape),
+                                  kb.reshape(shape), kc.reshape(shape))
+    grad_weight = None if weight is None else (sum_dy_xc * rstd_nc).sum(axis=0).astype(weight.dtype)
+    grad_bias = sum_dy.sum(axis=0).astype(dx.dtype) if has_bias else None
+    return dx, grad_weight, grad_bias
+
+
+def _grid_affine_params(weight, bias, c, dtype):
+    return (chk.parameter("weight", weight, (c,), dtype), chk.parameter("bias", bias, (c,), dtype))
+
+
+def _maybe_stats(y, stats, return_stats):
+    return (y, stats) if return_stats else y
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
+               num_batches_tracked=None):
+    """Batch normalization (``torch.nn.functional.batch_norm``), statistics over every axis but
+    ``channel_axis``.
+
+    Parameters
+    ----------
+    input : ndarray, float16/32/64, at least 2-D
+        Laid out ``(N, C, *spatial)`` (``channel_axis=1``) or ``(N, *spatial, C)``
+        (``channel_axis=-1``); any strides.
+    running_mean, running_var : ndarray (C,) or None
+        Training: updated in place as ``(1 - momentum)*old + momentum*batch`` (running_var with
+        the unbiased batch variance) when given.  Eval: used for normalization (required).
+    weight, bias : array (C,) or None
+    training : bool
+    momentum : float in [0, 1] or None
+        None: cumulative average over the batches counted in ``num_batches_tracked``.
+    eps : float >= 0, added to the variance inside the square root.
+    channel_axis : int, keyword-only
+    return_stats : bool, keyword-only
+        Also return a `NormStats` for `batch_norm_backward`.
+    out : ndarray, optional
+        Where to write the result (same shape and dtype as input).
+    num_batches_tracked : integer ndarray of one element, optional
+        Incremented in place by each training call that updates running statistics (as the
+        PyTorch module's buffer); required when ``momentum`` is None.
+
+    Returns
+    -------
+    y, or ``(y, stats)`` with ``return_stats=True``.
+    """
+    x, xc = _input("input", input, 2)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    c = x.shape[ch]
+    dtype = xc.dtype
+    weight, bias = _grid_affine_params(weight, bias, c, dtype)
+    eps = chk.eps_value("eps", eps)
+    momentum = chk.momentum_value(momentum)
+    out = chk.out_array(out, x.shape, x.dtype)
+    grouping = _Grouping(c, True)
+    plan = _grid_plan(xc, ch)
+    if training:
+        rm, rv = _running_pair(running_mean, running_var, c)
+        nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
+        per_channel = x.size // c
+        if per_channel < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+        count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
+        var = m2 / count
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when training=False, got None")
+        mean = chk.parameter("running_mean", running_mean, (c,), np.float64)[None, :]
+        var = chk.parameter("running_var", running_var, (c,), np.float64)[None, :]
+    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
+    if training and rm is not None:
+        if nbt is not None:
+            nbt += 1
+        _update_running(rm, mean[0], momentum, nbt)
+        _update_running(rv, (m2 / (count - 1))[0], momentum, nbt)
+    stats = NormStats(mean[0], rstd[0], bool(training), bias is not None)
+    return _maybe_stats(y, stats, return_stats)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
+                  use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
+                  return_stats=False, out=None, num_batches_tracked=None):
+    """Instance normalization (``torch.nn.functional.instance_norm``): statistics per sample and
+    channel over the spatial axes.
+
+    With ``use_input_stats`` and running statistics given, these are updated like PyTorch's: the
+    batch value is the mean over samples of the per-instance mean and unbiased variance.  With
+    ``use_input_stats=False`` the running statistics normalize every instance.  Other arguments
+    as `batch_norm`.
+    """
+    x, xc = _input("input", input, 2)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    dtype = xc.dtype
+    weight, bias = _grid_affine_params(weight, bias, c, dtype)
+    eps = chk.eps_value("eps", eps)
+    momentum = chk.momentum_value(momentum)
+    out = chk.out_array(out, x.shape, x.dtype)
+    grouping = _Grouping(c, False)
+    plan = _grid_plan(xc, ch)
+    if use_input_stats:
+        rm, rv = _running_pair(running_mean, running_var, c)
+        nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
+        if x.size // (n * c) < 2:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
+        count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
+        var = m2 / count
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when use_input_stats=False, got None")
+        mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), (n, c))
+        var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), (n, c))
+    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
+    if use_input_stats and rm is not None:
+        if nbt is not None:
+            nbt += 1
+        _update_running(rm, mean.mean(axis=0), momentum, nbt)
+        _update_running(rv, (m2 / (count - 1)).mean(axis=0), momentum, nbt)
+    stats = NormStats(np.array(mean), np.array(rstd), bool(use_input_stats), bias is not None)
+    return _maybe_stats(y, stats, return_stats)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
+               return_stats=False, out=None):
+    """Group normalization (``torch.nn.functional.group_norm``): statistics per sample over each
+    of ``num_groups`` groups of consecutive channels and the spatial axes."""
+    x, xc = _input("input", input, 2)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    c = x.shape[ch]
+    groups = _num_groups(num_groups, c)
+    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
+    eps = chk.eps_value("eps", eps)
+    out = chk.out_array(out, x.shape, x.dtype)
+    grouping = _Grouping(groups, False)
+    plan = _grid_plan(xc, ch)
+    count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
+    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, m2 / count, weight, bias, eps, out, plan)
+    return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None), return_stats)
+
+
+def _num_groups(num_groups, channels):
+    if isinstance(num_groups, (bool, np.bool_)) or not isinstance(num_groups, (int, np.integer)):
+        raise TypeError(f"num_groups must be an integer, got {chk._describe(num_groups)}")
+    if num_groups < 1 or channels % num_groups:
+        raise ValueError(f"num_groups must be a positive divisor of the number of channels "
+                         f"{channels}, got {num_groups}")
+    return int(num_groups)
+
+
+def _stats_arg(stats, shape):
+    if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
+        raise TypeError(f"stats must be the NormStats returned by the forward with return_stats=True, "
+                        f"got {chk._describe(stats)}")
+    mean = chk.float_array("stats.mean", stats.mean).astype(np.float64)
+    rstd = chk.float_array("stats.rstd", stats.rstd).astype(np.float64)
+    for name, a in (("stats.mean", mean), ("stats.rstd", rstd)):
+        if a.shape != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)} for this input, got shape {a.shape}")
+    return mean, rstd, bool(getattr(stats, "batch_stats", True)), bool(getattr(stats, "has_bias", False))
+
+
+def _backward_inputs(grad_output, input, min_ndim=2):
+    x, xc = _input("input", input, min_ndim)
+    dy = chk.same_array("grad_output", grad_output, x)
+    return x, xc, (dy.astype(np.float32) if dy.dtype == np.float16 else dy)
+
+
+def _grads(x, dx, grad_weight, grad_bias):
+    return Grads(dx.astype(x.dtype, copy=False), grad_weight, grad_bias)
+
+
+def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    """Gradients of `batch_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
+
+    Training statistics (``stats.batch_stats``) depend on the input; running statistics are
+    constants."""
+    x, xc, dy = _backward_inputs(grad_output, input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    c = x.shape[ch]
+    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    mean, rstd, batch_stats, has_bias = _stats_arg(stats, (c,))
+    grads = _grid_backward(dy, xc, ch, _Grouping(c, True), mean[None], rstd[None], weight,
+                           batch_stats, has_bias)
+    return _grads(x, *grads)
+
+
+def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
+    x, xc, dy = _backward_inputs(grad_output, input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    mean, rstd, batch_stats, has_bias = _stats_arg(stats, (n, c))
+    grads = _grid_backward(dy, xc, ch, _Grouping(c, False), mean, rstd, weight, batch_stats, has_bias)
+    return _grads(x, *grads)
+
+
+def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
+    """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
+    x, xc, dy = _backward_inputs(grad_output, input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    groups = _num_groups(num_groups, c)
+    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    mean, rstd, _, has_bias = _stats_arg(stats, (n, groups))
+    grads = _grid_backward(dy, xc, ch, _Grouping(groups, False), mean, rstd, weight, True, has_bias)
+    return _grads(x, *grads)
+
+
+# -- layer norm: statistics per row, parameters along the row ------------------------------------
+
+def _row_plan(x, k, with_params):
+    """A rows plan with the trailing ``k`` axes as the row; copies x to C order when the
+    parameters need the row in its natural order and x's memory order differs."""
+    kept = [i < x.ndim - k for i in range(x.ndim)]
+    plan = Plan.of(x, kept)
+    trailing = [i for i in range(x.ndim - k, x.ndim) if x.shape[i] != 1]
+    natural = (plan.kind == "rows" and list(plan.reduced_axes) == trailing
+               and not set(plan.flips) & set(trailing))
+    if with_params and not natural:
+        x = np.ascontiguousarray(x)
+        plan = Plan.of(x, kept)
+    return x, plan
+
+
+def _row_params(weight, bias, length, dtype):
+    """Row parameters as the kernels take them: both None, or both flat arrays."""
+    if weight is None and bias is None:
+        return None, None
+    w = np.ones(length, dtype) if weight is None else weight.reshape(length)
+    b = np.zeros(length, dtype) if bias is None else bias.reshape(length)
+    return w, b
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+    """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
+    ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape."""
+    x, xc = _input("input", input, 1)
+    shape = chk.normalized_shape_of(normalized_shape, x.shape)
+    k = len(shape)
+    weight = chk.parameter("weight", weight, shape, xc.dtype)
+    bias = chk.parameter("bias", bias, shape, xc.dtype)
+    eps = chk.eps_value("eps", eps)
+    out = chk.out_array(out, x.shape, x.dtype)
+    xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
+    count, mean, m2 = _engine.moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
+    rstd = _rstd(m2 / count, eps)
+    w, b = _row_params(weight, bias, int(np.prod(shape)), xc.dtype)
+    direct_out = out if out is not None and out.dtype == xc.dtype else None
+    y = _engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out, weight=w, bias=b)
+    lead = x.shape[: x.ndim - k]
+    stats = NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None)
+    return _maybe_stats(_deliver(y, x.dtype, out), stats, return_stats)
+
+
+def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
+
+    The weight and bias gradients are summed in the same pass that writes the input gradient."""
+    x, xc, dy = _backward_inputs(grad_output, input, 1)
+    shape = chk.normalized_shape_of(normalized_shape, x.shape)
+    k = len(shape)
+    lead = x.shape[: x.ndim - k]
+    weight = chk.parameter("weight", weight, shape, xc.dtype)
+    mean, rstd, _, has_bias = _stats_arg(stats, lead)
+    length = int(np.prod(shape))
+    w, _ = _row_params(weight, np.zeros(shape, xc.dtype) if has_bias else None, length, xc.dtype)
+    xc, plan = _row_plan(xc, k, w is not None)
+    keep = lead + (1,) * k
+    mean, rstd = mean.reshape(keep), rstd.reshape(keep)
+    sum_wdy, sum_wdy_xc = _engine.grad_sums(dy, xc, plan, mean, weight=w)
+    ka = rstd
+    kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
+    kc = -rstd * (sum_wdy / length)
+    dx, grad_w, grad_b = _engine.input_grad(dy, xc, plan, mean, ka, kb, kc, weight=w)
+    grad_weight = None if weight is None else grad_w.reshape(shape).astype(weight.dtype)
+    grad_bias = grad_b.reshape(shape).astype(xc.dtype) if has_bias else None
+    return _grads(x, dx, grad_weight, grad_bias)
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+def moments(x, axes, keepdims=False):
+    """Mean and (biased) variance of ``x`` over ``axes`` in one pass (``tf.nn.moments``).
+
+    ``axes``: an integer or a sequence of distinct integers, negative allowed.  The results
+    have x's dtype (computed in float64 from float32 chunk sums)."""
+    arr, xc = _input("x", x, 0)
+    axes = chk.axes_tuple("axes", axes, arr.ndim)
+    kept = [i not in axes for i in range(arr.ndim)]
+    if arr.size == 0:
+        raise ValueError(f"x must not be empty, got shape {arr.shape}")
+    count, mean, m2 = _engine.moments(xc, kept)
+    var = m2 / count
+    if not keepdims:
+        mean, var = mean.reshape([arr.shape[i] for i in range(arr.ndim) if kept[i]]), var.reshape(
+            [arr.shape[i] for i in range(arr.ndim) if kept[i]])
+    return mean.astype(arr.dtype), var.astype(arr.dtype)
+
+
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
+    """``(x - mean) * scale / sqrt(variance + variance_epsilon) + offset`` with broadcasting
+    (``tf.nn.batch_normalization``); ``offset``/``scale`` may be None."""
+    arr, xc = _input("x", x, 0)
+    eps = chk.eps_value("variance_epsilon", variance_epsilon)
+    params = {}
+    for name, value in (("mean", mean), ("variance", variance), ("offset", offset), ("scale", scale)):
+        if value is None and name in ("offset", "scale"):
+            continue
+        value = chk.float_array(name, value).astype(np.float64)
+        try:
+            fits = np.broadcast_shapes(value.shape, arr.shape) == arr.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"{name} must broadcast to x's shape {arr.shape}, got shape {value.shape}")
+        params[name] = value.reshape((1,) * (arr.ndim - value.ndim) + value.shape)
+    alpha = _rstd(params["variance"], eps)
+    if "scale" in params:
+        alpha = alpha * params["scale"]
+    beta = params.get("offset", np.zeros(()))
+    kept = [any(p.shape[i] != 1 for p in params.values()) for i in range(arr.ndim)]
+    plan = Plan.of(xc, kept)
+    full = lambda a: np.broadcast_to(a, [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)])
+    y = _engine.affine(xc, plan, full(params["mean"]), full(alpha), full(beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)))
+    return _deliver(y, arr.dtype, None)

@@ -1,0 +1,136 @@
+"""Axis and layout planning: map any strided array onto the kernels' rows or cols view.
+
+A plan takes an array and a role per axis -- *kept* (statistics or coefficients vary along it)
+or *reduced* (they do not) -- and finds the cheapest view the kernels understand:
+
+1. the axes are put in memory order (largest stride first) and reversed where their stride is
+   negative, so transposes, Fortran order, channels-last strides and negative steps all become
+   plain C order without copying;
+2. only if that view still has gaps (a strided slice) is it copied, once, into C order;
+3. neighbouring axes of the same role are merged, leaving alternating runs of kept and reduced
+   axes.  If the last run is reduced, the kernels see rows ``(R, L)`` with one result per row;
+   if it is kept, they see cols ``(A, B, C)``, reduced over ``B``, with a result per ``(a, c)``.
+
+A result "per row" or "per (a, c)" is per *outer* index: every axis except the one run the kernel
+reduced.  ``to_outer`` / ``from_outer`` move small coefficient and statistic arrays between the
+caller's axis order and that kernel order; results over reduced axes still left in the outer
+index are merged by the caller (see ``_stats.merge_axes``).
+"""
+
+import numpy as np
+
+import numba
+
+from ._config import MIN_PIECE
+
+
+class Plan:
+    """How one array (and any array laid out like it) is handed to the kernels."""
+
+    def __init__(self, shape, strides, kept):
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
+        self.kept = tuple(bool(k) for k in kept)
+        # axes of length 1 carry nothing; the rest go in memory order, negative strides flipped
+        live = [i for i in range(self.ndim) if self.shape[i] != 1]
+        self.order = sorted(live, key=lambda i: -abs(strides[i]))
+        self.flips = tuple(i for i in live if strides[i] < 0)
+        self.dead = [i for i in range(self.ndim) if self.shape[i] == 1]
+
+        runs = []  # [kept flag, [axes]] in memory order
+        for axis in self.order:
+            if runs and runs[-1][0] == self.kept[axis]:
+                runs[-1][1].append(axis)
+            else:
+                runs.append([self.kept[axis], [axis]])
+        if not runs:
+            runs = [[False, []]]
+        if runs[-1][0]:
+            # a kept run at the end: cols view, reduced over the run before it (maybe empty)
+            if len(runs) < 2:
+                runs.insert(0, [False, []])
+            self.kind = "cols"
+            reduced_run = len(runs) - 2
+        else:
+            self.kind = "rows"
+            reduced_run = len(runs) - 1
+        size = lambda axes: int(np.prod([self.shape[i] for i in axes], dtype=np.int64))
+        self.reduced_axes = tuple(runs[reduced_run][1])
+        self.outer_axes = [a for r in runs[:reduced_run] for a in r[1]]
+        self.inner_axes = [a for r in runs[reduced_run + 1:] for a in r[1]]
+        outer, inner = size(self.outer_axes), size(self.inner_axes)
+        length = size(self.reduced_axes)
+        if self.kind == "rows":
+            self.view_shape = (outer, length)
+        else:
+            self.view_shape = (outer, length, inner)
+        # each kernel task gets at least MIN_PIECE elements, and there are a few tasks a thread
+        threads = numba.get_num_threads()
+        wanted = max(1, -(-4 * threads // max(outer, 1)))
+        per_piece = max(1, MIN_PIECE // max(1, inner))
+        self.pieces = int(max(1, min(wanted, length // per_piece)))
+
+    @classmethod
+    def of(cls, x, kept):
+        return cls(x.shape, x.strides, kept)
+
+    # -- full-size arrays -------------------------------------------------------------------
+    def _permuted(self, a):
+        for axis in self.flips:
+            a = np.flip(a, axis)
+        return a.transpose(self.order + self.dead)
+
+    def view(self, a, copy_ok=True):
+        """``a`` (shaped like the planned array) as the kernel view; a copy if it has gaps."""
+        p = self._permuted(a)
+        if not p.flags.c_contiguous:
+            if not copy_ok:
+                return None
+            p = np.ascontiguousarray(p)
+        return p.reshape(self.view_shape)
+
+    def empty(self, dtype):
+        """A new array for a result: C order in the kernel view, returned with its user view."""
+        buf = np.empty(self.view_shape, dtype)
+        return buf, self.unview(buf)
+
+    def unview(self, buf):
+        p_shape = [self.shape[i] for i in self.order + self.dead]
+        inverse = np.argsort(self.order + self.dead)
+        a = buf.reshape(p_shape).transpose(inverse)
+        for axis in self.flips:
+            a = np.flip(a, axis)
+        return a
+
+    def writable_view(self, out):
+        """The kernel view of a caller's ``out`` array, or None if it is not laid out like ours."""
+        return self.view(out, copy_ok=False)
+
+    # -- small per-outer-index arrays -------------------------------------------------------
+    def to_outer(self, coef, dtype):
+        """An array broadcastable to the planned shape, constant along the reduced run, as the
+        kernels index it: (R,) for rows, (A, C) for cols; C-contiguous, of ``dtype``."""
+        coef = np.asarray(coef)
+        coef = coef.reshape((1,) * (self.ndim - coef.ndim) + coef.shape)
+        for axis in self.flips:
+            if coef.shape[axis] != 1:
+                coef = np.flip(coef, axis)
+        axes = self.outer_axes + self.inner_axes
+        full = np.broadcast_to(coef, self.shape)
+        picked = full[tuple(slice(None) if i in axes else 0 for i in range(self.ndim))]
+        kept_order = [i for i in range(self.ndim) if i in axes]
+        picked = picked.transpose([kept_order.index(i) for i in axes])
+        shape = self.view_shape[:1] if self.kind == "rows" else (self.view_shape[0], self.view_shape[2])
+        return np.ascontiguousarray(picked, dtype=dtype).reshape(shape)
+
+    def from_outer(self, result):
+        """Kernel-ordered results (R,) or (A, C) back in the caller's axis order, with length 1
+        along the reduced run and the length-1 axes."""
+        axes = self.outer_axes + self.inner_axes
+        a = np.asarray(result).reshape([self.shape[i] for i in axes])
+        rest = [i for i in range(self.ndim) if i not in axes]
+        a = a.reshape(a.shape + (1,) * len(rest)).transpose(np.argsort(axes + rest))
+        for axis in self.flips:
+            if axis in axes:
+                a = np.flip(a, axis)
+        return a
