@@ -53,22 +53,23 @@ def _span(extent, pieces, p):
 
 
 @njit(**_jit)
-def _row_span_moments(v, lo, hi):
+def _span_moments(v):
+    """(count, mean, M2) of a contiguous 1-D span, chunk by chunk."""
     n = 0.0
     mean = 0.0
     m2 = 0.0
     zero = v.dtype.type(0)
-    for c0 in range(lo, hi, ROW_CHUNK):
-        c1 = min(c0 + ROW_CHUNK, hi)
-        k = c1 - c0
+    for c0 in range(0, v.shape[0], ROW_CHUNK):
+        chunk = v[c0:c0 + ROW_CHUNK]
+        k = chunk.shape[0]
         s = zero
-        for i in range(c0, c1):
-            s += v[i]
+        for i in range(k):
+            s += chunk[i]
         guess = s / k
         dev = zero
         sq = zero
-        for i in range(c0, c1):
-            d = v[i] - guess
+        for i in range(k):
+            d = chunk[i] - guess
             dev += d
             sq += d * d
         chunk_mean = np.float64(guess) + np.float64(dev) / k
@@ -85,7 +86,7 @@ def row_moments(x, pieces, count, mean, m2):
         r = task // pieces
         p = task - r * pieces
         lo, hi = _span(length, pieces, p)
-        count[r, p], mean[r, p], m2[r, p] = _row_span_moments(x[r], lo, hi)
+        count[r, p], mean[r, p], m2[r, p] = _span_moments(x[r, lo:hi])
 
 
 @njit(parallel=True, **_jit)
@@ -100,36 +101,38 @@ def col_moments(x, pieces, count, mean, m2):
         s = np.empty(width, x.dtype)
         dev = np.empty(width, x.dtype)
         sq = np.empty(width, x.dtype)
+        run_mean = mean[a, p]
+        run_m2 = m2[a, p]
+        run_mean[:] = 0.0
+        run_m2[:] = 0.0
         n = 0.0
-        for c in range(width):
-            mean[a, p, c] = 0.0
-            m2[a, p, c] = 0.0
         for b0 in range(lo, hi, block):
             b1 = min(b0 + block, hi)
             k = b1 - b0
             s[:] = 0
             for b in range(b0, b1):
+                row = x[a, b]
                 for c in range(width):
-                    s[c] += x[a, b, c]
+                    s[c] += row[c]
             for c in range(width):
                 s[c] = s[c] / k
             dev[:] = 0
             sq[:] = 0
             for b in range(b0, b1):
+                row = x[a, b]
                 for c in range(width):
-                    d = x[a, b, c] - s[c]
+                    d = row[c] - s[c]
                     dev[c] += d
                     sq[c] += d * d
             frac = k / (n + k)
             for c in range(width):
                 chunk_mean = np.float64(s[c]) + np.float64(dev[c]) / k
                 chunk_m2 = max(np.float64(sq[c]) - np.float64(dev[c]) * np.float64(dev[c]) / k, 0.0)
-                delta = chunk_mean - mean[a, p, c]
-                mean[a, p, c] += delta * frac
-                m2[a, p, c] += chunk_m2 + delta * delta * n * frac
+                delta = chunk_mean - run_mean[c]
+                run_mean[c] += delta * frac
+                run_m2[c] += chunk_m2 + delta * delta * n * frac
             n += k
-        for c in range(width):
-            count[a, p, c] = n
+        count[a, p, :] = n
 
 
 @njit(parallel=True, **_jit)
@@ -139,17 +142,21 @@ def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
     for task in prange(rows * pieces):
         r = task // pieces
         p = task - r * pieces
-        lo_i, hi_i = _span(length, pieces, p)
+        start, stop = _span(length, pieces, p)
+        xs = x[r, start:stop]
+        ys = out[r, start:stop]
         h = hi[r]
         l = lo[r]
         a = alpha[r]
         b = beta[r]
         if weight is None:
-            for i in range(lo_i, hi_i):
-                out[r, i] = ((x[r, i] - h) - l) * a + b
+            for i in range(xs.shape[0]):
+                ys[i] = ((xs[i] - h) - l) * a + b
         else:
-            for i in range(lo_i, hi_i):
-                out[r, i] = (((x[r, i] - h) - l) * a + b) * weight[i] + bias[i]
+            ws = weight[start:stop]
+            bs = bias[start:stop]
+            for i in range(xs.shape[0]):
+                ys[i] = (((xs[i] - h) - l) * a + b) * ws[i] + bs[i]
 
 
 @njit(parallel=True, **_jit)
@@ -159,14 +166,16 @@ def col_affine(x, hi, lo, alpha, beta, pieces, out):
     for task in prange(outer * pieces):
         a = task // pieces
         p = task - a * pieces
-        lo_b, hi_b = _span(length, pieces, p)
+        start, stop = _span(length, pieces, p)
         h = hi[a]
         l = lo[a]
         s = alpha[a]
         t = beta[a]
-        for b in range(lo_b, hi_b):
+        for b in range(start, stop):
+            xs = x[a, b]
+            ys = out[a, b]
             for c in range(width):
-                out[a, b, c] = ((x[a, b, c] - h[c]) - l[c]) * s[c] + t[c]
+                ys[c] = ((xs[c] - h[c]) - l[c]) * s[c] + t[c]
 
 
 @njit(parallel=True, **_jit)
@@ -177,25 +186,28 @@ def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
     for task in prange(rows * pieces):
         r = task // pieces
         p = task - r * pieces
-        lo_i, hi_i = _span(length, pieces, p)
+        start, stop = _span(length, pieces, p)
         h = hi[r]
         l = lo[r]
         t1 = 0.0
         t2 = 0.0
-        for c0 in range(lo_i, hi_i, ROW_CHUNK):
-            c1 = min(c0 + ROW_CHUNK, hi_i)
+        for c0 in range(start, stop, ROW_CHUNK):
+            c1 = min(c0 + ROW_CHUNK, stop)
+            xs = x[r, c0:c1]
+            gs = dy[r, c0:c1]
             s1 = zero
             s2 = zero
             if weight is None:
-                for i in range(c0, c1):
-                    g = dy[r, i]
+                for i in range(xs.shape[0]):
+                    g = gs[i]
                     s1 += g
-                    s2 += g * ((x[r, i] - h) - l)
+                    s2 += g * ((xs[i] - h) - l)
             else:
-                for i in range(c0, c1):
-                    g = dy[r, i] * weight[i]
+                ws = weight[c0:c1]
+                for i in range(xs.shape[0]):
+                    g = gs[i] * ws[i]
                     s1 += g
-                    s2 += g * ((x[r, i] - h) - l)
+                    s2 += g * ((xs[i] - h) - l)
             t1 += s1
             t2 += s2
         sum_dy[r, p] = t1
@@ -210,26 +222,29 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
     for task in prange(outer * pieces):
         a = task // pieces
         p = task - a * pieces
-        lo_b, hi_b = _span(length, pieces, p)
+        start, stop = _span(length, pieces, p)
         h = hi[a]
         l = lo[a]
         s1 = np.empty(width, x.dtype)
         s2 = np.empty(width, x.dtype)
-        for c in range(width):
-            sum_dy[a, p, c] = 0.0
-            sum_dy_xc[a, p, c] = 0.0
-        for b0 in range(lo_b, hi_b, block):
-            b1 = min(b0 + block, hi_b)
+        t1 = sum_dy[a, p]
+        t2 = sum_dy_xc[a, p]
+        t1[:] = 0.0
+        t2[:] = 0.0
+        for b0 in range(start, stop, block):
+            b1 = min(b0 + block, stop)
             s1[:] = 0
             s2[:] = 0
             for b in range(b0, b1):
+                xs = x[a, b]
+                gs = dy[a, b]
                 for c in range(width):
-                    g = dy[a, b, c]
+                    g = gs[c]
                     s1[c] += g
-                    s2[c] += g * ((x[a, b, c] - h[c]) - l[c])
+                    s2[c] += g * ((xs[c] - h[c]) - l[c])
             for c in range(width):
-                sum_dy[a, p, c] += s1[c]
-                sum_dy_xc[a, p, c] += s2[c]
+                t1[c] += s1[c]
+                t2[c] += s2[c]
 
 
 @njit(parallel=True, **_jit)
@@ -246,31 +261,37 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
         for task in prange(rows * pieces):
             r = task // pieces
             p = task - r * pieces
-            lo_i, hi_i = _span(length, pieces, p)
+            start, stop = _span(length, pieces, p)
+            xs = x[r, start:stop]
+            gs = dy[r, start:stop]
+            ys = out[r, start:stop]
             h = hi[r]
             l = lo[r]
             a = ka[r]
             b = kb[r]
             c = kc[r]
-            for i in range(lo_i, hi_i):
-                out[r, i] = dy[r, i] * a + ((x[r, i] - h) - l) * b + c
+            for i in range(xs.shape[0]):
+                ys[i] = gs[i] * a + ((xs[i] - h) - l) * b + c
     else:
         for task in prange(pieces):
-            lo_r, hi_r = _span(rows, pieces, task)
+            first, last = _span(rows, pieces, task)
             wg = weight_grad[task]
             bg = bias_grad[task]
             wg[:] = 0
             bg[:] = 0
-            for r in range(lo_r, hi_r):
+            for r in range(first, last):
+                xs = x[r]
+                gs = dy[r]
+                ys = out[r]
                 h = hi[r]
                 l = lo[r]
                 a = ka[r]
                 b = kb[r]
                 c = kc[r]
                 for i in range(length):
-                    g = dy[r, i]
-                    xc = (x[r, i] - h) - l
-                    out[r, i] = g * weight[i] * a + xc * b + c
+                    g = gs[i]
+                    xc = (xs[i] - h) - l
+                    ys[i] = g * weight[i] * a + xc * b + c
                     wg[i] += g * xc * a
                     bg[i] += g
 
@@ -282,12 +303,135 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
     for task in prange(outer * pieces):
         a = task // pieces
         p = task - a * pieces
-        lo_b, hi_b = _span(length, pieces, p)
+        start, stop = _span(length, pieces, p)
         h = hi[a]
         l = lo[a]
         s = ka[a]
         t = kb[a]
         u = kc[a]
-        for b in range(lo_b, hi_b):
+        for b in range(start, stop):
+            xs = x[a, b]
+            gs = dy[a, b]
+            ys = out[a, b]
             for c in range(width):
-                out[a, b, c] = dy[a, b, c] * s[c] + ((x[a, b, c] - h[c]) - l[c]) * t[c] + u[c]
+                ys[c] = gs[c] * s[c] + ((xs[c] - h[c]) - l[c]) * t[c] + u[c]
+
+
+# -- fused row kernels: a whole statistics row is normalized while it is still in cache ----------
+#
+# Layer norm rows and the (sample, group) rows of NCHW instance/group norm are short enough to stay
+# in L1/L2 between the statistics and the elementwise pass, so memory is read once.  Parameters
+# are ``W``/``B`` of shape (K, L // seg): row r uses ``W[r % K]``, constant over segments of
+# ``seg`` elements (a channel's spatial extent); ``seg == 1`` is layer norm's per-element weight.
+
+
+@njit(inline="always", **_jit)
+def _split(value, dtype):
+    hi = dtype(value)
+    return hi, dtype(value - np.float64(hi))
+
+
+@njit(parallel=True, **_jit)
+def row_normalize(x, weight, bias, seg, eps, out, mean, var):
+    """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
+    computed first and returned in ``mean``/``var``."""
+    rows, length = x.shape
+    kinds = weight.shape[0]
+    dtype = x.dtype.type
+    for r in prange(rows):
+        xs = x[r]
+        ys = out[r]
+        n, mu, m2 = _span_moments(xs)
+        inv = 1.0 / np.sqrt(m2 / n + eps)
+        mean[r] = mu
+        var[r] = m2 / n
+        h, l = _split(mu, dtype)
+        w = weight[r % kinds]
+        b = bias[r % kinds]
+        if seg == 1:
+            s = dtype(inv)
+            for i in range(length):
+                ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
+        else:
+            for j in range(w.shape[0]):
+                a = dtype(inv * w[j])
+                t = b[j]
+                xj = xs[j * seg:(j + 1) * seg]
+                yj = ys[j * seg:(j + 1) * seg]
+                for i in range(seg):
+                    yj[i] = ((xj[i] - h) - l) * a + t
+
+
+@njit(parallel=True, **_jit)
+def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat):
+    """Input gradient of ``row_normalize`` row by row, with each row's two reductions
+    ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row is in cache.
+
+    Per-segment sums of ``dy`` and ``dy*xhat`` (the bias and weight gradient pieces) go to
+    ``seg_dy``/``seg_dy_xhat``: shape (rows, L // seg) when ``seg > 1``; for ``seg == 1`` (layer
+    norm) one float64 buffer row of shape (L,) per block of rows, ``blocks`` blocks.
+    """
+    rows, length = x.shape
+    kinds = weight.shape[0]
+    dtype = x.dtype.type
+    zero = dtype(0)
+    for task in prange(blocks):
+        first, last = _span(rows, blocks, task)
+        if seg == 1:
+            acc_dy = seg_dy[task]
+            acc_dyx = seg_dy_xhat[task]
+            acc_dy[:] = 0.0
+            acc_dyx[:] = 0.0
+        for r in range(first, last):
+            xs = x[r]
+            gs = dy[r]
+            ys = out[r]
+            w = weight[r % kinds]
+            h, l = _split(mean[r], dtype)
+            inv = rstd[r]
+            s1 = 0.0
+            s2 = 0.0
+            if seg == 1:
+                for c0 in range(0, length, ROW_CHUNK):
+                    t1 = zero
+                    t2 = zero
+                    for i in range(c0, min(c0 + ROW_CHUNK, length)):
+                        g = gs[i] * w[i]
+                        t1 += g
+                        t2 += g * ((xs[i] - h) - l)
+                    s1 += t1
+                    s2 += t2
+            else:
+                sd = seg_dy[r]
+                sx = seg_dy_xhat[r]
+                for j in range(w.shape[0]):
+                    t1 = zero
+                    t2 = zero
+                    xj = xs[j * seg:(j + 1) * seg]
+                    gj = gs[j * seg:(j + 1) * seg]
+                    for i in range(seg):
+                        t1 += gj[i]
+                        t2 += gj[i] * ((xj[i] - h) - l)
+                    sd[j] = t1
+                    sx[j] = t2 * inv
+                    s1 += t1 * w[j]
+                    s2 += t2 * w[j]
+            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
+            kb = dtype(-inv * inv * inv * s2 / length)
+            kc = dtype(-inv * s1 / length)
+            if seg == 1:
+                a = dtype(inv)
+                for i in range(length):
+                    g = gs[i]
+                    xc = (xs[i] - h) - l
+                    ys[i] = g * w[i] * a + xc * kb + kc
+                    acc_dy[i] += g
+                    acc_dyx[i] += g * xc * a
+            else:
+                for j in range(w.shape[0]):
+                    a = dtype(inv * w[j])
+                    xj = xs[j * seg:(j + 1) * seg]
+                    gj = gs[j * seg:(j + 1) * seg]
+                    yj = ys[j * seg:(j + 1) * seg]
+                    for i in range(seg):
+                        yj[i] = gj[i] * a + ((xj[i] - h) - l) * kb + kc

@@ -10,10 +10,11 @@ parameters along the row.
 
 from typing import NamedTuple, Optional
 
+import numba
 import numpy as np
 
 from . import _checks as chk
-from . import _engine
+from . import _cpu, _engine
 from ._engine import merge_axes
 from ._plan import Plan
 
@@ -100,6 +101,39 @@ def _running_pair(running_mean, running_var, channels):
     return rm, rv
 
 
+# -- fused rows: statistics and normalization of a row while it is in cache -------------------------
+
+FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two passes
+
+
+def _fused_rows(x, rows, segments):
+    """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
+    not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
+    if not x.flags.c_contiguous or x.size == 0 or rows < 2 * numba.get_num_threads():
+        return None
+    length = x.size // rows
+    if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
+        return None
+    return x.reshape(rows, length)
+
+
+def _fused_forward(x, x2, weight, bias, seg, eps, out):
+    """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype."""
+    mean = np.empty(x2.shape[0])
+    var = np.empty(x2.shape[0])
+    direct = out is not None and out.dtype == x2.dtype and out.flags.c_contiguous
+    y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
+    _cpu.row_normalize(x2, weight, bias, seg, eps, y2, mean, var)
+    y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
+    return y, mean, var
+
+
+def _fused_params(weight, bias, shape, dtype):
+    w = np.ones(shape, dtype) if weight is None else weight.reshape(shape)
+    b = np.zeros(shape, dtype) if bias is None else bias.reshape(shape)
+    return w, b
+
+
 # -- batch / instance / group norm: one engine over the (N, C) grid -------------------------------
 
 class _Grouping(NamedTuple):
@@ -167,9 +201,44 @@ def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
     return _deliver(y, x.dtype, out), mean, rstd
 
 
+def _grid_rows(x, ch, grouping):
+    """NCHW instance/group norm as fused rows, one per (sample, group); None if that does not fit."""
+    n, c = x.shape[0], x.shape[ch]
+    if grouping.over_batch or ch != 1 or x.size < 2 * n * c:
+        return None
+    return _fused_rows(x, n * grouping.groups, c // grouping.groups)
+
+
+def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
+    """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group."""
+    n, c = x.shape[0], x.shape[ch]
+    x2 = _grid_rows(xc, ch, grouping)
+    if x2 is not None:
+        shape = (grouping.groups, c // grouping.groups)
+        w, b = _fused_params(weight, bias, shape, xc.dtype)
+        y, mean, var = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
+        mean, var = mean.reshape(n, -1), var.reshape(n, -1)
+        return y, np.full(mean.shape, float(x2.shape[1])), mean, var, _rstd(var, eps)
+    count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
+    var = m2 / count
+    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
+    return y, count, mean, var, rstd
+
+
 def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
     """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
     n, c = x.shape[0], x.shape[ch]
+    x2 = _grid_rows(x, ch, grouping) if batch_stats and dy.flags.c_contiguous else None
+    if x2 is not None:
+        cg = c // grouping.groups
+        w, _ = _fused_params(weight, None, (grouping.groups, cg), x.dtype)
+        dx2 = np.empty_like(x2)
+        seg_dy, seg_dy_xhat = np.empty((x2.shape[0], cg)), np.empty((x2.shape[0], cg))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(),
+                                    rstd.ravel(), x2.shape[0], dx2, seg_dy, seg_dy_xhat)
+        grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
+        grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
+        return dx2.reshape(x.shape), grad_weight, grad_bias
     plan = _grid_plan(x, ch)
     shape = _grid_shape(x, ch)
     mean_nc = grouping.expand(mean, n, c)
@@ -249,19 +318,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         per_channel = x.size // c
         if per_channel < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
-        count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
-        var = m2 / count
+        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
+        if rm is not None:
+            if nbt is not None:
+                nbt += 1
+            _update_running(rm, mean[0], momentum, nbt)
+            _update_running(rv, (var * count / (count - 1))[0], momentum, nbt)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when training=False, got None")
         mean = chk.parameter("running_mean", running_mean, (c,), np.float64)[None, :]
         var = chk.parameter("running_var", running_var, (c,), np.float64)[None, :]
-    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    if training and rm is not None:
-        if nbt is not None:
-            nbt += 1
-        _update_running(rm, mean[0], momentum, nbt)
-        _update_running(rv, (m2 / (count - 1))[0], momentum, nbt)
+        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
     stats = NormStats(mean[0], rstd[0], bool(training), bias is not None)
     return _maybe_stats(y, stats, return_stats)
 
@@ -292,19 +360,18 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
         if x.size // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
-        count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
-        var = m2 / count
+        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
+        if rm is not None:
+            if nbt is not None:
+                nbt += 1
+            _update_running(rm, mean.mean(axis=0), momentum, nbt)
+            _update_running(rv, (var * count / (count - 1)).mean(axis=0), momentum, nbt)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when use_input_stats=False, got None")
         mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), (n, c))
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), (n, c))
-    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    if use_input_stats and rm is not None:
-        if nbt is not None:
-            nbt += 1
-        _update_running(rm, mean.mean(axis=0), momentum, nbt)
-        _update_running(rv, (m2 / (count - 1)).mean(axis=0), momentum, nbt)
+        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
     stats = NormStats(np.array(mean), np.array(rstd), bool(use_input_stats), bias is not None)
     return _maybe_stats(y, stats, return_stats)
 
@@ -322,8 +389,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(groups, False)
     plan = _grid_plan(xc, ch)
-    count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
-    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, m2 / count, weight, bias, eps, out, plan)
+    y, _, mean, _, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
     return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None), return_stats)
 
 
@@ -431,15 +497,23 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, ret
     bias = chk.parameter("bias", bias, shape, xc.dtype)
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, x.shape, x.dtype)
-    xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
-    count, mean, m2 = _engine.moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
-    rstd = _rstd(m2 / count, eps)
-    w, b = _row_params(weight, bias, int(np.prod(shape)), xc.dtype)
-    direct_out = out if out is not None and out.dtype == xc.dtype else None
-    y = _engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out, weight=w, bias=b)
     lead = x.shape[: x.ndim - k]
+    length = int(np.prod(shape))
+    x2 = _fused_rows(xc, int(np.prod(lead)), 1)
+    if x2 is not None:
+        w, b = _fused_params(weight, bias, (1, length), xc.dtype)
+        y, mean, var = _fused_forward(x, x2, w, b, 1, eps, out)
+        rstd = _rstd(var, eps)
+    else:
+        xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
+        count, mean, m2 = _engine.moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
+        rstd = _rstd(m2 / count, eps)
+        w, b = _row_params(weight, bias, length, xc.dtype)
+        direct_out = out if out is not None and out.dtype == xc.dtype else None
+        y = _deliver(_engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
+                                    weight=w, bias=b), x.dtype, out)
     stats = NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None)
-    return _maybe_stats(_deliver(y, x.dtype, out), stats, return_stats)
+    return _maybe_stats(y, stats, return_stats)
 
 
 def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
@@ -453,6 +527,17 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
     weight = chk.parameter("weight", weight, shape, xc.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, lead)
     length = int(np.prod(shape))
+    x2 = _fused_rows(xc, mean.size, 1) if dy.flags.c_contiguous else None
+    if x2 is not None:
+        w, _ = _fused_params(weight, None, (1, length), xc.dtype)
+        blocks = max(1, min(x2.shape[0], 4 * numba.get_num_threads()))
+        dx2 = np.empty_like(x2)
+        sum_dy, sum_dy_xhat = np.empty((blocks, length)), np.empty((blocks, length))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(),
+                                    blocks, dx2, sum_dy, sum_dy_xhat)
+        grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).reshape(shape).astype(xc.dtype)
+        grad_bias = sum_dy.sum(axis=0).reshape(shape).astype(xc.dtype) if has_bias else None
+        return _grads(x, dx2.reshape(x.shape), grad_weight, grad_bias)
     w, _ = _row_params(weight, np.zeros(shape, xc.dtype) if has_bias else None, length, xc.dtype)
     xc, plan = _row_plan(xc, k, w is not None)
     keep = lead + (1,) * k
