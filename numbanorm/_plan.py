@@ -43,13 +43,10 @@ class Plan:
                 runs[-1][1].append(axis)
             else:
                 runs.append([self.kept[axis], [axis]])
-        if not runs:
-            runs = [[False, []]]
+        if not any(not kept_run for kept_run, _ in runs):
+            runs.append([False, []])  # nothing to reduce: rows of length 1
         if runs[-1][0]:
-            # a kept run at the end: cols view, reduced over the run before it (maybe empty)
-            if len(runs) < 2:
-                runs.insert(0, [False, []])
-            self.kind = "cols"
+            self.kind = "cols"  # a kept run at the end: reduce over the run before it
             reduced_run = len(runs) - 2
         else:
             self.kind = "rows"

@@ -1,0 +1,96 @@
+"""Plain-NumPy float64 references: the definitions, written for clarity, not speed."""
+
+import numpy as np
+
+
+def _to_nc(a, channel_axis):
+    """(N, C, rest) float64 copy of ``a`` with its channel axis second."""
+    a = np.moveaxis(np.asarray(a, dtype=np.float64), channel_axis, 1)
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def _from_nc(a, shape, channel_axis):
+    moved = list(np.moveaxis(np.empty(shape), channel_axis, 1).shape)
+    return np.moveaxis(a.reshape(moved), 1, channel_axis)
+
+
+def _norm(xg, axes, eps):
+    mean = xg.mean(axis=axes, keepdims=True)
+    var = xg.var(axis=axes, keepdims=True)
+    return mean, 1.0 / np.sqrt(var + eps)
+
+
+def _grouped(x, kind, groups, channel_axis):
+    """x as (N, G, members) (or (1, C, members) for batch norm), and a function undoing it."""
+    xnc = _to_nc(x, channel_axis)
+    n, c, s = xnc.shape
+    if kind == "batch":
+        g = np.moveaxis(xnc, 1, 0).reshape(1, c, n * s)
+        undo = lambda a: _from_nc(np.moveaxis(a.reshape(c, n, s), 0, 1), x.shape, channel_axis)
+    else:
+        groups = c if kind == "instance" else groups
+        g = xnc.reshape(n, groups, (c // groups) * s)
+        undo = lambda a: _from_nc(a.reshape(n, c, s), x.shape, channel_axis)
+    return g, undo
+
+
+def _channel_param(p, x, channel_axis, default):
+    shape = [1] * x.ndim
+    shape[channel_axis] = x.shape[channel_axis]
+    return (np.full(shape, default) if p is None else np.asarray(p, np.float64).reshape(shape))
+
+
+def grid_forward(x, kind, weight=None, bias=None, eps=1e-5, groups=None, channel_axis=1,
+                 mean=None, var=None):
+    """Batch/instance/group norm; ``mean``/``var`` (C,) given means running statistics."""
+    if mean is not None:
+        m = _channel_param(mean, x, channel_axis, 0)
+        rstd = 1.0 / np.sqrt(_channel_param(var, x, channel_axis, 0) + eps)
+        xhat = (np.asarray(x, np.float64) - m) * rstd
+    else:
+        g, undo = _grouped(x, kind, groups, channel_axis)
+        m, rstd = _norm(g, (2,), eps)
+        xhat = undo((g - m) * rstd)
+    return xhat * _channel_param(weight, x, channel_axis, 1) + _channel_param(bias, x, channel_axis, 0)
+
+
+def grid_backward(dy, x, kind, weight=None, eps=1e-5, groups=None, channel_axis=1, mean=None, var=None):
+    """(dx, dweight, dbias) of grid_forward; running statistics are constants."""
+    w = _channel_param(weight, x, channel_axis, 1)
+    dy = np.asarray(dy, np.float64)
+    axes = tuple(i for i in range(x.ndim) if i != channel_axis % x.ndim)
+    if mean is not None:
+        rstd = 1.0 / np.sqrt(_channel_param(var, x, channel_axis, 0) + eps)
+        xhat = (np.asarray(x, np.float64) - _channel_param(mean, x, channel_axis, 0)) * rstd
+        dx = dy * w * rstd
+    else:
+        g, undo = _grouped(x, kind, groups, channel_axis)
+        m, rstd = _norm(g, (2,), eps)
+        xhat_g = (g - m) * rstd
+        dxhat_g, _ = _grouped(dy * w, kind, groups, channel_axis)
+        dx = undo(rstd * (dxhat_g - dxhat_g.mean(axis=2, keepdims=True)
+                          - xhat_g * (dxhat_g * xhat_g).mean(axis=2, keepdims=True)))
+        xhat = undo(xhat_g)
+    return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+
+
+def layer_forward(x, k, weight=None, bias=None, eps=1e-5):
+    x = np.asarray(x, np.float64)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    m, rstd = _norm(x, axes, eps)
+    w = 1.0 if weight is None else np.asarray(weight, np.float64)
+    b = 0.0 if bias is None else np.asarray(bias, np.float64)
+    return (x - m) * rstd * w + b
+
+
+def layer_backward(dy, x, k, weight=None, eps=1e-5):
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    lead = tuple(range(x.ndim - k))
+    m, rstd = _norm(x, axes, eps)
+    xhat = (x - m) * rstd
+    w = 1.0 if weight is None else np.asarray(weight, np.float64)
+    dxhat = dy * w
+    dx = rstd * (dxhat - dxhat.mean(axis=axes, keepdims=True)
+                 - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+    return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)

@@ -1,0 +1,144 @@
+"""Awkward but valid inputs -- slices, transposes, negative strides, Fortran order, read-only --
+give the answers of the same values in a fresh C-ordered array."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+import numbanorm as nn
+import reference as ref
+from conftest import GRID_OPS, assert_close
+
+
+def _awkward(x):
+    readonly = x.copy()
+    readonly.flags.writeable = False
+    big = np.zeros((x.shape[0] * 2,) + x.shape[1:])
+    big[::2] = x
+    flipped = np.ascontiguousarray(x[::-1, :, ::-1])[::-1, :, ::-1]
+    return {
+        "fortran": np.asfortranarray(x),
+        "strided-slice": big[::2],
+        "negative-strides": flipped,
+        "transposed-memory": np.ascontiguousarray(x.transpose(2, 1, 0)).transpose(2, 1, 0),
+        "read-only": readonly,
+    }
+
+
+@pytest.mark.parametrize("kind", ["fortran", "strided-slice", "negative-strides", "transposed-memory", "read-only"])
+@pytest.mark.parametrize("op", GRID_OPS, ids=repr)
+def test_grid_ops_on_awkward_inputs(op, kind, rng):
+    x = rng.normal(size=(6, 4, 10))
+    dy = rng.normal(size=x.shape)
+    w, b = rng.normal(size=4), rng.normal(size=4)
+    xa, dya = _awkward(x)[kind], _awkward(dy)[kind]
+    assert not xa.flags.c_contiguous or kind == "read-only"
+    y, st_ = op.forward(xa, w, b, 1)
+    assert_close(y, op.reference(x, w, b, 1), 1e-10)
+    g = op.backward(dya, xa, st_, w, 1)
+    dx, dw, db = op.reference_backward(dy, x, w, 1)
+    assert_close(g.input, dx, 1e-10)
+    assert_close(g.weight, dw, 1e-9)
+    assert_close(g.bias, db, 1e-9)
+
+
+@pytest.mark.parametrize("kind", ["fortran", "strided-slice", "negative-strides", "transposed-memory", "read-only"])
+def test_layer_norm_and_moments_on_awkward_inputs(kind, rng):
+    x = rng.normal(size=(6, 4, 10))
+    dy = rng.normal(size=x.shape)
+    w = rng.normal(size=(4, 10))
+    xa, dya = _awkward(x)[kind], _awkward(dy)[kind]
+    y, st_ = nn.layer_norm(xa, (4, 10), w, None, return_stats=True)
+    assert_close(y, ref.layer_forward(x, 2, w), 1e-10)
+    g = nn.layer_norm_backward(dya, xa, st_, (4, 10), w)
+    dx, dw, _ = ref.layer_backward(dy, x, 2, w)
+    assert_close(g.input, dx, 1e-10)
+    assert_close(g.weight, dw, 1e-9)
+    for axes in [(0,), (1, 2), (0, 2), (-1,)]:
+        m, v = nn.moments(xa, axes)
+        assert_close(m, x.mean(axis=axes), 1e-12)
+        assert_close(v, x.var(axis=axes), 1e-12)
+
+
+def test_channels_last_strides_with_channel_axis_1(rng):
+    """A PyTorch 'channels_last' tensor: NCHW shape, NHWC memory."""
+    x = np.ascontiguousarray(rng.normal(size=(4, 5, 6, 3))).transpose(0, 3, 1, 2)
+    for op in GRID_OPS[:2]:
+        y, _ = op.forward(x, None, None, 1)
+        assert_close(y, op.reference(x, None, None, 1), 1e-10)
+
+
+@st.composite
+def _cases(draw):
+    ndim = draw(st.integers(2, 5))
+    n = draw(st.integers(1, 4))
+    c_groups = draw(st.integers(1, 3))
+    cg = draw(st.integers(1, 3))
+    spatial = [draw(st.integers(1, 5)) for _ in range(ndim - 2)]
+    channels_last = draw(st.booleans())
+    op = draw(st.sampled_from(["batch", "instance", "group"]))
+    seed = draw(st.integers(0, 2**31))
+    return n, c_groups, cg, spatial, channels_last, op, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_cases())
+def test_property_grid_ops_match_reference(case):
+    n, groups, cg, spatial, channels_last, name, seed = case
+    rng = np.random.default_rng(seed)
+    c = groups * cg
+    shape = (n, c, *spatial)
+    per_group = {"batch": n * int(np.prod(spatial)), "instance": int(np.prod(spatial)),
+                 "group": cg * int(np.prod(spatial))}[name]
+    x = rng.normal(size=shape) * rng.uniform(0.1, 10) + rng.uniform(-100, 100)
+    ca = 1
+    if channels_last:
+        x, ca = np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1
+    w, b = rng.normal(size=c), rng.normal(size=c)
+    dy = rng.normal(size=x.shape)
+    if per_group < 2 and name != "group":
+        with pytest.raises(ValueError):
+            (nn.batch_norm(x, None, None, training=True, channel_axis=ca) if name == "batch"
+             else nn.instance_norm(x, channel_axis=ca))
+        return
+    from conftest import Op
+    op = Op(name, groups)
+    y, st_ = op.forward(x, w, b, ca)
+    assert_close(y, op.reference(x, w, b, ca), 1e-9)
+    g = op.backward(dy, x, st_, w, ca)
+    dx, dw, db = op.reference_backward(dy, x, w, ca)
+    assert_close(g.input, dx, 1e-7)
+    assert_close(g.weight, dw, 1e-8)
+    assert_close(g.bias, db, 1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 6), min_size=1, max_size=4), st.data())
+def test_property_moments_any_axes(shape, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**31)))
+    x = rng.normal(size=shape) + 50
+    axes = data.draw(st.lists(st.integers(-len(shape), len(shape) - 1), unique_by=lambda a: a % len(shape), min_size=1))
+    perm = data.draw(st.permutations(range(len(shape))))
+    xt = np.ascontiguousarray(x.transpose(perm)).transpose(np.argsort(perm))  # same values, other memory order
+    keep = data.draw(st.booleans())
+    m, v = nn.moments(xt, axes, keepdims=keep)
+    assert_close(m, x.mean(axis=tuple(axes), keepdims=keep), 1e-12)
+    assert_close(v, x.var(axis=tuple(axes), keepdims=keep), 1e-11)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 4), st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(0, 2**31))
+def test_property_layer_norm(lead, trailing, seed):
+    rng = np.random.default_rng(seed)
+    shape = (lead, *trailing)
+    k = len(trailing)
+    x = rng.normal(size=shape) * 3 + 7
+    w, b = rng.normal(size=trailing), rng.normal(size=trailing)
+    dy = rng.normal(size=shape)
+    y, st_ = nn.layer_norm(x, trailing, w, b, return_stats=True)
+    assert_close(y, ref.layer_forward(x, k, w, b), 1e-9)
+    g = nn.layer_norm_backward(dy, x, st_, trailing, w)
+    dx, dw, db = ref.layer_backward(dy, x, k, w)
+    assert_close(g.input, dx, 1e-7)
+    assert_close(g.weight, dw, 1e-8)
+    assert_close(g.bias, db, 1e-9)
