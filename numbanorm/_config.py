@@ -18,6 +18,9 @@ def _flag(name, default):
 CACHE = _flag("NUMBANORM_CACHE", True)
 MIN_PIECE = int(os.environ.get("NUMBANORM_MIN_PIECE", "16384"))
 
-# fastmath without "nnan"/"ninf": LLVM may reassociate sums into vector lanes, but NaN and
-# inf still propagate, so a NaN spoils only its own group.
-FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+# fastmath without "nnan"/"ninf": NaN and inf still propagate, so a NaN spoils only its group.
+# Reductions may reassociate (that is what splits a sum into vector lanes).  Elementwise loops
+# vectorise without it, and must not have it: it would fold ``(x - hi) - lo`` into
+# ``x - (hi + lo)`` and throw away the low half of the centre.
+REDUCE_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+ELEMENTWISE_FASTMATH = {"contract", "arcp", "nsz"}

@@ -26,12 +26,13 @@ so float32 data are centred on a float64-accurate mean: ``(x - hi) - lo``.
 import numpy as np
 from numba import njit, prange
 
-from ._config import CACHE, FASTMATH
+from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 
 ROW_CHUNK = 1024  # elements of one row per exact chunk (4 KiB of float32: L1-resident)
 COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
 
-_jit = dict(cache=CACHE, fastmath=FASTMATH)
+_jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
+_ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
 
 
 @njit(inline="always", **_jit)
@@ -135,7 +136,7 @@ def col_moments(x, pieces, count, mean, m2):
         count[a, p, :] = n
 
 
-@njit(parallel=True, **_jit)
+@njit(parallel=True, **_ew)
 def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
     """``out = ((x - center[r])*alpha[r] + beta[r])``, then ``* weight[l] + bias[l]`` if given."""
     rows, length = x.shape
@@ -159,7 +160,7 @@ def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
                 ys[i] = (((xs[i] - h) - l) * a + b) * ws[i] + bs[i]
 
 
-@njit(parallel=True, **_jit)
+@njit(parallel=True, **_ew)
 def col_affine(x, hi, lo, alpha, beta, pieces, out):
     """``out[a, b, c] = (x[a, b, c] - center[a, c])*alpha[a, c] + beta[a, c]``."""
     outer, length, width = x.shape
@@ -187,29 +188,8 @@ def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
         r = task // pieces
         p = task - r * pieces
         start, stop = _span(length, pieces, p)
-        h = hi[r]
-        l = lo[r]
-        t1 = 0.0
-        t2 = 0.0
-        for c0 in range(start, stop, ROW_CHUNK):
-            c1 = min(c0 + ROW_CHUNK, stop)
-            xs = x[r, c0:c1]
-            gs = dy[r, c0:c1]
-            s1 = zero
-            s2 = zero
-            if weight is None:
-                for i in range(xs.shape[0]):
-                    g = gs[i]
-                    s1 += g
-                    s2 += g * ((xs[i] - h) - l)
-            else:
-                ws = weight[c0:c1]
-                for i in range(xs.shape[0]):
-                    g = gs[i] * ws[i]
-                    s1 += g
-                    s2 += g * ((xs[i] - h) - l)
-            t1 += s1
-            t2 += s2
+        ws = None if weight is None else weight[start:stop]
+        t1, t2 = _weighted_dot_sums(dy[r, start:stop], x[r, start:stop], ws, hi[r], lo[r])
         sum_dy[r, p] = t1
         sum_dy_xc[r, p] = t2
 
@@ -247,7 +227,7 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
                 t2[c] += s2[c]
 
 
-@njit(parallel=True, **_jit)
+@njit(parallel=True, **_ew)
 def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, bias_grad):
     """``out = dy*w*ka[r] + (x - center[r])*kb[r] + kc[r]`` per row.
 
@@ -296,7 +276,7 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
                     bg[i] += g
 
 
-@njit(parallel=True, **_jit)
+@njit(parallel=True, **_ew)
 def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
     """``out[a, b, c] = dy*ka[a, c] + (x - center[a, c])*kb[a, c] + kc[a, c]``."""
     outer, length, width = x.shape
@@ -331,7 +311,7 @@ def _split(value, dtype):
     return hi, dtype(value - np.float64(hi))
 
 
-@njit(parallel=True, **_jit)
+@njit(parallel=True, **_ew)
 def row_normalize(x, weight, bias, seg, eps, out, mean, var):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
     computed first and returned in ``mean``/``var``."""
@@ -362,7 +342,34 @@ def row_normalize(x, weight, bias, seg, eps, out, mean, var):
                     yj[i] = ((xj[i] - h) - l) * a + t
 
 
-@njit(parallel=True, **_jit)
+@njit(**_jit)
+def _weighted_dot_sums(dy, x, weight, hi, lo):
+    """``sum(dy*w)`` and ``sum(dy*w*(x - centre))`` of a contiguous span, chunked, in float64."""
+    zero = x.dtype.type(0)
+    s1 = 0.0
+    s2 = 0.0
+    for c0 in range(0, x.shape[0], ROW_CHUNK):
+        xs = x[c0:c0 + ROW_CHUNK]
+        gs = dy[c0:c0 + ROW_CHUNK]
+        t1 = zero
+        t2 = zero
+        if weight is None:
+            for i in range(xs.shape[0]):
+                g = gs[i]
+                t1 += g
+                t2 += g * ((xs[i] - hi) - lo)
+        else:
+            ws = weight[c0:c0 + ROW_CHUNK]
+            for i in range(xs.shape[0]):
+                g = gs[i] * ws[i]
+                t1 += g
+                t2 += g * ((xs[i] - hi) - lo)
+        s1 += t1
+        s2 += t2
+    return s1, s2
+
+
+@njit(parallel=True, **_ew)
 def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat):
     """Input gradient of ``row_normalize`` row by row, with each row's two reductions
     ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row is in cache.
@@ -374,7 +381,6 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
     rows, length = x.shape
     kinds = weight.shape[0]
     dtype = x.dtype.type
-    zero = dtype(0)
     for task in prange(blocks):
         first, last = _span(rows, blocks, task)
         if seg == 1:
@@ -389,29 +395,15 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
             w = weight[r % kinds]
             h, l = _split(mean[r], dtype)
             inv = rstd[r]
-            s1 = 0.0
-            s2 = 0.0
             if seg == 1:
-                for c0 in range(0, length, ROW_CHUNK):
-                    t1 = zero
-                    t2 = zero
-                    for i in range(c0, min(c0 + ROW_CHUNK, length)):
-                        g = gs[i] * w[i]
-                        t1 += g
-                        t2 += g * ((xs[i] - h) - l)
-                    s1 += t1
-                    s2 += t2
+                s1, s2 = _weighted_dot_sums(gs, xs, w, h, l)
             else:
                 sd = seg_dy[r]
                 sx = seg_dy_xhat[r]
+                s1 = 0.0
+                s2 = 0.0
                 for j in range(w.shape[0]):
-                    t1 = zero
-                    t2 = zero
-                    xj = xs[j * seg:(j + 1) * seg]
-                    gj = gs[j * seg:(j + 1) * seg]
-                    for i in range(seg):
-                        t1 += gj[i]
-                        t2 += gj[i] * ((xj[i] - h) - l)
+                    t1, t2 = _weighted_dot_sums(gs[j * seg:(j + 1) * seg], xs[j * seg:(j + 1) * seg], None, h, l)
                     sd[j] = t1
                     sx[j] = t2 * inv
                     s1 += t1 * w[j]

@@ -1,0 +1,67 @@
+"""Numerical behaviour: large offsets, constant input, NaN containment, long reductions."""
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+import reference as ref
+from conftest import GRID_OPS
+
+
+
+def _err(actual, expected):
+    return float(np.abs(np.asarray(actual, np.float64) - expected).max())
+
+
+@pytest.mark.parametrize("dtype,offset,tol", [(np.float32, 1e4, 2e-5), (np.float64, 1e8, 6e-8)])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_large_offsets_keep_their_digits(dtype, offset, tol, layout, rng):
+    x64 = offset + rng.normal(size=(8, 4, 16, 16))
+    ca = 1
+    if layout == "nhwc":
+        x64, ca = np.ascontiguousarray(np.moveaxis(x64, 1, -1)), -1
+    x = x64.astype(dtype)
+    for op in GRID_OPS:
+        y, _ = op.forward(x, None, None, ca)
+        assert _err(y, op.reference(x, None, None, ca)) < tol, op
+    y = nn.layer_norm(x, x.shape[-2:])
+    assert _err(y, ref.layer_forward(x, 2)) < tol
+    m, v = nn.moments(x, (0, 2, 3) if ca == 1 else (0, 1, 2))
+    exact = x.astype(np.float64)
+    axes = (0, 2, 3) if ca == 1 else (0, 1, 2)
+    assert _err(v, exact.var(axes)) / exact.var(axes).max() < 1e-5
+
+
+def test_long_float32_reduction_is_accurate(rng):
+    x = (3.0 + rng.normal(size=(4, 8, 160, 160))).astype(np.float32)  # 102400 values per channel
+    m, v = nn.moments(x, (0, 2, 3))
+    exact = x.astype(np.float64)
+    assert _err(m, exact.mean((0, 2, 3))) < 1e-6
+    assert _err(v, exact.var((0, 2, 3))) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_constant_input_gives_finite_output(dtype):
+    x = np.full((4, 6, 5, 5), 7.0, dtype)
+    for op in GRID_OPS:
+        y, st = op.forward(x, None, None, 1)
+        assert np.isfinite(y.astype(np.float64)).all() and np.all(y == 0), op
+        g = op.backward(np.ones_like(x), x, st, None, 1)
+        assert np.isfinite(g.input.astype(np.float64)).all()
+    assert np.all(nn.layer_norm(x, (5, 5)) == 0)
+    assert np.all(nn.layer_norm(np.zeros((3, 8), dtype), 8) == 0)
+
+
+def test_nan_spoils_only_its_own_group(rng):
+    x = rng.normal(size=(4, 6, 5, 5))
+    x[1, 2, 3, 3] = np.nan
+    y, _ = nn.instance_norm(x, return_stats=True)
+    bad = np.isnan(y)
+    assert bad[1, 2].all() and bad.sum() == 25
+    y = nn.group_norm(x, 3)
+    bad = np.isnan(y)
+    assert bad[1, 2:4].all() and bad.sum() == 50
+    y = nn.layer_norm(x, (5, 5))
+    assert np.isnan(y).sum() == 25
+    y = nn.batch_norm(x, None, None, training=True)
+    assert np.isnan(y[:, 2]).all() and np.isnan(y).sum() == 4 * 25
