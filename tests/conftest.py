@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-import reference as ref
+from numbanorm import reference as ref
 
 
 class Op:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 import numbanorm as nn
-import reference as ref
+from numbanorm import reference as ref
 from conftest import GRID_OPS, assert_close
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-import reference as ref
+from numbanorm import reference as ref
 from conftest import GRID_OPS, assert_close
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 4e-3}
