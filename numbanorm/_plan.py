@@ -61,9 +61,10 @@ class Plan:
             self.view_shape = (outer, length)
         else:
             self.view_shape = (outer, length, inner)
-        # each kernel task gets at least MIN_PIECE elements, and there are a few tasks a thread
+        # many tasks a thread, for balance (measured: 2 pieces of each of 32 NHWC samples beat 1 by
+        # a third), but each task gets at least MIN_PIECE elements
         threads = numba.get_num_threads()
-        wanted = max(1, -(-4 * threads // max(outer, 1)))
+        wanted = max(1, -(-32 * threads // max(outer, 1)))
         per_piece = max(1, MIN_PIECE // max(1, inner))
         self.pieces = int(max(1, min(wanted, length // per_piece)))
 

@@ -29,14 +29,18 @@ class Case(NamedTuple):
     layout: str  # "nchw" / "nhwc" for grid ops, "rows" for layer norm
 
 
-def _median_time(fn, repeats):
-    fn()  # warm-up: compiles on first use
-    times = []
+def _median_times(fns, repeats):
+    """Median seconds of each callable, timed in interleaved rounds: on a shared, noisy machine
+    a slow spell then hits every contender alike, so the ratios between them hold."""
+    for fn in fns.values():
+        fn()  # warm-up: compiles on first use
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def _ours(case, x, dy, w, b):
@@ -117,17 +121,18 @@ def measure(case, dtype, repeats, compare):
     fwd, both = _ours(case, x, dy, w, b)
     row = dict(op=case.op, shape=list(case.shape), layout=case.layout, dtype=np.dtype(dtype).name,
                threads=numba.get_num_threads())
-    row["copy_s"] = _median_time(x.copy, repeats)
-    row["forward_s"] = _median_time(fwd, repeats)
-    row["forward_backward_s"] = _median_time(both, repeats)
-    row["max_error"] = float(np.abs(fwd()[0].astype(np.float64) - _reference(case, x, w, b)).max())
+    fns = {"copy_s": x.copy, "forward_s": fwd, "forward_backward_s": both}
     if "torch" in compare:
         peer = _torch(case, x, dy, w, b)
         if peer is not None:
-            row["torch_forward_s"] = _median_time(peer[0], repeats)
-            row["torch_forward_backward_s"] = _median_time(peer[1], repeats)
-    if "numpy" in compare:
-        row["numpy_forward_s"] = _median_time(lambda: _reference(case, x, w, b), max(1, repeats // 4))
+            fns["torch_forward_s"], fns["torch_forward_backward_s"] = peer
+    row.update(_median_times(fns, repeats))
+    reference = _reference(case, x, w, b)
+    row["max_error"] = float(np.abs(fwd()[0].astype(np.float64) - reference).max())
+    if "numpy" in compare:  # slow: timed apart, fewer runs, against a copy timed beside it
+        numpy_times = _median_times({"copy": x.copy, "numpy": lambda: _reference(case, x, w, b)},
+                                    max(1, repeats // 5))
+        row["numpy_forward_s"] = numpy_times["numpy"] / numpy_times["copy"] * row["copy_s"]
     return row
 
 
