@@ -30,6 +30,7 @@ from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 
 ROW_CHUNK = 1024  # elements of one row per exact chunk (4 KiB of float32: L1-resident)
 COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
+FLUSH_ROWS = 32  # rows of layer-norm weight/bias gradient summed in the input precision
 
 _jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
 _ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
@@ -66,7 +67,7 @@ def _span_moments(v):
         s = zero
         for i in range(k):
             s += chunk[i]
-        guess = s / k
+        guess = s / v.dtype.type(k)  # an integer divisor would make this, and the pass, float64
         dev = zero
         sq = zero
         for i in range(k):
@@ -88,52 +89,6 @@ def row_moments(x, pieces, count, mean, m2):
         p = task - r * pieces
         lo, hi = _span(length, pieces, p)
         count[r, p], mean[r, p], m2[r, p] = _span_moments(x[r, lo:hi])
-
-
-@njit(parallel=True, **_jit)
-def col_moments(x, pieces, count, mean, m2):
-    """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
-    outer, length, width = x.shape
-    block = max(1, COL_CHUNK // width)
-    for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        lo, hi = _span(length, pieces, p)
-        s = np.empty(width, x.dtype)
-        dev = np.empty(width, x.dtype)
-        sq = np.empty(width, x.dtype)
-        run_mean = mean[a, p]
-        run_m2 = m2[a, p]
-        run_mean[:] = 0.0
-        run_m2[:] = 0.0
-        n = 0.0
-        for b0 in range(lo, hi, block):
-            b1 = min(b0 + block, hi)
-            k = b1 - b0
-            s[:] = 0
-            for b in range(b0, b1):
-                row = x[a, b]
-                for c in range(width):
-                    s[c] += row[c]
-            for c in range(width):
-                s[c] = s[c] / k
-            dev[:] = 0
-            sq[:] = 0
-            for b in range(b0, b1):
-                row = x[a, b]
-                for c in range(width):
-                    d = row[c] - s[c]
-                    dev[c] += d
-                    sq[c] += d * d
-            frac = k / (n + k)
-            for c in range(width):
-                chunk_mean = np.float64(s[c]) + np.float64(dev[c]) / k
-                chunk_m2 = max(np.float64(sq[c]) - np.float64(dev[c]) * np.float64(dev[c]) / k, 0.0)
-                delta = chunk_mean - run_mean[c]
-                run_mean[c] += delta * frac
-                run_m2[c] += chunk_m2 + delta * delta * n * frac
-            n += k
-        count[a, p, :] = n
 
 
 @njit(parallel=True, **_ew)
@@ -160,25 +115,6 @@ def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
                 ys[i] = (((xs[i] - h) - l) * a + b) * ws[i] + bs[i]
 
 
-@njit(parallel=True, **_ew)
-def col_affine(x, hi, lo, alpha, beta, pieces, out):
-    """``out[a, b, c] = (x[a, b, c] - center[a, c])*alpha[a, c] + beta[a, c]``."""
-    outer, length, width = x.shape
-    for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
-        h = hi[a]
-        l = lo[a]
-        s = alpha[a]
-        t = beta[a]
-        for b in range(start, stop):
-            xs = x[a, b]
-            ys = out[a, b]
-            for c in range(width):
-                ys[c] = ((xs[c] - h[c]) - l[c]) * s[c] + t[c]
-
-
 @njit(parallel=True, **_jit)
 def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
     """Per-(row, piece) ``sum(dy*w)`` and ``sum(dy*w*(x - center[r]))`` into float64 (R, pieces)."""
@@ -192,39 +128,6 @@ def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
         t1, t2 = _weighted_dot_sums(dy[r, start:stop], x[r, start:stop], ws, hi[r], lo[r])
         sum_dy[r, p] = t1
         sum_dy_xc[r, p] = t2
-
-
-@njit(parallel=True, **_jit)
-def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
-    """Per-(a, piece, c) ``sum(dy)`` and ``sum(dy*(x - center[a, c]))`` into float64 (A, pieces, C)."""
-    outer, length, width = x.shape
-    block = max(1, COL_CHUNK // width)
-    for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
-        h = hi[a]
-        l = lo[a]
-        s1 = np.empty(width, x.dtype)
-        s2 = np.empty(width, x.dtype)
-        t1 = sum_dy[a, p]
-        t2 = sum_dy_xc[a, p]
-        t1[:] = 0.0
-        t2[:] = 0.0
-        for b0 in range(start, stop, block):
-            b1 = min(b0 + block, stop)
-            s1[:] = 0
-            s2[:] = 0
-            for b in range(b0, b1):
-                xs = x[a, b]
-                gs = dy[a, b]
-                for c in range(width):
-                    g = gs[c]
-                    s1[c] += g
-                    s2[c] += g * ((xs[c] - h[c]) - l[c])
-            for c in range(width):
-                t1[c] += s1[c]
-                t2[c] += s2[c]
 
 
 @njit(parallel=True, **_ew)
@@ -274,27 +177,6 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
                     ys[i] = g * weight[i] * a + xc * b + c
                     wg[i] += g * xc * a
                     bg[i] += g
-
-
-@njit(parallel=True, **_ew)
-def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
-    """``out[a, b, c] = dy*ka[a, c] + (x - center[a, c])*kb[a, c] + kc[a, c]``."""
-    outer, length, width = x.shape
-    for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
-        h = hi[a]
-        l = lo[a]
-        s = ka[a]
-        t = kb[a]
-        u = kc[a]
-        for b in range(start, stop):
-            xs = x[a, b]
-            gs = dy[a, b]
-            ys = out[a, b]
-            for c in range(width):
-                ys[c] = gs[c] * s[c] + ((xs[c] - h[c]) - l[c]) * t[c] + u[c]
 
 
 # -- fused row kernels: a whole statistics row is normalized while it is still in cache ----------
@@ -370,13 +252,14 @@ def _weighted_dot_sums(dy, x, weight, hi, lo):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat):
+def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat, scratch):
     """Input gradient of ``row_normalize`` row by row, with each row's two reductions
     ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row is in cache.
 
     Per-segment sums of ``dy`` and ``dy*xhat`` (the bias and weight gradient pieces) go to
     ``seg_dy``/``seg_dy_xhat``: shape (rows, L // seg) when ``seg > 1``; for ``seg == 1`` (layer
-    norm) one float64 buffer row of shape (L,) per block of rows, ``blocks`` blocks.
+    norm) one float64 buffer row of shape (L,) per block of rows, ``blocks`` blocks, and
+    ``scratch`` (blocks, 2, L) of the input dtype.
     """
     rows, length = x.shape
     kinds = weight.shape[0]
@@ -388,6 +271,14 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
             acc_dyx = seg_dy_xhat[task]
             acc_dy[:] = 0.0
             acc_dyx[:] = 0.0
+            # per-element float64 accumulation costs a conversion and a wide load/store per value;
+            # sum FLUSH_ROWS rows in the input precision, then add that into float64
+            # (buffers allocated in this branch of the loop came back unzeroed on a first call
+            # with Numba 0.68, so the caller hands them in)
+            part_dy = scratch[task, 0]
+            part_dyx = scratch[task, 1]
+            part_dy[:] = 0
+            part_dyx[:] = 0
         for r in range(first, last):
             xs = x[r]
             gs = dy[r]
@@ -417,8 +308,14 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
                     g = gs[i]
                     xc = (xs[i] - h) - l
                     ys[i] = g * w[i] * a + xc * kb + kc
-                    acc_dy[i] += g
-                    acc_dyx[i] += g * xc * a
+                    part_dy[i] += g
+                    part_dyx[i] += g * xc * a
+                if (r - first) % FLUSH_ROWS == FLUSH_ROWS - 1 or r == last - 1:
+                    for i in range(length):
+                        acc_dy[i] += part_dy[i]
+                        acc_dyx[i] += part_dyx[i]
+                    part_dy[:] = 0
+                    part_dyx[:] = 0
             else:
                 for j in range(w.shape[0]):
                     a = dtype(inv * w[j])
@@ -427,3 +324,217 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
                     yj = ys[j * seg:(j + 1) * seg]
                     for i in range(seg):
                         yj[i] = gj[i] * a + ((xj[i] - h) - l) * kb + kc
+
+
+# -- cols view: per-slab helpers and the kernels built from them --------------------------------
+#
+# A slab is ``x[a, lo:hi]``, a C-contiguous (rows, C) block; every loop runs along C, so it
+# vectorises across channels.  Rows are taken in blocks of about COL_CHUNK elements, small enough
+# that the exact two-pass chunk statistics re-read the block from L1.
+
+
+@njit(**_jit)
+def _slab_moments(xs, mean, m2):
+    """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count."""
+    length, width = xs.shape
+    block = max(1, COL_CHUNK // width)
+    s = np.empty(width, xs.dtype)
+    dev = np.empty(width, xs.dtype)
+    sq = np.empty(width, xs.dtype)
+    mean[:] = 0.0
+    m2[:] = 0.0
+    n = 0.0
+    for b0 in range(0, length, block):
+        chunk = xs[b0:b0 + block]
+        k = chunk.shape[0]
+        s[:] = 0
+        for b in range(k):
+            row = chunk[b]
+            for c in range(width):
+                s[c] += row[c]
+        for c in range(width):
+            s[c] = s[c] / k
+        dev[:] = 0
+        sq[:] = 0
+        for b in range(k):
+            row = chunk[b]
+            for c in range(width):
+                d = row[c] - s[c]
+                dev[c] += d
+                sq[c] += d * d
+        frac = k / (n + k)
+        for c in range(width):
+            chunk_mean = np.float64(s[c]) + np.float64(dev[c]) / k
+            chunk_m2 = max(np.float64(sq[c]) - np.float64(dev[c]) * np.float64(dev[c]) / k, 0.0)
+            delta = chunk_mean - mean[c]
+            mean[c] += delta * frac
+            m2[c] += chunk_m2 + delta * delta * n * frac
+        n += k
+    return n
+
+
+@njit(**_jit)
+def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
+    """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums."""
+    length, width = xs.shape
+    block = max(1, COL_CHUNK // width)
+    s1 = np.empty(width, xs.dtype)
+    s2 = np.empty(width, xs.dtype)
+    for b0 in range(0, length, block):
+        s1[:] = 0
+        s2[:] = 0
+        for b in range(b0, min(b0 + block, length)):
+            xr = xs[b]
+            gr = dy[b]
+            for c in range(width):
+                g = gr[c]
+                s1[c] += g
+                s2[c] += g * ((xr[c] - hi[c]) - lo[c])
+        for c in range(width):
+            sum_dy[c] += s1[c]
+            sum_dy_xc[c] += s2[c]
+
+
+@njit(**_ew)
+def _slab_affine(xs, hi, lo, alpha, beta, ys):
+    for b in range(xs.shape[0]):
+        xr = xs[b]
+        yr = ys[b]
+        for c in range(xs.shape[1]):
+            yr[c] = ((xr[c] - hi[c]) - lo[c]) * alpha[c] + beta[c]
+
+
+@njit(**_ew)
+def _slab_input_grad(dy, xs, hi, lo, ka, kb, kc, ys):
+    for b in range(xs.shape[0]):
+        xr = xs[b]
+        gr = dy[b]
+        yr = ys[b]
+        for c in range(xs.shape[1]):
+            yr[c] = gr[c] * ka[c] + ((xr[c] - hi[c]) - lo[c]) * kb[c] + kc[c]
+
+
+@njit(parallel=True, **_jit)
+def col_moments(x, pieces, count, mean, m2):
+    """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
+    outer, length, width = x.shape
+    for task in prange(outer * pieces):
+        a = task // pieces
+        p = task - a * pieces
+        lo, hi = _span(length, pieces, p)
+        count[a, p, :] = _slab_moments(x[a, lo:hi], mean[a, p], m2[a, p])
+
+
+@njit(parallel=True, **_ew)
+def col_affine(x, hi, lo, alpha, beta, pieces, out):
+    """``out[a, b, c] = (x[a, b, c] - center[a, c])*alpha[a, c] + beta[a, c]``."""
+    outer, length, width = x.shape
+    for task in prange(outer * pieces):
+        a = task // pieces
+        p = task - a * pieces
+        start, stop = _span(length, pieces, p)
+        _slab_affine(x[a, start:stop], hi[a], lo[a], alpha[a], beta[a], out[a, start:stop])
+
+
+@njit(parallel=True, **_jit)
+def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
+    """Per-(a, piece, c) ``sum(dy)`` and ``sum(dy*(x - center[a, c]))`` into float64 (A, pieces, C)."""
+    outer, length, width = x.shape
+    for task in prange(outer * pieces):
+        a = task // pieces
+        p = task - a * pieces
+        start, stop = _span(length, pieces, p)
+        sum_dy[a, p, :] = 0.0
+        sum_dy_xc[a, p, :] = 0.0
+        _slab_dot_sums(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], sum_dy[a, p], sum_dy_xc[a, p])
+
+
+@njit(parallel=True, **_ew)
+def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
+    """``out[a, b, c] = dy*ka[a, c] + (x - center[a, c])*kb[a, c] + kc[a, c]``."""
+    outer, length, width = x.shape
+    for task in prange(outer * pieces):
+        a = task // pieces
+        p = task - a * pieces
+        start, stop = _span(length, pieces, p)
+        _slab_input_grad(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], ka[a], kb[a], kc[a],
+                         out[a, start:stop])
+
+
+# -- fused cols kernels: channels-last instance/group norm, one sample's slab at a time ----------
+#
+# The (spatial, C) slab of one sample fits in L2, so its statistics and its normalization read
+# memory once.  Channels are grouped in ``groups`` runs of C // groups (instance norm: groups = C).
+
+
+@njit(parallel=True, **_ew)
+def col_normalize(x, weight, bias, groups, eps, out, mean, var):
+    """Normalize each sample's slab by per-group statistics, returned in ``mean``/``var`` (A, G)."""
+    outer, length, width = x.shape
+    members = width // groups
+    dtype = x.dtype.type
+    for a in prange(outer):
+        col_mean = np.empty(width)
+        col_m2 = np.empty(width)
+        n = _slab_moments(x[a], col_mean, col_m2)
+        hi = np.empty(width, x.dtype)
+        lo = np.empty(width, x.dtype)
+        alpha = np.empty(width, x.dtype)
+        for g in range(groups):
+            first = g * members
+            gm = 0.0
+            for c in range(first, first + members):
+                gm += col_mean[c]
+            gm /= members
+            gq = 0.0
+            for c in range(first, first + members):
+                d = col_mean[c] - gm
+                gq += col_m2[c] + n * d * d
+            mean[a, g] = gm
+            var[a, g] = gq / (n * members)
+            inv = 1.0 / np.sqrt(var[a, g] + eps)
+            h, l = _split(gm, dtype)
+            for c in range(first, first + members):
+                hi[c] = h
+                lo[c] = l
+                alpha[c] = dtype(inv * weight[c])
+        _slab_affine(x[a], hi, lo, alpha, bias, out[a])
+
+
+@njit(parallel=True, **_ew)
+def col_normalize_backward(dy, x, weight, groups, mean, rstd, out, sum_dy, sum_dy_xhat):
+    """Input gradient of ``col_normalize`` slab by slab; per-(a, c) ``sum(dy)`` and
+    ``sum(dy*xhat)`` (the bias and weight gradient pieces) into float64 ``sum_dy``/``sum_dy_xhat``."""
+    outer, length, width = x.shape
+    members = width // groups
+    count = length * members
+    dtype = x.dtype.type
+    for a in prange(outer):
+        hi = np.empty(width, x.dtype)
+        lo = np.empty(width, x.dtype)
+        for g in range(groups):
+            h, l = _split(mean[a, g], dtype)
+            hi[g * members:(g + 1) * members] = h
+            lo[g * members:(g + 1) * members] = l
+        t1 = sum_dy[a]
+        t2 = sum_dy_xhat[a]
+        t1[:] = 0.0
+        t2[:] = 0.0
+        _slab_dot_sums(dy[a], x[a], hi, lo, t1, t2)
+        ka = np.empty(width, x.dtype)
+        kb = np.empty(width, x.dtype)
+        kc = np.empty(width, x.dtype)
+        for g in range(groups):
+            inv = rstd[a, g]
+            s1 = 0.0
+            s2 = 0.0
+            for c in range(g * members, (g + 1) * members):
+                t2[c] *= inv
+                s1 += weight[c] * t1[c]
+                s2 += weight[c] * t2[c]
+            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
+            for c in range(g * members, (g + 1) * members):
+                ka[c] = dtype(inv * weight[c])
+                kb[c] = dtype(-inv * inv * s2 / count)
+                kc[c] = dtype(-inv * s1 / count)
+        _slab_input_grad(dy[a], x[a], hi, lo, ka, kb, kc, out[a])

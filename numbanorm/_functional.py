@@ -209,6 +209,15 @@ def _grid_rows(x, ch, grouping):
     return _fused_rows(x, n * grouping.groups, c // grouping.groups)
 
 
+def _grid_slabs(x, ch, grouping):
+    """Channels-last instance/group norm as fused (N, spatial, C) slabs; None if that does not fit."""
+    n, c = x.shape[0], x.shape[ch]
+    if grouping.over_batch or ch != x.ndim - 1 or x.size < 2 * n * c:
+        return None
+    rows = _fused_rows(x, n, 1)
+    return None if rows is None else rows.reshape(n, -1, c)
+
+
 def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
     """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group."""
     n, c = x.shape[0], x.shape[ch]
@@ -219,6 +228,15 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
         y, mean, var = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
         mean, var = mean.reshape(n, -1), var.reshape(n, -1)
         return y, np.full(mean.shape, float(x2.shape[1])), mean, var, _rstd(var, eps)
+    x3 = _grid_slabs(xc, ch, grouping)
+    if x3 is not None:
+        mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
+        direct = out is not None and out.dtype == xc.dtype and out.flags.c_contiguous
+        y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
+        w, b = _fused_params(weight, bias, (c,), xc.dtype)
+        _cpu.col_normalize(x3, w, b, grouping.groups, eps, y3, mean, var)
+        y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
+        return y, np.full(mean.shape, float(x3.shape[1] * (c // grouping.groups))), mean, var, _rstd(var, eps)
     count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
@@ -235,10 +253,21 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         dx2 = np.empty_like(x2)
         seg_dy, seg_dy_xhat = np.empty((x2.shape[0], cg)), np.empty((x2.shape[0], cg))
         _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(),
-                                    rstd.ravel(), x2.shape[0], dx2, seg_dy, seg_dy_xhat)
+                                    rstd.ravel(), x2.shape[0], dx2, seg_dy, seg_dy_xhat,
+                                    np.empty((1, 2, 1), x.dtype))
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
         return dx2.reshape(x.shape), grad_weight, grad_bias
+    x3 = _grid_slabs(x, ch, grouping) if batch_stats and dy.flags.c_contiguous else None
+    if x3 is not None:
+        w, _ = _fused_params(weight, None, (c,), x.dtype)
+        dx3 = np.empty_like(x3)
+        sum_dy, sum_dy_xhat = np.empty((n, c)), np.empty((n, c))
+        _cpu.col_normalize_backward(dy.reshape(x3.shape), x3, w, grouping.groups, mean, rstd, dx3,
+                                    sum_dy, sum_dy_xhat)
+        grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).astype(x.dtype)
+        grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
+        return dx3.reshape(x.shape), grad_weight, grad_bias
     plan = _grid_plan(x, ch)
     shape = _grid_shape(x, ch)
     mean_nc = grouping.expand(mean, n, c)
@@ -534,7 +563,7 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
         dx2 = np.empty_like(x2)
         sum_dy, sum_dy_xhat = np.empty((blocks, length)), np.empty((blocks, length))
         _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(),
-                                    blocks, dx2, sum_dy, sum_dy_xhat)
+                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xc.dtype))
         grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).reshape(shape).astype(xc.dtype)
         grad_bias = sum_dy.sum(axis=0).reshape(shape).astype(xc.dtype) if has_bias else None
         return _grads(x, dx2.reshape(x.shape), grad_weight, grad_bias)
