@@ -111,28 +111,41 @@ def cases(ops, layouts):
     return out
 
 
-def measure(case, dtype, repeats, compare):
-    rng = np.random.default_rng(0)
+def inputs(case, dtype, seed=0):
+    """Seeded (x, dy, weight, bias) for a case."""
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
     dy = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
     width = case.shape[-1] if case.op == "layer_norm" else case.shape[1 if case.layout == "nchw" else -1]
-    w = rng.standard_normal(width).astype(dtype)
-    b = rng.standard_normal(width).astype(dtype)
+    return x, dy, rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+
+
+def contenders(case, dtype, peers=("torch",)):
+    """Callables to time for a case: ``copy``, ``forward``, ``forward_backward``, and the peers'
+    (``torch_forward``, ``torch_forward_backward``, ``numpy_forward``) that are available."""
+    x, dy, w, b = inputs(case, dtype)
     fwd, both = _ours(case, x, dy, w, b)
-    row = dict(op=case.op, shape=list(case.shape), layout=case.layout, dtype=np.dtype(dtype).name,
-               threads=numba.get_num_threads())
-    fns = {"copy_s": x.copy, "forward_s": fwd, "forward_backward_s": both}
-    if "torch" in compare:
+    fns = {"copy": x.copy, "forward": fwd, "forward_backward": both}
+    if "torch" in peers:
         peer = _torch(case, x, dy, w, b)
         if peer is not None:
-            fns["torch_forward_s"], fns["torch_forward_backward_s"] = peer
-    row.update(_median_times(fns, repeats))
-    reference = _reference(case, x, w, b)
-    row["max_error"] = float(np.abs(fwd()[0].astype(np.float64) - reference).max())
-    if "numpy" in compare:  # slow: timed apart, fewer runs, against a copy timed beside it
-        numpy_times = _median_times({"copy": x.copy, "numpy": lambda: _reference(case, x, w, b)},
-                                    max(1, repeats // 5))
-        row["numpy_forward_s"] = numpy_times["numpy"] / numpy_times["copy"] * row["copy_s"]
+            fns["torch_forward"], fns["torch_forward_backward"] = peer
+    if "numpy" in peers:
+        fns["numpy_forward"] = lambda: _reference(case, x, w, b)
+    return fns
+
+
+def measure(case, dtype, repeats, compare):
+    fns = contenders(case, dtype, compare)
+    numpy_forward = fns.pop("numpy_forward", None)
+    row = dict(op=case.op, shape=list(case.shape), layout=case.layout, dtype=np.dtype(dtype).name,
+               threads=numba.get_num_threads())
+    row.update({f"{name}_s": t for name, t in _median_times(fns, repeats).items()})
+    x, _, w, b = inputs(case, dtype)
+    row["max_error"] = float(np.abs(fns["forward"]()[0].astype(np.float64) - _reference(case, x, w, b)).max())
+    if numpy_forward is not None:  # slow: timed apart, fewer runs, scaled by a copy timed beside it
+        times = _median_times({"copy": fns["copy"], "numpy": numpy_forward}, max(1, repeats // 5))
+        row["numpy_forward_s"] = times["numpy"] / times["copy"] * row["copy_s"]
     return row
 
 
