@@ -17,11 +17,24 @@ from ._functional import (
     layer_norm,
     layer_norm_backward,
     moments,
+    rms_norm,
+    rms_norm_backward,
+    switchable_norm,
+    switchable_norm_backward,
+    SwitchableGrads,
+    SwitchableStats,
 )
+from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "RMSNorm",
+    "SwitchableNorm",
     "Grads",
     "NormStats",
     "batch_norm",
@@ -34,4 +47,10 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "moments",
+    "rms_norm",
+    "rms_norm_backward",
+    "switchable_norm",
+    "switchable_norm_backward",
+    "SwitchableGrads",
+    "SwitchableStats",
 ]

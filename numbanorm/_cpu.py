@@ -194,9 +194,12 @@ def _split(value, dtype):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize(x, weight, bias, seg, eps, out, mean, var):
+def row_normalize(x, weight, bias, seg, eps, centered, out, mean, var):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
-    computed first and returned in ``mean``/``var``."""
+    computed first and returned in ``mean``/``var``.
+
+    ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
+    ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation."""
     rows, length = x.shape
     kinds = weight.shape[0]
     dtype = x.dtype.type
@@ -204,9 +207,13 @@ def row_normalize(x, weight, bias, seg, eps, out, mean, var):
         xs = x[r]
         ys = out[r]
         n, mu, m2 = _span_moments(xs)
-        inv = 1.0 / np.sqrt(m2 / n + eps)
+        spread = m2 / n
+        if not centered:
+            spread += mu * mu
+            mu = 0.0
+        inv = 1.0 / np.sqrt(spread + eps)
         mean[r] = mu
-        var[r] = m2 / n
+        var[r] = spread
         h, l = _split(mu, dtype)
         w = weight[r % kinds]
         b = bias[r % kinds]
@@ -252,7 +259,8 @@ def _weighted_dot_sums(dy, x, weight, hi, lo):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat, scratch):
+def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out, seg_dy, seg_dy_xhat,
+                           scratch):
     """Input gradient of ``row_normalize`` row by row, with each row's two reductions
     ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row is in cache.
 
@@ -299,9 +307,9 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, 
                     sx[j] = t2 * inv
                     s1 += t1 * w[j]
                     s2 += t2 * w[j]
-            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
+            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
             kb = dtype(-inv * inv * inv * s2 / length)
-            kc = dtype(-inv * s1 / length)
+            kc = dtype(-inv * s1 / length) if centered else dtype(0)
             if seg == 1:
                 a = dtype(inv)
                 for i in range(length):

@@ -117,13 +117,13 @@ def _fused_rows(x, rows, segments):
     return x.reshape(rows, length)
 
 
-def _fused_forward(x, x2, weight, bias, seg, eps, out):
+def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype."""
     mean = np.empty(x2.shape[0])
     var = np.empty(x2.shape[0])
     direct = out is not None and out.dtype == x2.dtype and out.flags.c_contiguous
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
-    _cpu.row_normalize(x2, weight, bias, seg, eps, y2, mean, var)
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, y2, mean, var)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
     return y, mean, var
 
@@ -253,7 +253,7 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         dx2 = np.empty_like(x2)
         seg_dy, seg_dy_xhat = np.empty((x2.shape[0], cg)), np.empty((x2.shape[0], cg))
         _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(),
-                                    rstd.ravel(), x2.shape[0], dx2, seg_dy, seg_dy_xhat,
+                                    rstd.ravel(), True, x2.shape[0], dx2, seg_dy, seg_dy_xhat,
                                     np.empty((1, 2, 1), x.dtype))
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
@@ -491,6 +491,160 @@ def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, c
     return _grads(x, *grads)
 
 
+# -- switchable norm: a softmax mixture of instance, layer and batch statistics -----------------------
+
+class SwitchableStats(NamedTuple):
+    """What `switchable_norm` keeps for its backward (float64).
+
+    mean, rstd: the mixed statistics per (sample, channel), ``(N, C)``.
+    means, variances: each term's biased statistics broadcast to ``(K, N, C)``, in the order
+    instance, layer, batch (K = 3, or 2 with ``using_bn=False``).
+    batch_stats: whether the batch term came from the input (training) or running statistics.
+    """
+
+    mean: np.ndarray
+    rstd: np.ndarray
+    batch_stats: bool
+    has_bias: bool
+    means: np.ndarray
+    variances: np.ndarray
+
+
+def _softmax_logits(name, logits, terms):
+    z = chk.float_array(name, logits).astype(np.float64)
+    if z.shape != (terms,):
+        which = "instance, layer, batch" if terms == 3 else "instance, layer (using_bn=False)"
+        raise ValueError(f"{name} must be {terms} logits ({which}), got shape {z.shape}")
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None,
+                    bias=None, training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True,
+                    return_stats=False, out=None, num_batches_tracked=None):
+    """Switchable normalization (Luo et al. 2018): normalize by a softmax mixture of the instance,
+    layer and batch statistics, ``mean = sum_k softmax(mean_weight)_k * mean_k`` and likewise the
+    (biased) variances with ``var_weight``.
+
+    The instance statistics are computed in one pass; the layer and batch statistics are merged
+    from them with Chan's formula.  The batch term uses the batch (training) or the running
+    statistics (eval), which training updates as `batch_norm` does.  ``using_bn=False`` drops the
+    batch term: the logits then have length 2.  Other arguments as `batch_norm`; the stats for
+    `switchable_norm_backward` are a `SwitchableStats`.
+    """
+    x, xc = _input("input", input, 2)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    terms = 3 if using_bn else 2
+    mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
+    mix_var = _softmax_logits("var_weight", var_weight, terms)
+    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
+    eps = chk.eps_value("eps", eps)
+    momentum = chk.momentum_value(momentum)
+    out = chk.out_array(out, x.shape, x.dtype)
+    rm = rv = nbt = None
+    if using_bn and training:
+        rm, rv = _running_pair(running_mean, running_var, c)
+        nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
+        if x.size // c < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+    elif using_bn:
+        if running_mean is None or running_var is None:
+            raise ValueError("running_mean and running_var are required when training=False, got None")
+        eval_mean = chk.parameter("running_mean", running_mean, (c,), np.float64)
+        eval_var = chk.parameter("running_var", running_var, (c,), np.float64)
+    plan = _grid_plan(xc, ch)
+    count, mean_in, m2_in = _grid_moments(xc, plan, ch)
+    means = [mean_in]
+    variances = [m2_in / count]
+    _, mean_ln, m2_ln = merge_axes(count, mean_in, m2_in, (1,))
+    means.append(np.broadcast_to(mean_ln, (n, c)))
+    variances.append(np.broadcast_to(m2_ln / (count.sum(axis=1, keepdims=True)), (n, c)))
+    if using_bn:
+        if training:
+            count_bn, mean_bn, m2_bn = merge_axes(count, mean_in, m2_in, (0,))
+            var_bn = m2_bn / count_bn
+        else:
+            mean_bn, var_bn = eval_mean[None], eval_var[None]
+        means.append(np.broadcast_to(mean_bn, (n, c)))
+        variances.append(np.broadcast_to(var_bn, (n, c)))
+    means, variances = np.stack(means), np.stack(variances)
+    mean = np.tensordot(mix_mean, means, axes=1)
+    var = np.tensordot(mix_var, variances, axes=1)
+    y, mean, rstd = _grid_forward(x, xc, ch, _Grouping(c, False), mean, var, weight, bias, eps, out, plan)
+    if rm is not None:
+        if nbt is not None:
+            nbt += 1
+        _update_running(rm, mean_bn[0], momentum, nbt)
+        _update_running(rv, (var_bn * count_bn / (count_bn - 1))[0], momentum, nbt)
+    stats = SwitchableStats(mean, rstd, bool(training), bias is not None, means, variances)
+    return _maybe_stats(y, stats, return_stats)
+
+
+def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight, weight=None, *,
+                             channel_axis=1):
+    """Gradients of `switchable_norm` given its `SwitchableStats`: returns
+    `Grads(input, weight, bias, mean_weight, var_weight)`, the last two with respect to the logits.
+    """
+    x, xc, dy = _backward_inputs(grad_output, input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    if not isinstance(stats, SwitchableStats):
+        raise TypeError(f"stats must be the SwitchableStats returned by switchable_norm with "
+                        f"return_stats=True, got {chk._describe(stats)}")
+    terms = stats.means.shape[0]
+    if stats.mean.shape != (n, c) or stats.means.shape != (terms, n, c) or terms not in (2, 3):
+        raise ValueError(f"stats must belong to an input with (N, C) = {(n, c)}, got stats.mean of shape "
+                         f"{stats.mean.shape} and stats.means of shape {stats.means.shape}")
+    mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
+    mix_var = _softmax_logits("var_weight", var_weight, terms)
+    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    w = np.ones(c) if weight is None else weight.astype(np.float64)
+    mean, rstd = stats.mean, stats.rstd
+    plan = _grid_plan(xc, ch)
+    shape = _grid_shape(xc, ch)
+    sum_dy, sum_dy_xc = _grid_sums(dy, xc, plan, ch, mean.reshape(shape))
+    d_mean = -rstd * w * sum_dy  # dL/dmean per (sample, channel)
+    d_var = -0.5 * rstd ** 3 * w * sum_dy_xc  # dL/dvar
+    spatial = x.size // (n * c)
+    # each term's statistic is a mean over its group of `size` values: IN (spatial), LN (C*spatial),
+    # BN (N*spatial, only when it came from this batch); its gradient reaches x as
+    # d_mean_k/size + d_var_k*2*(x - mean_k)/size, with d_*_k summed over the term's group
+    reduce = [lambda a: a, lambda a: a.sum(axis=1, keepdims=True), lambda a: a.sum(axis=0, keepdims=True)]
+    sizes = [spatial, c * spatial, n * spatial]
+    kb = np.zeros((n, c))
+    kc = np.zeros((n, c))
+    for k in range(terms):
+        if k == 2 and not stats.batch_stats:
+            continue  # running statistics are constants
+        var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
+        kb = kb + var_coef
+        kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (mean - stats.means[k])
+    dx, _, _ = _engine.input_grad(dy, xc, plan, mean.reshape(shape), (rstd * w).reshape(shape),
+                                  kb.reshape(shape), kc.reshape(shape))
+    # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
+    # digits that a large common offset would cancel (the Jacobian ignores a common shift)
+    var_mix = np.tensordot(mix_var, stats.variances, axes=1)
+    g_mean = np.array([(d_mean * (stats.means[k] - mean)).sum() for k in range(terms)])
+    g_var = np.array([(d_var * (stats.variances[k] - var_mix)).sum() for k in range(terms)])
+    grad_mean_weight = mix_mean * (g_mean - mix_mean @ g_mean)
+    grad_var_weight = mix_var * (g_var - mix_var @ g_var)
+    grad_weight = None if weight is None else (sum_dy_xc * rstd).sum(axis=0).astype(xc.dtype)
+    grad_bias = sum_dy.sum(axis=0).astype(xc.dtype) if stats.has_bias else None
+    return SwitchableGrads(dx.astype(x.dtype, copy=False), grad_weight, grad_bias, grad_mean_weight,
+                           grad_var_weight)
+
+
+class SwitchableGrads(NamedTuple):
+    """Gradients of switchable norm, the mixture logits included."""
+
+    input: np.ndarray
+    weight: Optional[np.ndarray]
+    bias: Optional[np.ndarray]
+    mean_weight: np.ndarray
+    var_weight: np.ndarray
+
+
 # -- layer norm: statistics per row, parameters along the row ------------------------------------
 
 def _row_plan(x, k, with_params):
@@ -516,39 +670,36 @@ def _row_params(weight, bias, length, dtype):
     return w, b
 
 
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
-    """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
-    ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape."""
+def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
+    """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions."""
     x, xc = _input("input", input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     k = len(shape)
     weight = chk.parameter("weight", weight, shape, xc.dtype)
     bias = chk.parameter("bias", bias, shape, xc.dtype)
-    eps = chk.eps_value("eps", eps)
+    eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - k]
     length = int(np.prod(shape))
     x2 = _fused_rows(xc, int(np.prod(lead)), 1)
     if x2 is not None:
         w, b = _fused_params(weight, bias, (1, length), xc.dtype)
-        y, mean, var = _fused_forward(x, x2, w, b, 1, eps, out)
-        rstd = _rstd(var, eps)
+        y, mean, spread = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
         xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
         count, mean, m2 = _engine.moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
-        rstd = _rstd(m2 / count, eps)
+        spread = m2 / count
+        if not centered:
+            spread, mean = spread + mean * mean, np.zeros_like(mean)
         w, b = _row_params(weight, bias, length, xc.dtype)
         direct_out = out if out is not None and out.dtype == xc.dtype else None
+        rstd = _rstd(spread, eps)
         y = _deliver(_engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
-    stats = NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None)
-    return _maybe_stats(y, stats, return_stats)
+    return y, NormStats(mean.reshape(lead), _rstd(spread, eps).reshape(lead), True, bias is not None)
 
 
-def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
-    """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
-
-    The weight and bias gradients are summed in the same pass that writes the input gradient."""
+def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, centered):
     x, xc, dy = _backward_inputs(grad_output, input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     k = len(shape)
@@ -562,7 +713,7 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
         blocks = max(1, min(x2.shape[0], 4 * numba.get_num_threads()))
         dx2 = np.empty_like(x2)
         sum_dy, sum_dy_xhat = np.empty((blocks, length)), np.empty((blocks, length))
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(),
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(), centered,
                                     blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xc.dtype))
         grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).reshape(shape).astype(xc.dtype)
         grad_bias = sum_dy.sum(axis=0).reshape(shape).astype(xc.dtype) if has_bias else None
@@ -572,13 +723,41 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
     keep = lead + (1,) * k
     mean, rstd = mean.reshape(keep), rstd.reshape(keep)
     sum_wdy, sum_wdy_xc = _engine.grad_sums(dy, xc, plan, mean, weight=w)
+    # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
     ka = rstd
     kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
-    kc = -rstd * (sum_wdy / length)
+    kc = -rstd * (sum_wdy / length) if centered else np.zeros_like(rstd)
     dx, grad_w, grad_b = _engine.input_grad(dy, xc, plan, mean, ka, kb, kc, weight=w)
     grad_weight = None if weight is None else grad_w.reshape(shape).astype(weight.dtype)
     grad_bias = grad_b.reshape(shape).astype(xc.dtype) if has_bias else None
     return _grads(x, dx, grad_weight, grad_bias)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+    """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
+    ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape."""
+    y, stats = _row_norm(input, normalized_shape, weight, bias, eps, True, out)
+    return _maybe_stats(y, stats, return_stats)
+
+
+def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
+
+    The weight and bias gradients are summed in the same pass that writes the input gradient."""
+    return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, True)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+    """RMS normalization (``torch.nn.functional.rms_norm``): ``x / sqrt(mean(x**2) + eps) * weight``
+    over the trailing ``normalized_shape`` dimensions; ``eps=None`` is the machine epsilon of the
+    input's dtype.  The stats' ``mean`` is zero."""
+    y, stats = _row_norm(input, normalized_shape, weight, None, eps, False, out)
+    return _maybe_stats(y, stats, return_stats)
+
+
+def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`."""
+    return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, False)
 
 
 # -- statistics -----------------------------------------------------------------------------------

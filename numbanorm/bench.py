@@ -16,11 +16,14 @@ import numpy as np
 
 from . import reference as ref
 from ._functional import (batch_norm, batch_norm_backward, group_norm, group_norm_backward,
-                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward)
+                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward,
+                          rms_norm, rms_norm_backward, switchable_norm, switchable_norm_backward)
 
 GRID_SHAPE = (32, 64, 56, 56)
 LAYER_SHAPES = ((8192, 1024), (65536, 128))
 GROUPS = 32
+GRID_OPS = ("batch_norm", "instance_norm", "group_norm", "switchable_norm")
+ROW_OPS = ("layer_norm", "rms_norm")
 
 
 class Case(NamedTuple):
@@ -50,6 +53,15 @@ def _ours(case, x, dy, w, b):
         ns = x.shape[-1:]
         fwd = lambda: layer_norm(x, ns, w, b, return_stats=True)
         return fwd, lambda: layer_norm_backward(dy, x, fwd()[1], ns, w)
+    if case.op == "rms_norm":
+        ns = x.shape[-1:]
+        fwd = lambda: rms_norm(x, ns, w, return_stats=True)
+        return fwd, lambda: rms_norm_backward(dy, x, fwd()[1], ns, w)
+    if case.op == "switchable_norm":
+        logits = np.zeros(3)
+        fwd = lambda: switchable_norm(x, logits, logits, None, None, w, b, training=True, channel_axis=ca,
+                                      return_stats=True)
+        return fwd, lambda: switchable_norm_backward(dy, x, fwd()[1], logits, logits, w, channel_axis=ca)
     if case.op == "batch_norm":
         fwd = lambda: batch_norm(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True)
         return fwd, lambda: batch_norm_backward(dy, x, fwd()[1], w, channel_axis=ca)
@@ -63,6 +75,10 @@ def _ours(case, x, dy, w, b):
 def _reference(case, x, w, b):
     if case.op == "layer_norm":
         return ref.layer_forward(x, 1, w, b)
+    if case.op == "rms_norm":
+        return ref.rms_forward(x, 1, w, np.finfo(x.dtype).eps)
+    if case.op == "switchable_norm":
+        return ref.switchable_forward(x, np.zeros(3), np.zeros(3), w, b, channel_axis=1 if case.layout == "nchw" else -1)
     kind = case.op.split("_")[0]
     ca = 1 if case.layout == "nchw" else -1
     return ref.grid_forward(x, kind, w, b, groups=GROUPS, channel_axis=ca)
@@ -79,9 +95,14 @@ def _torch(case, x, dy, w, b):
     tx, tdy = as_nchw(torch.from_numpy(x)), as_nchw(torch.from_numpy(dy))
     tw, tb = torch.from_numpy(w), torch.from_numpy(b)
 
+    if case.op == "switchable_norm":
+        return None  # no framework has it
+
     def run(X, W, B):
         if case.op == "layer_norm":
             return F.layer_norm(X, X.shape[-1:], W, B)
+        if case.op == "rms_norm":
+            return F.rms_norm(X, X.shape[-1:], W)
         if case.op == "batch_norm":
             return F.batch_norm(X, None, None, W, B, training=True)
         if case.op == "instance_norm":
@@ -102,7 +123,7 @@ def _torch(case, x, dy, w, b):
 def cases(ops, layouts):
     out = []
     for op in ops:
-        if op == "layer_norm":
+        if op in ROW_OPS:
             out += [Case(op, s, "rows") for s in LAYER_SHAPES]
         else:
             n, c, h, w = GRID_SHAPE
@@ -116,7 +137,7 @@ def inputs(case, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
     dy = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
-    width = case.shape[-1] if case.op == "layer_norm" else case.shape[1 if case.layout == "nchw" else -1]
+    width = case.shape[-1] if case.op in ROW_OPS else case.shape[1 if case.layout == "nchw" else -1]
     return x, dy, rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
 
 
@@ -168,7 +189,7 @@ def format_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numbanorm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default="batch_norm,instance_norm,group_norm,layer_norm",
+    parser.add_argument("--ops", default=",".join(GRID_OPS + ROW_OPS),
                         help="comma-separated ops (default: all)")
     parser.add_argument("--layouts", default="nchw,nhwc", help="grid-op layouts: nchw,nhwc")
     parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])

@@ -99,3 +99,42 @@ def layer_backward(dy, x, k, weight=None, eps=1e-5):
     dx = rstd * (dxhat - dxhat.mean(axis=axes, keepdims=True)
                  - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
     return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
+
+
+def rms_forward(x, k, weight=None, eps=None):
+    x = np.asarray(x, np.float64)
+    eps = np.finfo(np.float64).eps if eps is None else eps
+    axes = tuple(range(x.ndim - k, x.ndim))
+    r = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    return x * r * (1.0 if weight is None else np.asarray(weight, np.float64))
+
+
+def rms_backward(dy, x, k, weight=None, eps=None):
+    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
+    eps = np.finfo(np.float64).eps if eps is None else eps
+    axes = tuple(range(x.ndim - k, x.ndim))
+    r = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
+    xhat = x * r
+    dxhat = dy * (1.0 if weight is None else np.asarray(weight, np.float64))
+    dx = r * (dxhat - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+    return dx, (dy * xhat).sum(axis=tuple(range(x.ndim - k)))
+
+
+def switchable_forward(x, mean_logits, var_logits, weight=None, bias=None, eps=1e-5, channel_axis=1,
+                       running_mean=None, running_var=None):
+    """Switchable norm by its definition; ``running_*`` given replace the batch term (eval)."""
+    xnc = _to_nc(x, channel_axis)  # (N, C, S)
+    softmax = lambda z: np.exp(z - np.max(z)) / np.exp(z - np.max(z)).sum()
+    a, b = softmax(np.asarray(mean_logits, np.float64)), softmax(np.asarray(var_logits, np.float64))
+    stats = [(xnc.mean(axis=2, keepdims=True), xnc.var(axis=2, keepdims=True)),
+             (xnc.mean(axis=(1, 2), keepdims=True), xnc.var(axis=(1, 2), keepdims=True))]
+    if len(a) == 3:
+        if running_mean is None:
+            stats.append((xnc.mean(axis=(0, 2), keepdims=True), xnc.var(axis=(0, 2), keepdims=True)))
+        else:
+            stats.append((np.asarray(running_mean, np.float64)[None, :, None],
+                          np.asarray(running_var, np.float64)[None, :, None]))
+    mean = sum(ak * m for ak, (m, _) in zip(a, stats))
+    var = sum(bk * v for bk, (_, v) in zip(b, stats))
+    y = _from_nc((xnc - mean) / np.sqrt(var + eps), x.shape, channel_axis)
+    return y * _channel_param(weight, x, channel_axis % x.ndim, 1) + _channel_param(bias, x, channel_axis % x.ndim, 0)

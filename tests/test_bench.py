@@ -12,7 +12,7 @@ def test_bench_command_small(tmp_path, monkeypatch, capsys):
     out = tmp_path / "rows.json"
     assert main(["bench", "--repeats", "2", "--compare", "numpy", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert len(rows) == 7  # 3 grid ops x 2 layouts + layer norm
+    assert len(rows) == 10  # 4 grid ops x 2 layouts + layer and RMS norm
     for row in rows:
         assert row["forward_s"] > 0 and row["copy_s"] > 0 and row["numpy_forward_s"] > 0
         assert row["max_error"] < 1e-4

@@ -80,3 +80,16 @@ def test_large_offset_error_no_worse_than_torch(dtype, offset, rng):
         err_ours = np.abs(ours().astype(np.float64) - exact).max()
         err_torch = np.abs(theirs().numpy().astype(np.float64) - exact).max()
         assert err_ours <= err_torch * 1.01 + 1e-12, (name, err_ours, err_torch)
+
+
+def test_rms_norm_matches_torch(rng):
+    x = rng.normal(size=(6, 4, 8)).astype(np.float32)
+    w, dy = rng.normal(size=8).astype(np.float32), rng.normal(size=x.shape).astype(np.float32)
+    X, W = _t(x), _t(w)
+    Y = F.rms_norm(X, (8,), W)
+    Y.backward(torch.tensor(dy))
+    y, st = nn.rms_norm(x, 8, w, return_stats=True)
+    g = nn.rms_norm_backward(dy, x, st, 8, w)
+    np.testing.assert_allclose(y, Y.detach().numpy(), atol=2e-6)
+    np.testing.assert_allclose(g.input, X.grad.numpy(), atol=2e-5)
+    np.testing.assert_allclose(g.weight, W.grad.numpy(), atol=2e-5)
