@@ -16,13 +16,16 @@ from ._functional import (
     instance_norm_backward,
     layer_norm,
     layer_norm_backward,
+    merge,
     moments,
+    Moments,
     rms_norm,
     rms_norm_backward,
     switchable_norm,
     switchable_norm_backward,
     SwitchableGrads,
     SwitchableStats,
+    welford,
 )
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
 
@@ -46,11 +49,14 @@ __all__ = [
     "instance_norm_backward",
     "layer_norm",
     "layer_norm_backward",
+    "merge",
     "moments",
+    "Moments",
     "rms_norm",
     "rms_norm_backward",
     "switchable_norm",
     "switchable_norm_backward",
     "SwitchableGrads",
     "SwitchableStats",
+    "welford",
 ]

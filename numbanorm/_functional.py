@@ -15,6 +15,7 @@ import numpy as np
 
 from . import _checks as chk
 from . import _cpu, _engine
+from ._dispatch import dispatch
 from ._engine import merge_axes
 from ._plan import Plan
 
@@ -30,12 +31,15 @@ class NormStats(NamedTuple):
         statistics were used, which the backward then treats as constants.
     has_bias
         Whether the forward had a bias, so the backward returns its gradient.
+    eps
+        The forward's eps (backends that recompute statistics blockwise need it).
     """
 
     mean: np.ndarray
     rstd: np.ndarray
     batch_stats: bool = True
     has_bias: bool = False
+    eps: float = 1e-5
 
 
 class Grads(NamedTuple):
@@ -299,6 +303,7 @@ def _maybe_stats(y, stats, return_stats):
     return (y, stats) if return_stats else y
 
 
+@dispatch
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
                num_batches_tracked=None):
@@ -359,10 +364,11 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         mean = chk.parameter("running_mean", running_mean, (c,), np.float64)[None, :]
         var = chk.parameter("running_var", running_var, (c,), np.float64)[None, :]
         y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    stats = NormStats(mean[0], rstd[0], bool(training), bias is not None)
+    stats = NormStats(mean[0], rstd[0], bool(training), bias is not None, eps)
     return _maybe_stats(y, stats, return_stats)
 
 
+@dispatch
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
                   return_stats=False, out=None, num_batches_tracked=None):
@@ -401,10 +407,11 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
         mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), (n, c))
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), (n, c))
         y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    stats = NormStats(np.array(mean), np.array(rstd), bool(use_input_stats), bias is not None)
+    stats = NormStats(np.array(mean), np.array(rstd), bool(use_input_stats), bias is not None, eps)
     return _maybe_stats(y, stats, return_stats)
 
 
+@dispatch
 def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
                return_stats=False, out=None):
     """Group normalization (``torch.nn.functional.group_norm``): statistics per sample over each
@@ -419,7 +426,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     grouping = _Grouping(groups, False)
     plan = _grid_plan(xc, ch)
     y, _, mean, _, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
-    return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None), return_stats)
+    return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None, eps), return_stats)
 
 
 def _num_groups(num_groups, channels):
@@ -453,6 +460,7 @@ def _grads(x, dx, grad_weight, grad_bias):
     return Grads(dx.astype(x.dtype, copy=False), grad_weight, grad_bias)
 
 
+@dispatch
 def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
     """Gradients of `batch_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
 
@@ -468,6 +476,7 @@ def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=
     return _grads(x, *grads)
 
 
+@dispatch
 def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
     """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
     x, xc, dy = _backward_inputs(grad_output, input)
@@ -479,6 +488,7 @@ def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_ax
     return _grads(x, *grads)
 
 
+@dispatch
 def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
     """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
     x, xc, dy = _backward_inputs(grad_output, input)
@@ -519,6 +529,7 @@ def _softmax_logits(name, logits, terms):
     return e / e.sum()
 
 
+@dispatch
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None,
                     bias=None, training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True,
                     return_stats=False, out=None, num_batches_tracked=None):
@@ -581,6 +592,7 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     return _maybe_stats(y, stats, return_stats)
 
 
+@dispatch
 def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight, weight=None, *,
                              channel_axis=1):
     """Gradients of `switchable_norm` given its `SwitchableStats`: returns
@@ -696,7 +708,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
         rstd = _rstd(spread, eps)
         y = _deliver(_engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
-    return y, NormStats(mean.reshape(lead), _rstd(spread, eps).reshape(lead), True, bias is not None)
+    return y, NormStats(mean.reshape(lead), _rstd(spread, eps).reshape(lead), True, bias is not None, eps)
 
 
 def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, centered):
@@ -733,6 +745,7 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     return _grads(x, dx, grad_weight, grad_bias)
 
 
+@dispatch
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
     """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
     ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape."""
@@ -740,6 +753,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, ret
     return _maybe_stats(y, stats, return_stats)
 
 
+@dispatch
 def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
     """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
 
@@ -747,6 +761,7 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
     return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, True)
 
 
+@dispatch
 def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
     """RMS normalization (``torch.nn.functional.rms_norm``): ``x / sqrt(mean(x**2) + eps) * weight``
     over the trailing ``normalized_shape`` dimensions; ``eps=None`` is the machine epsilon of the
@@ -755,6 +770,7 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=Fal
     return _maybe_stats(y, stats, return_stats)
 
 
+@dispatch
 def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
     """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`."""
     return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, False)
@@ -762,6 +778,7 @@ def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
 
 # -- statistics -----------------------------------------------------------------------------------
 
+@dispatch
 def moments(x, axes, keepdims=False):
     """Mean and (biased) variance of ``x`` over ``axes`` in one pass (``tf.nn.moments``).
 
@@ -780,6 +797,7 @@ def moments(x, axes, keepdims=False):
     return mean.astype(arr.dtype), var.astype(arr.dtype)
 
 
+@dispatch
 def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     """``(x - mean) * scale / sqrt(variance + variance_epsilon) + offset`` with broadcasting
     (``tf.nn.batch_normalization``); ``offset``/``scale`` may be None."""
@@ -806,3 +824,51 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     full = lambda a: np.broadcast_to(a, [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)])
     y = _engine.affine(xc, plan, full(params["mean"]), full(alpha), full(beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)))
     return _deliver(y, arr.dtype, None)
+
+
+# -- mergeable statistics -----------------------------------------------------------------------
+
+class Moments(NamedTuple):
+    """A mergeable Welford state: per-element ``count``, ``mean`` and ``m2`` (the sum of squared
+    deviations from the mean), float64 arrays of one shape (Dask arrays for Dask input)."""
+
+    count: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def finalize(self, ddof=0):
+        """``(mean, variance)`` with ``m2 / (count - ddof)``; NaN where that has no value left."""
+        dof = self.count - ddof
+        return self.mean, np.where(dof > 0, self.m2 / np.where(dof > 0, dof, 1), np.nan)
+
+
+@dispatch
+def welford(x, axes, keepdims=False):
+    """The `Moments` of ``x`` over ``axes`` (one pass, the kernels of `moments`).
+
+    Merge states of blocks, files, streams or MPI ranks with `merge`; an empty block gives count
+    0, which merges as nothing."""
+    arr, xc = _input("x", x, 0)
+    axes = chk.axes_tuple("axes", axes, arr.ndim)
+    kept = [i not in axes for i in range(arr.ndim)]
+    shape = [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)]
+    if arr.size == 0:
+        count, mean, m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
+    else:
+        count, mean, m2 = _engine.moments(xc, kept)
+    if not keepdims:
+        out_shape = [arr.shape[i] for i in range(arr.ndim) if kept[i]]
+        count, mean, m2 = (a.reshape(out_shape) for a in (count, mean, m2))
+    return Moments(np.asarray(count, np.float64), mean, m2)
+
+
+def merge(a, b):
+    """Chan's formula: the `Moments` of the union of two disjoint samples.  Safe when a count is
+    zero; shapes broadcast."""
+    for name, m in (("a", a), ("b", b)):
+        if not (hasattr(m, "count") and hasattr(m, "mean") and hasattr(m, "m2")):
+            raise TypeError(f"{name} must be a Moments (count, mean, m2), got {chk._describe(m)}")
+    n = a.count + b.count
+    frac = np.where(n > 0, b.count / np.where(n > 0, n, 1), 0.0)
+    delta = b.mean - a.mean
+    return Moments(n, a.mean + delta * frac, a.m2 + b.m2 + delta * delta * a.count * frac)

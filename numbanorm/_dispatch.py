@@ -1,0 +1,90 @@
+"""The input decides the backend: NumPy arrays run the CPU kernels, Dask arrays build a lazy Dask
+graph (``numbanorm._dask``), CUDA arrays run the CUDA kernels (``numbanorm._cuda``).
+
+Backends are imported on first use, so ``import numbanorm`` needs neither Dask nor CUDA.
+"""
+
+import contextlib
+import functools
+import importlib
+import inspect
+import threading
+
+import numba
+import numpy as np
+
+_BACKENDS = {"dask": "numbanorm._dask", "cuda": "numbanorm._cuda"}
+_workqueue_lock = threading.Lock()
+_layer = None
+
+
+def backend_of(value):
+    """"dask", "cuda" or None (NumPy and anything NumPy converts)."""
+    if value is None or isinstance(value, (np.ndarray, np.generic)):
+        return None
+    root = type(value).__module__.partition(".")[0]
+    if root == "dask":
+        return "dask"
+    if root == "torch":
+        return "cuda" if getattr(value, "is_cuda", False) else None
+    if hasattr(value, "__cuda_array_interface__"):
+        return "cuda"
+    return None
+
+
+@numba.njit(parallel=True, cache=False)
+def _touch(out):
+    for i in numba.prange(out.shape[0]):
+        out[i] = i
+
+
+def _threading_layer():
+    global _layer
+    if _layer is None:
+        _touch(np.empty(2))  # the layer is chosen at the first parallel launch
+        _layer = numba.threading_layer()
+    return _layer
+
+
+def launch_guard():
+    """A lock around the kernels where Numba's threading layer cannot take concurrent launches.
+
+    The ``tbb`` and ``omp`` layers are thread-safe; ``workqueue`` (the fallback when neither TBB
+    nor an OpenMP runtime is present) aborts the process when two threads launch parallel
+    kernels at once, so there calls from several threads (Dask's threaded scheduler) take turns.
+    """
+    if _threading_layer() == "workqueue":
+        return _workqueue_lock
+    return contextlib.nullcontext()
+
+
+def _refuse_mixed(signature, args, kwargs, backend):
+    """A Dask or CUDA argument where the first argument chose another backend: no silent copies."""
+    for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
+        other = backend_of(value)
+        if other is not None and other != backend:
+            first = next(iter(signature.parameters))
+            raise TypeError(f"{name} is a {other} array but {first} is "
+                            f"{'a ' + backend + ' array' if backend else 'a NumPy array'}: "
+                            "arrays of one call must live in one place")
+
+
+def dispatch(fn):
+    """Route a public function by the type of its first argument; guard the CPU kernels."""
+    name = fn.__name__
+    signature = inspect.signature(fn)
+    first = next(iter(signature.parameters))
+
+    @functools.wraps(fn)
+    def routed(*args, **kwargs):
+        value = args[0] if args else kwargs.get(first)
+        backend = backend_of(value)
+        _refuse_mixed(signature, args, kwargs, backend)
+        if backend is not None:
+            module = importlib.import_module(_BACKENDS[backend])
+            return getattr(module, name)(*args, **kwargs)
+        with launch_guard():
+            return fn(*args, **kwargs)
+
+    routed.cpu = fn
+    return routed
