@@ -23,15 +23,20 @@ def _describe(value):
     return f"{type(value).__name__} {value!r}"[:120]
 
 
+def is_device_array(value):
+    """A Numba CUDA device array (real or simulated): checked in place, never copied to the host."""
+    return type(value).__module__.startswith("numba.cuda")
+
+
 def float_array(name, value, min_ndim=0):
     """``value`` as an ndarray of float16/32/64 with at least ``min_ndim`` dimensions."""
-    if not isinstance(value, np.ndarray):
+    if not isinstance(value, np.ndarray) and not is_device_array(value):
         if value is None or isinstance(value, (str, bytes, dict)):
             raise TypeError(f"{name} must be an array of floating point numbers, got {_describe(value)}")
         value = np.asarray(value)
     if value.dtype.type not in FLOATS:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got dtype {value.dtype}")
-    if value.ndim < min_ndim:
+    if len(value.shape) < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {value.shape}")
     return value
 
@@ -80,13 +85,13 @@ def same_array(name, value, like, like_name="input"):
 def out_array(out, shape, dtype):
     if out is None:
         return None
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a NumPy array, got {_describe(out)}")
-    if out.shape != tuple(shape):
+    if not isinstance(out, np.ndarray) and not is_device_array(out):
+        raise TypeError(f"out must be an array like the input, got {_describe(out)}")
+    if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got shape {out.shape}")
     if out.dtype != dtype:
         raise TypeError(f"out must have dtype {dtype}, got dtype {out.dtype}")
-    if not out.flags.writeable:
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out must be writable, got a read-only array")
     return out
 

@@ -10,6 +10,8 @@ parameters along the row.
 
 from typing import NamedTuple, Optional
 
+import threading
+
 import numba
 import numpy as np
 
@@ -51,6 +53,19 @@ class Grads(NamedTuple):
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+_current = threading.local()
+
+
+def _eng():
+    """The engine of this call: the CPU one unless a backend (CUDA) set its own for the call."""
+    return getattr(_current, "engine", _engine.CPU)
+
+
+def _is_c(a):
+    """A C-contiguous NumPy array (the fused CPU kernels' precondition)."""
+    return isinstance(a, np.ndarray) and a.flags.c_contiguous
+
 
 def _input(name, value, min_ndim):
     """The checked input and the array the kernels compute on (float16 widened to float32)."""
@@ -113,7 +128,7 @@ FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two pas
 def _fused_rows(x, rows, segments):
     """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
     not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
-    if not x.flags.c_contiguous or x.size == 0 or rows < 2 * numba.get_num_threads():
+    if _eng() is not _engine.CPU or not _is_c(x) or x.size == 0 or rows < 2 * numba.get_num_threads():
         return None
     length = x.size // rows
     if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
@@ -125,7 +140,7 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype."""
     mean = np.empty(x2.shape[0])
     var = np.empty(x2.shape[0])
-    direct = out is not None and out.dtype == x2.dtype and out.flags.c_contiguous
+    direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
     _cpu.row_normalize(x2, weight, bias, seg, eps, centered, y2, mean, var)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
@@ -176,7 +191,7 @@ def _grid_shape(x, ch):
 
 
 def _grid_moments(x, plan, ch):
-    count, mean, m2 = _engine.partial_moments(x, plan)
+    count, mean, m2 = _eng().partial_moments(x, plan)
     rest = [i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes]
     count, mean, m2 = merge_axes(count, mean, m2, rest)
     n, c = x.shape[0], x.shape[ch]
@@ -184,7 +199,7 @@ def _grid_moments(x, plan, ch):
 
 
 def _grid_sums(dy, x, plan, ch, center):
-    s1, s2 = _engine.grad_sums(dy, x, plan, center)
+    s1, s2 = _eng().grad_sums(dy, x, plan, center)
     rest = tuple(i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes)
     n, c = x.shape[0], x.shape[ch]
     return s1.sum(axis=rest).reshape(n, c), s2.sum(axis=rest).reshape(n, c)
@@ -201,7 +216,7 @@ def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
     center = grouping.expand(mean, n, c).reshape(shape)
     beta = np.broadcast_to(b, (n, c)).reshape(shape)
     direct_out = out if out is not None and out.dtype == xc.dtype else None
-    y = _engine.affine(xc, plan, center, alpha.reshape(shape), beta, out=direct_out)
+    y = _eng().affine(xc, plan, center, alpha.reshape(shape), beta, out=direct_out)
     return _deliver(y, x.dtype, out), mean, rstd
 
 
@@ -235,7 +250,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
     x3 = _grid_slabs(xc, ch, grouping)
     if x3 is not None:
         mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
-        direct = out is not None and out.dtype == xc.dtype and out.flags.c_contiguous
+        direct = out is not None and out.dtype == xc.dtype and _is_c(out)
         y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
         w, b = _fused_params(weight, bias, (c,), xc.dtype)
         _cpu.col_normalize(x3, w, b, grouping.groups, eps, y3, mean, var)
@@ -250,7 +265,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
 def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
     """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
     n, c = x.shape[0], x.shape[ch]
-    x2 = _grid_rows(x, ch, grouping) if batch_stats and dy.flags.c_contiguous else None
+    x2 = _grid_rows(x, ch, grouping) if batch_stats and _is_c(dy) else None
     if x2 is not None:
         cg = c // grouping.groups
         w, _ = _fused_params(weight, None, (grouping.groups, cg), x.dtype)
@@ -262,7 +277,7 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
         return dx2.reshape(x.shape), grad_weight, grad_bias
-    x3 = _grid_slabs(x, ch, grouping) if batch_stats and dy.flags.c_contiguous else None
+    x3 = _grid_slabs(x, ch, grouping) if batch_stats and _is_c(dy) else None
     if x3 is not None:
         w, _ = _fused_params(weight, None, (c,), x.dtype)
         dx3 = np.empty_like(x3)
@@ -288,7 +303,7 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         kc = -rstd_nc * mean_wdy
     else:  # running statistics are constants: dx = dy * w * rstd
         kb = kc = np.zeros((n, c))
-    dx, _, _ = _engine.input_grad(dy, x, plan, mean_nc.reshape(shape), ka.reshape(shape),
+    dx, _, _ = _eng().input_grad(dy, x, plan, mean_nc.reshape(shape), ka.reshape(shape),
                                   kb.reshape(shape), kc.reshape(shape))
     grad_weight = None if weight is None else (sum_dy_xc * rstd_nc).sum(axis=0).astype(weight.dtype)
     grad_bias = sum_dy.sum(axis=0).astype(dx.dtype) if has_bias else None
@@ -457,7 +472,7 @@ def _backward_inputs(grad_output, input, min_ndim=2):
 
 
 def _grads(x, dx, grad_weight, grad_bias):
-    return Grads(dx.astype(x.dtype, copy=False), grad_weight, grad_bias)
+    return Grads(dx if dx.dtype == x.dtype else dx.astype(x.dtype), grad_weight, grad_bias)
 
 
 @dispatch
@@ -632,7 +647,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
         var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
         kb = kb + var_coef
         kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (mean - stats.means[k])
-    dx, _, _ = _engine.input_grad(dy, xc, plan, mean.reshape(shape), (rstd * w).reshape(shape),
+    dx, _, _ = _eng().input_grad(dy, xc, plan, mean.reshape(shape), (rstd * w).reshape(shape),
                                   kb.reshape(shape), kc.reshape(shape))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
@@ -643,7 +658,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     grad_var_weight = mix_var * (g_var - mix_var @ g_var)
     grad_weight = None if weight is None else (sum_dy_xc * rstd).sum(axis=0).astype(xc.dtype)
     grad_bias = sum_dy.sum(axis=0).astype(xc.dtype) if stats.has_bias else None
-    return SwitchableGrads(dx.astype(x.dtype, copy=False), grad_weight, grad_bias, grad_mean_weight,
+    return SwitchableGrads(dx if dx.dtype == x.dtype else dx.astype(x.dtype), grad_weight, grad_bias, grad_mean_weight,
                            grad_var_weight)
 
 
@@ -699,14 +714,14 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
         y, mean, spread = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
         xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
-        count, mean, m2 = _engine.moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
+        count, mean, m2 = _eng().moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
         spread = m2 / count
         if not centered:
             spread, mean = spread + mean * mean, np.zeros_like(mean)
         w, b = _row_params(weight, bias, length, xc.dtype)
         direct_out = out if out is not None and out.dtype == xc.dtype else None
         rstd = _rstd(spread, eps)
-        y = _deliver(_engine.affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
+        y = _deliver(_eng().affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
     return y, NormStats(mean.reshape(lead), _rstd(spread, eps).reshape(lead), True, bias is not None, eps)
 
@@ -719,7 +734,7 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     weight = chk.parameter("weight", weight, shape, xc.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, lead)
     length = int(np.prod(shape))
-    x2 = _fused_rows(xc, mean.size, 1) if dy.flags.c_contiguous else None
+    x2 = _fused_rows(xc, mean.size, 1) if _is_c(dy) else None
     if x2 is not None:
         w, _ = _fused_params(weight, None, (1, length), xc.dtype)
         blocks = max(1, min(x2.shape[0], 4 * numba.get_num_threads()))
@@ -734,12 +749,12 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     xc, plan = _row_plan(xc, k, w is not None)
     keep = lead + (1,) * k
     mean, rstd = mean.reshape(keep), rstd.reshape(keep)
-    sum_wdy, sum_wdy_xc = _engine.grad_sums(dy, xc, plan, mean, weight=w)
+    sum_wdy, sum_wdy_xc = _eng().grad_sums(dy, xc, plan, mean, weight=w)
     # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
     ka = rstd
     kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
     kc = -rstd * (sum_wdy / length) if centered else np.zeros_like(rstd)
-    dx, grad_w, grad_b = _engine.input_grad(dy, xc, plan, mean, ka, kb, kc, weight=w)
+    dx, grad_w, grad_b = _eng().input_grad(dy, xc, plan, mean, ka, kb, kc, weight=w)
     grad_weight = None if weight is None else grad_w.reshape(shape).astype(weight.dtype)
     grad_bias = grad_b.reshape(shape).astype(xc.dtype) if has_bias else None
     return _grads(x, dx, grad_weight, grad_bias)
@@ -789,7 +804,7 @@ def moments(x, axes, keepdims=False):
     kept = [i not in axes for i in range(arr.ndim)]
     if arr.size == 0:
         raise ValueError(f"x must not be empty, got shape {arr.shape}")
-    count, mean, m2 = _engine.moments(xc, kept)
+    count, mean, m2 = _eng().moments(xc, kept)
     var = m2 / count
     if not keepdims:
         mean, var = mean.reshape([arr.shape[i] for i in range(arr.ndim) if kept[i]]), var.reshape(
@@ -822,7 +837,7 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     kept = [any(p.shape[i] != 1 for p in params.values()) for i in range(arr.ndim)]
     plan = Plan.of(xc, kept)
     full = lambda a: np.broadcast_to(a, [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)])
-    y = _engine.affine(xc, plan, full(params["mean"]), full(alpha), full(beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)))
+    y = _eng().affine(xc, plan, full(params["mean"]), full(alpha), full(beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)))
     return _deliver(y, arr.dtype, None)
 
 
@@ -855,7 +870,7 @@ def welford(x, axes, keepdims=False):
     if arr.size == 0:
         count, mean, m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     else:
-        count, mean, m2 = _engine.moments(xc, kept)
+        count, mean, m2 = _eng().moments(xc, kept)
     if not keepdims:
         out_shape = [arr.shape[i] for i in range(arr.ndim) if kept[i]]
         count, mean, m2 = (a.reshape(out_shape) for a in (count, mean, m2))
