@@ -22,9 +22,12 @@ def backend_of(value):
     """"dask", "cuda" or None (NumPy and anything NumPy converts)."""
     if value is None or isinstance(value, (np.ndarray, np.generic)):
         return None
-    root = type(value).__module__.partition(".")[0]
+    module = type(value).__module__
+    root = module.partition(".")[0]
     if root == "dask":
         return "dask"
+    if module.startswith("numba.cuda"):  # device arrays, the simulator's included
+        return "cuda"
     if root == "torch":
         return "cuda" if getattr(value, "is_cuda", False) else None
     if hasattr(value, "__cuda_array_interface__"):

@@ -78,6 +78,9 @@ class Engine:
         """Per-outer-index coefficients as the device's kernels index them."""
         return self.device.to_device(plan.to_outer(values, dtype))
 
+    def _row_param(self, values):
+        return None if values is None else self.device.to_device(values)
+
     def _center(self, plan, center, dtype):
         """The centre as ``hi + lo`` in ``dtype``: ``lo`` keeps what rounding ``hi`` lost."""
         exact = plan.to_outer(center, np.float64)
@@ -115,6 +118,7 @@ class Engine:
         out_view, user = dev.result(plan, dtype, out, x)
         hi, lo = self._center(plan, center, dtype)
         a, b = self._small(plan, alpha, dtype), self._small(plan, beta, dtype)
+        weight, bias = self._row_param(weight), self._row_param(bias)
         pieces = dev.pieces(plan)
         if plan.kind == "rows":
             dev.kernels.row_affine(dev.view(plan, x), hi, lo, a, b, weight, bias, pieces, out_view)
@@ -127,6 +131,7 @@ class Engine:
         dev = self.device
         pieces = dev.pieces(plan)
         hi, lo = self._center(plan, center, x.dtype)
+        weight = self._row_param(weight)
         s1, s2 = dev.empty(self._states_shape(plan, pieces)), dev.empty(self._states_shape(plan, pieces))
         if plan.kind == "rows":
             dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, s1, s2)
@@ -144,6 +149,7 @@ class Engine:
         out_view, user = dev.result(plan, dtype, None, x)
         hi, lo = self._center(plan, center, dtype)
         a, b, k = (self._small(plan, v, dtype) for v in (ka, kb, kc))
+        weight = self._row_param(weight)
         if plan.kind == "cols":
             dev.kernels.col_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k,
                                        dev.pieces(plan), out_view)

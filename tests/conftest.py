@@ -1,3 +1,11 @@
+import os
+
+# The CUDA tests run under Numba's CUDA simulator unless NUMBANORM_TEST_GPU=1 asks for a real GPU.
+# Both must be set before Numba is imported.
+if os.environ.get("NUMBANORM_TEST_GPU") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    os.environ.setdefault("NUMBANORM_CUDA_THREADS", "16")
+
 import numpy as np
 import pytest
 

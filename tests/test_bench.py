@@ -21,3 +21,9 @@ def test_bench_command_small(tmp_path, monkeypatch, capsys):
 
 def test_main_without_command_is_usage_error(capsys):
     assert main([]) == 2
+
+
+def test_info_command(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numba " in out and "threading layer" in out and "CUDA" in out

@@ -1,0 +1,361 @@
+"""CUDA kernels: the ``_cpu`` kernels' siblings, with the same names and arguments.
+
+Views and tasks are those of ``_cpu``: rows ``(R, L)`` and cols ``(A, B, C)``, split into
+``pieces`` along the reduced extent.  Reductions give one thread block per (row, piece) -- or per
+(a, piece, tile of 32 channels) for cols, threads along the channels so that loads coalesce --
+where each thread keeps a Welford state (or two sums) over a grid-stride of the elements and the
+block merges them with Chan's formula through shared memory (no warp shuffles, so the same code
+runs under Numba's CUDA simulator).  Elementwise passes are grid-stride loops over the whole view.
+Layer norm's weight and bias gradients are partial column sums per block of rows, added up on the
+host -- no contended atomics.
+
+Every accumulation is float64; the elementwise passes compute in the input precision with the
+centre split as ``hi + lo``, as on the CPU.
+"""
+
+import math
+import sys
+
+import numpy as np
+from numba import cuda, float64
+
+from ._config import CUDA_THREADS
+
+TPB = CUDA_THREADS  # threads per block, a power of two
+COL_X = min(32, TPB)  # cols kernels: threads along channels ...
+COL_Y = TPB // COL_X  # ... and along rows
+MAX_BLOCKS = 4096  # grid-stride loops need no more
+
+
+@cuda.jit(device=True)
+def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    n = n_a + n_b
+    if n_b == 0.0:
+        return n_a, mean_a, m2_a
+    delta = mean_b - mean_a
+    frac = n_b / n
+    return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
+
+
+@cuda.jit(device=True)
+def _span(extent, pieces, p):
+    step = (extent + pieces - 1) // pieces
+    lo = min(extent, p * step)
+    return lo, min(extent, lo + step)
+
+
+@cuda.jit(device=True)
+def _merge_states(sn, sm, sq, t, width):
+    """Tree-merge the Welford states of ``width`` (a power of two) slots into slot 0 of each column."""
+    s = width // 2
+    while s > 0:
+        if t < s:
+            n, m, q = _chan(sn[t], sm[t], sq[t], sn[t + s], sm[t + s], sq[t + s])
+            sn[t] = n
+            sm[t] = m
+            sq[t] = q
+        cuda.syncthreads()
+        s //= 2
+
+
+@cuda.jit
+def _row_moments(x, pieces, count, mean, m2):
+    task = cuda.blockIdx.x
+    r = task // pieces
+    p = task - r * pieces
+    t = cuda.threadIdx.x
+    lo, hi = _span(x.shape[1], pieces, p)
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    for i in range(lo + t, hi, TPB):
+        v = float64(x[r, i])
+        n += 1.0
+        d = v - mu
+        mu += d / n
+        q += d * (v - mu)
+    sn = cuda.shared.array(TPB, float64)
+    sm = cuda.shared.array(TPB, float64)
+    sq = cuda.shared.array(TPB, float64)
+    sn[t] = n
+    sm[t] = mu
+    sq[t] = q
+    cuda.syncthreads()
+    _merge_states(sn, sm, sq, t, TPB)
+    if t == 0:
+        count[r, p] = sn[0]
+        mean[r, p] = sm[0]
+        m2[r, p] = sq[0]
+
+
+@cuda.jit
+def _col_moments(x, pieces, count, mean, m2):
+    task = cuda.blockIdx.x
+    a = task // pieces
+    p = task - a * pieces
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    c = cuda.blockIdx.y * COL_X + tx
+    lo, hi = _span(x.shape[1], pieces, p)
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    if c < x.shape[2]:
+        for b in range(lo + ty, hi, COL_Y):
+            v = float64(x[a, b, c])
+            n += 1.0
+            d = v - mu
+            mu += d / n
+            q += d * (v - mu)
+    sn = cuda.shared.array((COL_Y, COL_X), float64)
+    sm = cuda.shared.array((COL_Y, COL_X), float64)
+    sq = cuda.shared.array((COL_Y, COL_X), float64)
+    sn[ty, tx] = n
+    sm[ty, tx] = mu
+    sq[ty, tx] = q
+    cuda.syncthreads()
+    s = COL_Y // 2
+    while s > 0:
+        if ty < s:
+            n2, m2_, q2 = _chan(sn[ty, tx], sm[ty, tx], sq[ty, tx], sn[ty + s, tx], sm[ty + s, tx], sq[ty + s, tx])
+            sn[ty, tx] = n2
+            sm[ty, tx] = m2_
+            sq[ty, tx] = q2
+        cuda.syncthreads()
+        s //= 2
+    if ty == 0 and c < x.shape[2]:
+        count[a, p, c] = sn[0, tx]
+        mean[a, p, c] = sm[0, tx]
+        m2[a, p, c] = sq[0, tx]
+
+
+@cuda.jit
+def _row_affine(x, hi, lo, alpha, beta, weight, bias, has_weight, out):
+    rows, length = x.shape
+    for i in range(cuda.grid(1), rows * length, cuda.gridsize(1)):
+        r = i // length
+        j = i - r * length
+        v = ((x[r, j] - hi[r]) - lo[r]) * alpha[r] + beta[r]
+        if has_weight:
+            v = v * weight[j] + bias[j]
+        out[r, j] = v
+
+
+@cuda.jit
+def _col_affine(x, hi, lo, alpha, beta, out):
+    outer, length, width = x.shape
+    for i in range(cuda.grid(1), outer * length * width, cuda.gridsize(1)):
+        a = i // (length * width)
+        rest = i - a * length * width
+        b = rest // width
+        c = rest - b * width
+        out[a, b, c] = ((x[a, b, c] - hi[a, c]) - lo[a, c]) * alpha[a, c] + beta[a, c]
+
+
+@cuda.jit
+def _row_grad_sums(dy, x, hi, lo, weight, has_weight, pieces, sum_dy, sum_dy_xc):
+    task = cuda.blockIdx.x
+    r = task // pieces
+    p = task - r * pieces
+    t = cuda.threadIdx.x
+    start, stop = _span(x.shape[1], pieces, p)
+    s1 = 0.0
+    s2 = 0.0
+    for i in range(start + t, stop, TPB):
+        g = float64(dy[r, i])
+        if has_weight:
+            g *= weight[i]
+        s1 += g
+        s2 += g * float64((x[r, i] - hi[r]) - lo[r])
+    sh1 = cuda.shared.array(TPB, float64)
+    sh2 = cuda.shared.array(TPB, float64)
+    sh1[t] = s1
+    sh2[t] = s2
+    cuda.syncthreads()
+    s = TPB // 2
+    while s > 0:
+        if t < s:
+            sh1[t] += sh1[t + s]
+            sh2[t] += sh2[t + s]
+        cuda.syncthreads()
+        s //= 2
+    if t == 0:
+        sum_dy[r, p] = sh1[0]
+        sum_dy_xc[r, p] = sh2[0]
+
+
+@cuda.jit
+def _col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
+    task = cuda.blockIdx.x
+    a = task // pieces
+    p = task - a * pieces
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    c = cuda.blockIdx.y * COL_X + tx
+    start, stop = _span(x.shape[1], pieces, p)
+    s1 = 0.0
+    s2 = 0.0
+    if c < x.shape[2]:
+        for b in range(start + ty, stop, COL_Y):
+            g = float64(dy[a, b, c])
+            s1 += g
+            s2 += g * float64((x[a, b, c] - hi[a, c]) - lo[a, c])
+    sh1 = cuda.shared.array((COL_Y, COL_X), float64)
+    sh2 = cuda.shared.array((COL_Y, COL_X), float64)
+    sh1[ty, tx] = s1
+    sh2[ty, tx] = s2
+    cuda.syncthreads()
+    s = COL_Y // 2
+    while s > 0:
+        if ty < s:
+            sh1[ty, tx] += sh1[ty + s, tx]
+            sh2[ty, tx] += sh2[ty + s, tx]
+        cuda.syncthreads()
+        s //= 2
+    if ty == 0 and c < x.shape[2]:
+        sum_dy[a, p, c] = sh1[0, tx]
+        sum_dy_xc[a, p, c] = sh2[0, tx]
+
+
+@cuda.jit
+def _row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, has_weight, out):
+    rows, length = x.shape
+    for i in range(cuda.grid(1), rows * length, cuda.gridsize(1)):
+        r = i // length
+        j = i - r * length
+        g = dy[r, j]
+        if has_weight:
+            g = g * weight[j]
+        out[r, j] = g * ka[r] + ((x[r, j] - hi[r]) - lo[r]) * kb[r] + kc[r]
+
+
+@cuda.jit
+def _row_param_grads(dy, x, hi, lo, ka, blocks, weight_grad, bias_grad):
+    """Per block of rows, column sums ``sum(dy*(x - centre)*ka)`` and ``sum(dy)``."""
+    block = cuda.blockIdx.x
+    j = cuda.blockIdx.y * TPB + cuda.threadIdx.x
+    rows, length = x.shape
+    if j < length:
+        first, last = _span(rows, blocks, block)
+        s1 = 0.0
+        s2 = 0.0
+        for r in range(first, last):
+            g = float64(dy[r, j])
+            s1 += g * float64((x[r, j] - hi[r]) - lo[r]) * ka[r]
+            s2 += g
+        weight_grad[block, j] = s1
+        bias_grad[block, j] = s2
+
+
+@cuda.jit
+def _col_input_grad(dy, x, hi, lo, ka, kb, kc, out):
+    outer, length, width = x.shape
+    for i in range(cuda.grid(1), outer * length * width, cuda.gridsize(1)):
+        a = i // (length * width)
+        rest = i - a * length * width
+        b = rest // width
+        c = rest - b * width
+        out[a, b, c] = dy[a, b, c] * ka[a, c] + ((x[a, b, c] - hi[a, c]) - lo[a, c]) * kb[a, c] + kc[a, c]
+
+
+# -- launchers with the ``_cpu`` kernels' signatures ----------------------------------------------
+
+def _grid(n):
+    return max(1, min(MAX_BLOCKS, math.ceil(n / TPB)))
+
+
+_placeholders = {}
+
+
+def _placeholder(dtype):
+    """A one-element device array standing in for an absent weight (kernels take no None)."""
+    key = np.dtype(dtype)
+    if key not in _placeholders:
+        _placeholders[key] = cuda.to_device(np.ones(1, key))
+    return _placeholders[key]
+
+
+def row_moments(x, pieces, count, mean, m2):
+    _row_moments[x.shape[0] * pieces, TPB](x, pieces, count, mean, m2)
+
+
+def col_moments(x, pieces, count, mean, m2):
+    _col_moments[(x.shape[0] * pieces, math.ceil(x.shape[2] / COL_X)), (COL_X, COL_Y)](x, pieces, count, mean, m2)
+
+
+def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
+    has = weight is not None
+    w = weight if has else _placeholder(x.dtype)
+    b = bias if has else _placeholder(x.dtype)
+    _row_affine[_grid(x.size), TPB](x, hi, lo, alpha, beta, w, b, has, out)
+
+
+def col_affine(x, hi, lo, alpha, beta, pieces, out):
+    _col_affine[_grid(x.size), TPB](x, hi, lo, alpha, beta, out)
+
+
+def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
+    has = weight is not None
+    w = weight if has else _placeholder(x.dtype)
+    _row_grad_sums[x.shape[0] * pieces, TPB](dy, x, hi, lo, w, has, pieces, sum_dy, sum_dy_xc)
+
+
+def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
+    grid = (x.shape[0] * pieces, math.ceil(x.shape[2] / COL_X))
+    _col_grad_sums[grid, (COL_X, COL_Y)](dy, x, hi, lo, pieces, sum_dy, sum_dy_xc)
+
+
+def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, bias_grad):
+    has = weight is not None
+    w = weight if has else _placeholder(x.dtype)
+    _row_input_grad[_grid(x.size), TPB](dy, x, hi, lo, ka, kb, kc, w, has, out)
+    if has:  # the weight/bias gradient pieces: one partial row per block of rows
+        grid = (pieces, math.ceil(x.shape[1] / TPB))
+        _row_param_grads[grid, TPB](dy, x, hi, lo, ka, pieces, weight_grad, bias_grad)
+
+
+def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
+    _col_input_grad[_grid(x.size), TPB](dy, x, hi, lo, ka, kb, kc, out)
+
+
+class CUDADevice:
+    """Numba device arrays (C-contiguous, so a plan's view is a reshape) and these kernels."""
+
+    kernels = sys.modules[__name__]
+
+    @staticmethod
+    def view(plan, a):
+        return a.reshape(plan.view_shape)
+
+    @staticmethod
+    def result(plan, dtype, out, x):
+        if out is not None:
+            return out.reshape(plan.view_shape), out
+        buf = cuda.device_array(plan.view_shape, dtype)
+        return buf, buf.reshape(plan.shape)
+
+    @staticmethod
+    def finish(user, out):
+        return user
+
+    @staticmethod
+    def to_device(a):
+        return cuda.to_device(np.ascontiguousarray(a))
+
+    @staticmethod
+    def to_host(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+    @staticmethod
+    def empty(shape):
+        return cuda.device_array(shape, np.float64)
+
+    @staticmethod
+    def pieces(plan):
+        # enough blocks to fill a GPU (a few hundred), each with a few elements per thread
+        outer, length = plan.view_shape[0], plan.view_shape[1]
+        return int(max(1, min(math.ceil(512 / max(outer, 1)), length // (4 * TPB))))
+
+    @staticmethod
+    def row_blocks(rows):
+        return max(1, min(rows, 256))
