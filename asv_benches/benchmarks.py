@@ -12,7 +12,7 @@ import numpy as np
 
 from numbanorm import bench
 
-OPS = ["batch_norm", "instance_norm", "group_norm", "layer_norm"]
+OPS = list(bench.GRID_OPS + bench.ROW_OPS)
 LAYOUTS = ["nchw", "nhwc"]
 DTYPES = ["float32", "float64"]
 # small stays in L2, medium in the last-level cache, large streams from memory on most machines
@@ -21,9 +21,9 @@ ROW_SIZES = {"small": (256, 256), "medium": (4096, 512), "large": (8192, 1024)}
 
 
 def make_case(op, layout, size):
-    if op == "layer_norm":
+    if op in bench.ROW_OPS:
         if layout != "nchw":
-            raise NotImplementedError("layer norm has one layout")  # asv skips the case
+            raise NotImplementedError("row ops have one layout")  # asv skips the case
         return bench.Case(op, ROW_SIZES[size], "rows")
     n, c, h, w = GRID_SIZES[size]
     return bench.Case(op, (n, c, h, w) if layout == "nchw" else (n, h, w, c), layout)
@@ -81,3 +81,28 @@ class NumPy(_Grid):
 
     def time_forward(self, *params):
         self.fns["numpy_forward"]()
+
+
+class Cuda(_Grid):
+    """numbanorm and PyTorch on the GPU; skipped without one.  Timed methods synchronise."""
+
+    def setup(self, op, layout, dtype, size):
+        try:
+            from numba import cuda
+        except ImportError:
+            raise NotImplementedError("numba-cuda is not installed")
+        if not cuda.is_available() or __import__("numba").config.ENABLE_CUDASIM:
+            raise NotImplementedError("no GPU")
+        self.fns = bench._on_device(bench._device_contenders(make_case(op, layout, size), np.dtype(dtype),
+                                                             ("torch",), "cuda"), "cuda")
+        for fn in self.fns.values():
+            fn()
+
+    def time_forward(self, *params):
+        self.fns["forward"]()
+
+    def time_forward_backward(self, *params):
+        self.fns["forward_backward"]()
+
+    def time_copy(self, *params):
+        self.fns["copy"]()

@@ -1,9 +1,14 @@
 """``python -m numbanorm bench``: time every op beside its peers, with its error.
 
-For each case the table gives the median time of the forward and of forward+backward, each as a
-multiple of ``x.copy()`` of the same tensor measured in the same run (the memory-traffic floor of
-an op that returns a new array), PyTorch CPU's times at the same thread count when torch is
-installed, and the largest error of the forward against the float64 NumPy reference.
+Each op gets a table: the median time of the forward and of forward+backward, the effective
+bandwidth (bytes the op must move / time: the forward reads x and writes y, the backward reads x
+and dy and writes dx), that bandwidth as a percentage of ``x.copy()`` of the same tensor measured
+in the same run (the memory-traffic floor of an op that returns a new array), the speed-up over
+each peer (PyTorch at the same thread count, the plain-NumPy formulation), and the largest error
+of the forward against the float64 NumPy reference.  Contenders are timed in interleaved rounds.
+
+``--scaling`` times one op against size (1e4 to 1e8 elements) and thread count instead.
+``--plot FILE.png`` draws the results (matplotlib); ``--json FILE`` writes them.
 """
 
 import argparse
@@ -46,7 +51,7 @@ def _median_times(fns, repeats):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _ours(case, x, dy, w, b):
+def _ours(case, x, dy, w, b, logits=None):
     """(forward, forward+backward) callables of numbanorm for ``case``."""
     ca = 1 if case.layout == "nchw" else -1
     if case.op == "layer_norm":
@@ -58,7 +63,7 @@ def _ours(case, x, dy, w, b):
         fwd = lambda: rms_norm(x, ns, w, return_stats=True)
         return fwd, lambda: rms_norm_backward(dy, x, fwd()[1], ns, w)
     if case.op == "switchable_norm":
-        logits = np.zeros(3)
+        logits = np.zeros(3) if logits is None else logits
         fwd = lambda: switchable_norm(x, logits, logits, None, None, w, b, training=True, channel_axis=ca,
                                       return_stats=True)
         return fwd, lambda: switchable_norm_backward(dy, x, fwd()[1], logits, logits, w, channel_axis=ca)
@@ -84,16 +89,18 @@ def _reference(case, x, w, b):
     return ref.grid_forward(x, kind, w, b, groups=GROUPS, channel_axis=ca)
 
 
-def _torch(case, x, dy, w, b):
-    """(forward, forward+backward) callables of PyTorch CPU, or None without torch."""
+def _torch(case, x, dy, w, b, to=None):
+    """(forward, forward+backward) callables of PyTorch (CPU, or where ``to`` puts the tensors),
+    or None without torch."""
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return None
     as_nchw = (lambda a: a) if case.layout != "nhwc" else (lambda a: a.permute(0, 3, 1, 2))
-    tx, tdy = as_nchw(torch.from_numpy(x)), as_nchw(torch.from_numpy(dy))
-    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+    to = to or torch.from_numpy
+    tx, tdy = as_nchw(to(x)), as_nchw(to(dy))
+    tw, tb = to(w), to(b)
 
     if case.op == "switchable_norm":
         return None  # no framework has it
@@ -120,15 +127,19 @@ def _torch(case, x, dy, w, b):
     return forward, both
 
 
-def cases(ops, layouts):
+def cases(ops, layouts, shapes=None):
+    grid_shapes = [s for s in shapes if len(s) == 4] if shapes else [GRID_SHAPE]
+    row_shapes = [s for s in shapes if len(s) == 2] if shapes else list(LAYER_SHAPES)
     out = []
     for op in ops:
+        if op not in GRID_OPS + ROW_OPS:
+            raise SystemExit(f"unknown op {op!r}; choose from {', '.join(GRID_OPS + ROW_OPS)}")
         if op in ROW_OPS:
-            out += [Case(op, s, "rows") for s in LAYER_SHAPES]
-        else:
-            n, c, h, w = GRID_SHAPE
+            out += [Case(op, s, "rows") for s in row_shapes]
+            continue
+        for n, c, h, w in grid_shapes:
             for layout in layouts:
-                out.append(Case(op, GRID_SHAPE if layout == "nchw" else (n, h, w, c), layout))
+                out.append(Case(op, (n, c, h, w) if layout == "nchw" else (n, h, w, c), layout))
     return out
 
 
@@ -156,47 +167,217 @@ def contenders(case, dtype, peers=("torch",)):
     return fns
 
 
-def measure(case, dtype, repeats, compare):
-    fns = contenders(case, dtype, compare)
+def _progress(items, desc):
+    """A progress bar (tqdm) when it is installed, plain lines otherwise."""
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="case", leave=False)
+    except ImportError:
+        return items
+
+
+def _on_device(fns, device):
+    """Wrap callables so that each timing includes the GPU's completion of the work."""
+    if device != "cuda":
+        return fns
+    from numba import cuda
+
+    def synced(fn):
+        def run():
+            result = fn()
+            cuda.synchronize()
+            try:
+                import torch
+
+                torch.cuda.synchronize()
+            except Exception:
+                pass
+            return result
+
+        return run
+
+    return {name: synced(fn) for name, fn in fns.items()}
+
+
+def _device_contenders(case, dtype, peers, device):
+    if device == "cpu":
+        return contenders(case, dtype, peers)
+    from numba import cuda
+
+    if not cuda.is_available():
+        raise SystemExit("--device cuda: Numba finds no usable GPU (see python -m numbanorm info)")
+    x, dy, w, b = (cuda.to_device(a) for a in inputs(case, dtype))
+    fwd, both = _ours(case, x, dy, w, b, logits=cuda.to_device(np.zeros(3)))
+
+    def copy():
+        out = cuda.device_array_like(x)
+        out.copy_to_device(x)
+        return out
+
+    fns = {"copy": copy, "forward": fwd, "forward_backward": both}
+    if "torch" in peers:
+        peer = _torch_cuda(case, x, dy, w, b)
+        if peer is not None:
+            fns["torch_forward"], fns["torch_forward_backward"] = peer
+    return fns
+
+
+def _torch_cuda(case, x, dy, w, b):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    as_torch = lambda a: torch.as_tensor(a, device="cuda")
+    return _torch(case, *(a.copy_to_host() for a in (x, dy, w, b)), to=as_torch)
+
+
+def measure(case, dtype, repeats, compare, device="cpu"):
+    fns = _device_contenders(case, dtype, compare, device)
     numpy_forward = fns.pop("numpy_forward", None)
     row = dict(op=case.op, shape=list(case.shape), layout=case.layout, dtype=np.dtype(dtype).name,
-               threads=numba.get_num_threads())
-    row.update({f"{name}_s": t for name, t in _median_times(fns, repeats).items()})
+               device=device, threads=numba.get_num_threads())
+    row.update({f"{name}_s": t for name, t in _median_times(_on_device(fns, device), repeats).items()})
     x, _, w, b = inputs(case, dtype)
-    row["max_error"] = float(np.abs(fns["forward"]()[0].astype(np.float64) - _reference(case, x, w, b)).max())
+    y = fns["forward"]()[0]
+    y = y.copy_to_host() if hasattr(y, "copy_to_host") else np.asarray(y)
+    row["max_error"] = float(np.abs(y.astype(np.float64) - _reference(case, x, w, b)).max())
     if numpy_forward is not None:  # slow: timed apart, fewer runs, scaled by a copy timed beside it
         times = _median_times({"copy": fns["copy"], "numpy": numpy_forward}, max(1, repeats // 5))
         row["numpy_forward_s"] = times["numpy"] / times["copy"] * row["copy_s"]
+    nbytes = int(np.prod(case.shape)) * np.dtype(dtype).itemsize
+    row["forward_gbs"] = 2 * nbytes / row["forward_s"] / 1e9
+    row["forward_backward_gbs"] = 5 * nbytes / row["forward_backward_s"] / 1e9
+    row["copy_gbs"] = 2 * nbytes / row["copy_s"] / 1e9
     return row
 
 
-def format_table(rows):
-    head = ("op", "layout", "shape", "copy ms", "fwd ms", "fwd/copy", "fwd+bwd ms", "f+b/copy",
-            "torch fwd/copy", "torch f+b/copy", "numpy fwd/copy", "max err")
-    lines = [head]
+def _table(rows, columns):
+    lines = [tuple(name for name, _ in columns)]
     for r in rows:
-        copy = r["copy_s"]
-        ratio = lambda key: f"{r[key] / copy:.2f}x" if key in r else "-"
-        lines.append((r["op"], r["layout"], "x".join(map(str, r["shape"])), f"{copy * 1e3:.2f}",
-                      f"{r['forward_s'] * 1e3:.2f}", ratio("forward_s"), f"{r['forward_backward_s'] * 1e3:.2f}",
-                      ratio("forward_backward_s"), ratio("torch_forward_s"), ratio("torch_forward_backward_s"),
-                      ratio("numpy_forward_s"), f"{r['max_error']:.1e}"))
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
-    fmt = lambda line: "| " + " | ".join(str(v).ljust(wd) for v, wd in zip(line, widths)) + " |"
+        lines.append(tuple(fmt(r) for _, fmt in columns))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    fmt = lambda line: "| " + " | ".join(v.ljust(wd) for v, wd in zip(line, widths)) + " |"
     rule = "|" + "|".join("-" * (wd + 2) for wd in widths) + "|"
     return "\n".join([fmt(lines[0]), rule] + [fmt(line) for line in lines[1:]])
 
 
+def _ratio(num, den):
+    return lambda r: f"{r[num] / r[den]:.2f}x" if num in r and den in r else "-"
+
+
+COLUMNS = [
+    ("layout", lambda r: r["layout"]),
+    ("shape", lambda r: "x".join(map(str, r["shape"]))),
+    ("dtype", lambda r: r["dtype"]),
+    ("threads", lambda r: str(r["threads"])),
+    ("fwd ms", lambda r: f"{r['forward_s'] * 1e3:.2f}"),
+    ("fwd GB/s", lambda r: f"{r['forward_gbs']:.1f}"),
+    ("% copy bw", lambda r: f"{100 * r['copy_s'] / r['forward_s']:.0f}%"),
+    ("fwd/copy", _ratio("forward_s", "copy_s")),
+    ("fwd+bwd ms", lambda r: f"{r['forward_backward_s'] * 1e3:.2f}"),
+    ("f+b/copy", _ratio("forward_backward_s", "copy_s")),
+    ("vs torch fwd", _ratio("torch_forward_s", "forward_s")),
+    ("vs torch f+b", _ratio("torch_forward_backward_s", "forward_backward_s")),
+    ("vs numpy fwd", _ratio("numpy_forward_s", "forward_s")),
+    ("max err", lambda r: f"{r['max_error']:.1e}"),
+]
+
+
+def format_table(rows):
+    """One table per op; "vs" columns are speed-ups (peer time / numbanorm time)."""
+    out = []
+    for op in dict.fromkeys(r["op"] for r in rows):
+        out.append(f"### {op}\n\n" + _table([r for r in rows if r["op"] == op], COLUMNS))
+    return "\n\n".join(out)
+
+
+def scaling(op, dtype, repeats, thread_counts, sizes=(10**4, 10**5, 10**6, 10**7, 10**8)):
+    """Times of ``op`` (and a copy) against element count, then against thread count."""
+    rows = []
+    for size in _progress(sizes, "sizes"):
+        case = _case_of_size(op, size)
+        rows.append({"sweep": "size", "elements": int(np.prod(case.shape)), **measure(case, dtype, repeats, ())})
+    largest = _case_of_size(op, sizes[-2])
+    before = numba.get_num_threads()
+    for threads in _progress(thread_counts, "threads"):
+        numba.set_num_threads(threads)
+        rows.append({"sweep": "threads", "elements": int(np.prod(largest.shape)),
+                     **measure(largest, dtype, repeats, ())})
+    numba.set_num_threads(before)
+    return rows
+
+
+def _case_of_size(op, size):
+    """A case of about ``size`` elements: rows of 1024 (row ops) or (N, 64, 16, 16) blocks."""
+    if op in ROW_OPS:
+        return Case(op, (max(1, size // 1024), 1024), "rows")
+    return Case(op, (max(1, size // (64 * 256)), 64, 16, 16), "nchw")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweeps = [s for s in ("size", "threads") if any(r.get("sweep") == s for r in rows)]
+    if sweeps:
+        fig, axes = plt.subplots(1, len(sweeps), figsize=(6 * len(sweeps), 4), squeeze=False)
+        for ax, sweep in zip(axes[0], sweeps):
+            part = [r for r in rows if r.get("sweep") == sweep]
+            xs = [r["elements"] if sweep == "size" else r["threads"] for r in part]
+            for key, label in (("forward_s", "forward"), ("forward_backward_s", "forward+backward"),
+                               ("copy_s", "x.copy()")):
+                ax.plot(xs, [r[key] * 1e3 for r in part], marker="o", label=label)
+            ax.set_xlabel("elements" if sweep == "size" else "threads")
+            ax.set_ylabel("median time (ms)")
+            if sweep == "size":
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+            ax.set_title(f"{part[0]['op']}, {part[0]['dtype']}: time against {sweep}")
+            ax.legend()
+    else:
+        fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4))
+        labels = [f"{r['op'].replace('_norm', '')}\n{r['layout']}" for r in rows]
+        positions = np.arange(len(rows))
+        bars = [("forward_s", "numbanorm fwd"), ("torch_forward_s", "torch fwd"),
+                ("forward_backward_s", "numbanorm fwd+bwd"), ("torch_forward_backward_s", "torch fwd+bwd")]
+        width = 0.8 / len(bars)
+        for k, (key, label) in enumerate(bars):
+            ax.bar(positions + k * width, [r.get(key, np.nan) / r["copy_s"] for r in rows], width, label=label)
+        ax.axhline(1.0, color="black", linewidth=0.8, label="x.copy()")
+        ax.set_xticks(positions + 0.4 - width / 2)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_ylabel("time / x.copy() time (lower is better)")
+        ax.set_title(f"{rows[0]['dtype']}, {rows[0]['threads']} threads, {rows[0]['device']}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _shapes_arg(text):
+    return [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numbanorm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default=",".join(GRID_OPS + ROW_OPS),
-                        help="comma-separated ops (default: all)")
+    parser.add_argument("--ops", default=",".join(GRID_OPS + ROW_OPS), help="comma-separated ops (default: all)")
     parser.add_argument("--layouts", default="nchw,nhwc", help="grid-op layouts: nchw,nhwc")
-    parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
+    parser.add_argument("--shapes", type=_shapes_arg, default=None,
+                        help="shapes like 32x64x56x56,8192x1024 instead of the defaults: 4-D ones go to "
+                             "the grid ops (NCHW; transposed for nhwc), 2-D ones to the row ops")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="threads for numbanorm and torch")
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (median)")
-    parser.add_argument("--compare", default="torch", help="peers: torch,numpy or none")
+    parser.add_argument("--compare", default="torch", help="peers: torch, numpy, both (torch,numpy) or none")
+    parser.add_argument("--scaling", action="store_true", help="time against size and thread count")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.threads:
         numba.set_num_threads(args.threads)
@@ -207,13 +388,21 @@ def main(argv=None):
     except ImportError:
         pass
     compare = set(args.compare.split(","))
-    rows = []
-    for case in cases(args.ops.split(","), args.layouts.split(",")):
-        rows.append(measure(case, np.dtype(args.dtype), args.repeats, compare))
-        print(f"measured {case.op} {case.layout} {case.shape}", flush=True)
-    print(f"\n{args.dtype}, {numba.get_num_threads()} threads, medians of {args.repeats} runs\n")
-    print(format_table(rows))
+    dtype = np.dtype(args.dtype)
+    if args.scaling:
+        op = args.ops.split(",")[0]
+        rows = scaling(op, dtype, args.repeats, list(range(1, numba.config.NUMBA_NUM_THREADS + 1)))
+        print(_table(rows, [("sweep", lambda r: r["sweep"]), ("elements", lambda r: f"{r['elements']:.0e}")]
+                     + COLUMNS[3:10]))
+    else:
+        todo = cases(args.ops.split(","), args.layouts.split(","), args.shapes)
+        rows = [measure(case, dtype, args.repeats, compare, args.device) for case in _progress(todo, "bench")]
+        print(f"\n{args.dtype}, {numba.get_num_threads()} threads, {args.device}, medians of {args.repeats} "
+              "interleaved runs\n")
+        print(format_table(rows))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
     return rows

@@ -1,22 +1,46 @@
-"""The bench command runs end to end on a small case and reports sane numbers."""
+"""The bench and info commands run end to end on small cases and report sane numbers."""
 
 import json
+
+import numpy as np
 
 from numbanorm import bench
 from numbanorm.__main__ import main
 
 
-def test_bench_command_small(tmp_path, monkeypatch, capsys):
+def _small(monkeypatch):
     monkeypatch.setattr(bench, "GRID_SHAPE", (4, 64, 6, 6))
     monkeypatch.setattr(bench, "LAYER_SHAPES", ((64, 32),))
-    out = tmp_path / "rows.json"
-    assert main(["bench", "--repeats", "2", "--compare", "numpy", "--json", str(out)]) == 0
+
+
+def test_bench_command_small(tmp_path, monkeypatch, capsys):
+    _small(monkeypatch)
+    out, picture = tmp_path / "rows.json", tmp_path / "bench.png"
+    assert main(["bench", "--repeats", "2", "--compare", "numpy,torch", "--json", str(out),
+                 "--plot", str(picture), "--threads", "1"]) == 0
     rows = json.loads(out.read_text())
     assert len(rows) == 10  # 4 grid ops x 2 layouts + layer and RMS norm
     for row in rows:
         assert row["forward_s"] > 0 and row["copy_s"] > 0 and row["numpy_forward_s"] > 0
+        assert row["forward_gbs"] > 0 and row["threads"] == 1
         assert row["max_error"] < 1e-4
-    assert "fwd/copy" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "### batch_norm" in text and "% copy bw" in text
+    assert picture.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_shapes_option(monkeypatch, capsys):
+    rows = bench.main(["--ops", "group_norm,layer_norm", "--shapes", "2x64x4x4,16x8", "--layouts", "nhwc",
+                       "--repeats", "1", "--compare", "none"])
+    assert [(r["op"], tuple(r["shape"])) for r in rows] == [("group_norm", (2, 4, 4, 64)), ("layer_norm", (16, 8))]
+
+
+def test_scaling_and_its_plot(tmp_path):
+    rows = bench.scaling("layer_norm", np.dtype(np.float32), 1, [1, 2], sizes=(2048, 8192))
+    assert [r["sweep"] for r in rows] == ["size", "size", "threads", "threads"]
+    assert rows[0]["elements"] < rows[1]["elements"]
+    bench.plot(rows, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
 
 
 def test_main_without_command_is_usage_error(capsys):
