@@ -351,36 +351,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     -------
     y, or ``(y, stats)`` with ``return_stats=True``.
     """
-    x, xc = _input("input", input, 2)
-    ch = chk.channel_axis(channel_axis, x.ndim)
-    c = x.shape[ch]
-    dtype = xc.dtype
-    weight, bias = _grid_affine_params(weight, bias, c, dtype)
-    eps = chk.eps_value("eps", eps)
-    momentum = chk.momentum_value(momentum)
-    out = chk.out_array(out, x.shape, x.dtype)
-    grouping = _Grouping(c, True)
-    plan = _grid_plan(xc, ch)
-    if training:
-        rm, rv = _running_pair(running_mean, running_var, c)
-        nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
-        per_channel = x.size // c
-        if per_channel < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
-        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
-        if rm is not None:
-            if nbt is not None:
-                nbt += 1
-            _update_running(rm, mean[0], momentum, nbt)
-            _update_running(rv, (var * count / (count - 1))[0], momentum, nbt)
-    else:
-        if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are required when training=False, got None")
-        mean = chk.parameter("running_mean", running_mean, (c,), np.float64)[None, :]
-        var = chk.parameter("running_var", running_var, (c,), np.float64)[None, :]
-        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    stats = NormStats(mean[0], rstd[0], bool(training), bias is not None, eps)
-    return _maybe_stats(y, stats, return_stats)
+    return _tracked_grid_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                              channel_axis, return_stats, out, num_batches_tracked, over_batch=True)
 
 
 @dispatch
@@ -395,35 +367,46 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     ``use_input_stats=False`` the running statistics normalize every instance.  Other arguments
     as `batch_norm`.
     """
+    return _tracked_grid_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                              channel_axis, return_stats, out, num_batches_tracked, over_batch=False)
+
+
+def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps,
+                       channel_axis, return_stats, out, num_batches_tracked, over_batch):
+    """Batch norm (``over_batch``) or instance norm: batch statistics, which update the running
+    ones when given, or the running statistics themselves."""
     x, xc = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
-    dtype = xc.dtype
-    weight, bias = _grid_affine_params(weight, bias, c, dtype)
+    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
     out = chk.out_array(out, x.shape, x.dtype)
-    grouping = _Grouping(c, False)
+    grouping = _Grouping(c, over_batch)
     plan = _grid_plan(xc, ch)
-    if use_input_stats:
+    if batch_stats:
         rm, rv = _running_pair(running_mean, running_var, c)
         nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
-        if x.size // (n * c) < 2:
+        if over_batch and x.size // c < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+        if not over_batch and x.size // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
         y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
-        if rm is not None:
+        if rm is not None:  # instance norm: the mean over samples of the per-instance values
             if nbt is not None:
                 nbt += 1
             _update_running(rm, mean.mean(axis=0), momentum, nbt)
             _update_running(rv, (var * count / (count - 1)).mean(axis=0), momentum, nbt)
     else:
         if running_mean is None or running_var is None:
-            raise ValueError("running_mean and running_var are required when use_input_stats=False, got None")
-        mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), (n, c))
-        var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), (n, c))
+            flag = "training=False" if over_batch else "use_input_stats=False"
+            raise ValueError(f"running_mean and running_var are required when {flag}, got None")
+        shape = (1 if over_batch else n, c)
+        mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), shape)
+        var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), shape)
         y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    stats = NormStats(np.array(mean), np.array(rstd), bool(use_input_stats), bias is not None, eps)
-    return _maybe_stats(y, stats, return_stats)
+    mean, rstd = (mean[0], rstd[0]) if over_batch else (np.array(mean), np.array(rstd))
+    return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
 
 
 @dispatch
