@@ -54,6 +54,15 @@ def _span(extent, pieces, p):
     return lo, min(extent, lo + step)
 
 
+@njit(inline="always", **_jit)
+def _piece(task, pieces, extent):
+    """Task number -> (outer index, piece, start, stop) of the piece of the reduced extent it covers."""
+    outer = task // pieces
+    piece = task - outer * pieces
+    start, stop = _span(extent, pieces, piece)
+    return outer, piece, start, stop
+
+
 @njit(**_jit)
 def _span_moments(v):
     """(count, mean, M2) of a contiguous 1-D span, chunk by chunk."""
@@ -85,9 +94,7 @@ def row_moments(x, pieces, count, mean, m2):
     """Per-(row, piece) Welford states of ``x`` (R, L) into float64 arrays of shape (R, pieces)."""
     rows, length = x.shape
     for task in prange(rows * pieces):
-        r = task // pieces
-        p = task - r * pieces
-        lo, hi = _span(length, pieces, p)
+        r, p, lo, hi = _piece(task, pieces, length)
         count[r, p], mean[r, p], m2[r, p] = _span_moments(x[r, lo:hi])
 
 
@@ -96,9 +103,7 @@ def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
     """``out = ((x - center[r])*alpha[r] + beta[r])``, then ``* weight[l] + bias[l]`` if given."""
     rows, length = x.shape
     for task in prange(rows * pieces):
-        r = task // pieces
-        p = task - r * pieces
-        start, stop = _span(length, pieces, p)
+        r, p, start, stop = _piece(task, pieces, length)
         xs = x[r, start:stop]
         ys = out[r, start:stop]
         h = hi[r]
@@ -121,9 +126,7 @@ def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
     rows, length = x.shape
     zero = x.dtype.type(0)
     for task in prange(rows * pieces):
-        r = task // pieces
-        p = task - r * pieces
-        start, stop = _span(length, pieces, p)
+        r, p, start, stop = _piece(task, pieces, length)
         ws = None if weight is None else weight[start:stop]
         t1, t2 = _weighted_dot_sums(dy[r, start:stop], x[r, start:stop], ws, hi[r], lo[r])
         sum_dy[r, p] = t1
@@ -142,9 +145,7 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
     rows, length = x.shape
     if weight is None:
         for task in prange(rows * pieces):
-            r = task // pieces
-            p = task - r * pieces
-            start, stop = _span(length, pieces, p)
+            r, p, start, stop = _piece(task, pieces, length)
             xs = x[r, start:stop]
             gs = dy[r, start:stop]
             ys = out[r, start:stop]
@@ -427,9 +428,7 @@ def col_moments(x, pieces, count, mean, m2):
     """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
     outer, length, width = x.shape
     for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        lo, hi = _span(length, pieces, p)
+        a, p, lo, hi = _piece(task, pieces, length)
         count[a, p, :] = _slab_moments(x[a, lo:hi], mean[a, p], m2[a, p])
 
 
@@ -438,9 +437,7 @@ def col_affine(x, hi, lo, alpha, beta, pieces, out):
     """``out[a, b, c] = (x[a, b, c] - center[a, c])*alpha[a, c] + beta[a, c]``."""
     outer, length, width = x.shape
     for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
+        a, p, start, stop = _piece(task, pieces, length)
         _slab_affine(x[a, start:stop], hi[a], lo[a], alpha[a], beta[a], out[a, start:stop])
 
 
@@ -449,9 +446,7 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
     """Per-(a, piece, c) ``sum(dy)`` and ``sum(dy*(x - center[a, c]))`` into float64 (A, pieces, C)."""
     outer, length, width = x.shape
     for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
+        a, p, start, stop = _piece(task, pieces, length)
         sum_dy[a, p, :] = 0.0
         sum_dy_xc[a, p, :] = 0.0
         _slab_dot_sums(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], sum_dy[a, p], sum_dy_xc[a, p])
@@ -462,9 +457,7 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
     """``out[a, b, c] = dy*ka[a, c] + (x - center[a, c])*kb[a, c] + kc[a, c]``."""
     outer, length, width = x.shape
     for task in prange(outer * pieces):
-        a = task // pieces
-        p = task - a * pieces
-        start, stop = _span(length, pieces, p)
+        a, p, start, stop = _piece(task, pieces, length)
         _slab_input_grad(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], ka[a], kb[a], kc[a],
                          out[a, start:stop])
 

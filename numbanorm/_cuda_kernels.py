@@ -45,6 +45,15 @@ def _span(extent, pieces, p):
 
 
 @cuda.jit(device=True)
+def _piece(task, pieces, extent):
+    """Task number -> (outer index, piece, start, stop) of the piece of the reduced extent it covers."""
+    outer = task // pieces
+    piece = task - outer * pieces
+    start, stop = _span(extent, pieces, piece)
+    return outer, piece, start, stop
+
+
+@cuda.jit(device=True)
 def _merge_states(sn, sm, sq, t, width):
     """Tree-merge the Welford states of ``width`` (a power of two) slots into slot 0 of each column."""
     s = width // 2
@@ -60,11 +69,8 @@ def _merge_states(sn, sm, sq, t, width):
 
 @cuda.jit
 def _row_moments(x, pieces, count, mean, m2):
-    task = cuda.blockIdx.x
-    r = task // pieces
-    p = task - r * pieces
+    r, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     t = cuda.threadIdx.x
-    lo, hi = _span(x.shape[1], pieces, p)
     n = 0.0
     mu = 0.0
     q = 0.0
@@ -90,13 +96,10 @@ def _row_moments(x, pieces, count, mean, m2):
 
 @cuda.jit
 def _col_moments(x, pieces, count, mean, m2):
-    task = cuda.blockIdx.x
-    a = task // pieces
-    p = task - a * pieces
+    a, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     c = cuda.blockIdx.y * COL_X + tx
-    lo, hi = _span(x.shape[1], pieces, p)
     n = 0.0
     mu = 0.0
     q = 0.0
@@ -154,11 +157,8 @@ def _col_affine(x, hi, lo, alpha, beta, out):
 
 @cuda.jit
 def _row_grad_sums(dy, x, hi, lo, weight, has_weight, pieces, sum_dy, sum_dy_xc):
-    task = cuda.blockIdx.x
-    r = task // pieces
-    p = task - r * pieces
+    r, p, start, stop = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     t = cuda.threadIdx.x
-    start, stop = _span(x.shape[1], pieces, p)
     s1 = 0.0
     s2 = 0.0
     for i in range(start + t, stop, TPB):
@@ -186,13 +186,10 @@ def _row_grad_sums(dy, x, hi, lo, weight, has_weight, pieces, sum_dy, sum_dy_xc)
 
 @cuda.jit
 def _col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
-    task = cuda.blockIdx.x
-    a = task // pieces
-    p = task - a * pieces
+    a, p, start, stop = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     tx = cuda.threadIdx.x
     ty = cuda.threadIdx.y
     c = cuda.blockIdx.y * COL_X + tx
-    start, stop = _span(x.shape[1], pieces, p)
     s1 = 0.0
     s2 = 0.0
     if c < x.shape[2]:

@@ -101,17 +101,27 @@ def _running(layer, num_features):
     layer.buffers["num_batches_tracked"] = np.zeros((), np.int64)
 
 
-class BatchNorm(_Layer):
-    """``torch.nn.BatchNorm{1,2,3}d``: running statistics in eval mode when tracked."""
+class _Tracked(_Layer):
+    """Per-channel parameters and, when tracked, running statistics."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 channel_axis=1, dtype=np.float32):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype):
         super().__init__(dtype)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.channel_axis, self.track_running_stats = channel_axis, track_running_stats
         _affine(self, (num_features,), affine)
         if track_running_stats:
             _running(self, num_features)
+
+    def _counter(self):
+        return self.buffers.get("num_batches_tracked") if self.training else None
+
+
+class BatchNorm(_Tracked):
+    """``torch.nn.BatchNorm{1,2,3}d``: running statistics in eval mode when tracked."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
+                 channel_axis=1, dtype=np.float32):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype)
 
     def _forward(self, x):
         tracked = self.track_running_stats
@@ -119,32 +129,25 @@ class BatchNorm(_Layer):
         return F.batch_norm(x, self.buffers.get("running_mean"), self.buffers.get("running_var"),
                             self._param("weight"), self._param("bias"), training=batch,
                             momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
-                            return_stats=True,
-                            num_batches_tracked=self.buffers.get("num_batches_tracked") if self.training else None)
+                            return_stats=True, num_batches_tracked=self._counter())
 
     def _backward(self, dy, x, stats):
         return F.batch_norm_backward(dy, x, stats, self._param("weight"), channel_axis=self.channel_axis)
 
 
-class InstanceNorm(_Layer):
+class InstanceNorm(_Tracked):
     """``torch.nn.InstanceNorm{1,2,3}d`` (affine and running statistics off by default)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
                  channel_axis=1, dtype=np.float32):
-        super().__init__(dtype)
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.channel_axis, self.track_running_stats = channel_axis, track_running_stats
-        _affine(self, (num_features,), affine)
-        if track_running_stats:
-            _running(self, num_features)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype)
 
     def _forward(self, x):
         use_input = self.training or not self.track_running_stats
         return F.instance_norm(x, self.buffers.get("running_mean"), self.buffers.get("running_var"),
                                self._param("weight"), self._param("bias"), use_input_stats=use_input,
                                momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
-                               return_stats=True,
-                               num_batches_tracked=self.buffers.get("num_batches_tracked") if self.training else None)
+                               return_stats=True, num_batches_tracked=self._counter())
 
     def _backward(self, dy, x, stats):
         return F.instance_norm_backward(dy, x, stats, self._param("weight"), channel_axis=self.channel_axis)
