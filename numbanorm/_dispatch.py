@@ -63,6 +63,9 @@ def launch_guard():
 
 def _refuse_mixed(signature, args, kwargs, backend):
     """A Dask or CUDA argument where the first argument chose another backend: no silent copies."""
+    values = list(args) + list(kwargs.values())
+    if all(backend_of(value) in (None, backend) for value in values):
+        return  # the common case, without the cost of binding the arguments to their names
     for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
         other = backend_of(value)
         if other is not None and other != backend:

@@ -100,8 +100,8 @@ class Engine:
         count, mean, m2 = (dev.empty(shape) for _ in range(3))
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
         kernel(dev.view(plan, x), pieces, count, mean, m2)
-        count, mean, m2 = merge_axes(dev.to_host(count), dev.to_host(mean), dev.to_host(m2), (1,))
-        squeeze = lambda a: a.reshape(a.shape[:1]) if plan.kind == "rows" else a[:, 0, :]
+        count, mean, m2 = merge_axes(dev.to_host(count), dev.to_host(mean), dev.to_host(m2), (1,) if pieces > 1 else ())
+        squeeze = lambda a: a.reshape(a.shape[:1]) if plan.kind == "rows" else a.reshape(a.shape[0], a.shape[2])
         return tuple(plan.from_outer(squeeze(a)) for a in (count, mean, m2))
 
     def moments(self, x, kept, plan=None):
