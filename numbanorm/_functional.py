@@ -237,7 +237,7 @@ def _grid_slabs(x, ch, grouping):
     return None if rows is None else rows.reshape(n, -1, c)
 
 
-def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
+def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
     """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group."""
     n, c = x.shape[0], x.shape[ch]
     x2 = _grid_rows(xc, ch, grouping)
@@ -256,6 +256,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan):
         _cpu.col_normalize(x3, w, b, grouping.groups, eps, y3, mean, var)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
         return y, np.full(mean.shape, float(x3.shape[1] * (c // grouping.groups))), mean, var, _rstd(var, eps)
+    plan = _grid_plan(xc, ch)  # neither fused kernel fits: statistics, then the affine pass
     count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
@@ -383,7 +384,6 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
     momentum = chk.momentum_value(momentum)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(c, over_batch)
-    plan = _grid_plan(xc, ch)
     if batch_stats:
         rm, rv = _running_pair(running_mean, running_var, c)
         nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
@@ -391,7 +391,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
         if not over_batch and x.size // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
-        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
+        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out)
         if rm is not None:  # instance norm: the mean over samples of the per-instance values
             if nbt is not None:
                 nbt += 1
@@ -404,7 +404,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
         shape = (1 if over_batch else n, c)
         mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), shape)
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), shape)
-        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
+        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, _grid_plan(xc, ch))
     mean, rstd = (mean[0], rstd[0]) if over_batch else (np.array(mean), np.array(rstd))
     return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
 
@@ -422,8 +422,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(groups, False)
-    plan = _grid_plan(xc, ch)
-    y, _, mean, _, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out, plan)
+    y, _, mean, _, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out)
     return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None, eps), return_stats)
 
 
