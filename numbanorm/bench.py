@@ -341,7 +341,7 @@ def plot(rows, path):
             ax.legend()
     else:
         fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4))
-        labels = [f"{r['op'].replace('_norm', '')}\n{r['layout']}" for r in rows]
+        labels = [f"{r['op'].replace('_norm', '')}\n{r['layout']}\n{'x'.join(map(str, r['shape']))}" for r in rows]
         positions = np.arange(len(rows))
         bars = [("forward_s", "numbanorm fwd"), ("torch_forward_s", "torch fwd"),
                 ("forward_backward_s", "numbanorm fwd+bwd"), ("torch_forward_backward_s", "torch fwd+bwd")]
