@@ -64,28 +64,36 @@ def _piece(task, pieces, extent):
 
 
 @njit(**_jit)
+def _chunk_moments(chunk):
+    """Exact (mean, M2) of one L1-resident chunk: two passes, the second also correcting the
+    first pass's mean for its rounding."""
+    k = chunk.shape[0]
+    s = chunk.dtype.type(0)
+    for i in range(k):
+        s += chunk[i]
+    guess = s / chunk.dtype.type(k)  # an integer divisor would make this, and the pass, float64
+    dev = chunk.dtype.type(0)
+    sq = chunk.dtype.type(0)
+    for i in range(k):
+        d = chunk[i] - guess
+        dev += d
+        sq += d * d
+    inv_k = 1.0 / k
+    dev64 = np.float64(dev)
+    return np.float64(guess) + dev64 * inv_k, max(np.float64(sq) - dev64 * dev64 * inv_k, 0.0)
+
+
+@njit(**_jit)
 def _span_moments(v):
     """(count, mean, M2) of a contiguous 1-D span, chunk by chunk."""
-    n = 0.0
-    mean = 0.0
-    m2 = 0.0
-    zero = v.dtype.type(0)
-    for c0 in range(0, v.shape[0], ROW_CHUNK):
+    if v.shape[0] == 0:
+        return 0.0, 0.0, 0.0  # an empty piece: merges as nothing
+    mean, m2 = _chunk_moments(v[:ROW_CHUNK])  # most rows are one chunk: no merge for them
+    n = np.float64(min(v.shape[0], ROW_CHUNK))
+    for c0 in range(ROW_CHUNK, v.shape[0], ROW_CHUNK):
         chunk = v[c0:c0 + ROW_CHUNK]
-        k = chunk.shape[0]
-        s = zero
-        for i in range(k):
-            s += chunk[i]
-        guess = s / v.dtype.type(k)  # an integer divisor would make this, and the pass, float64
-        dev = zero
-        sq = zero
-        for i in range(k):
-            d = chunk[i] - guess
-            dev += d
-            sq += d * d
-        chunk_mean = np.float64(guess) + np.float64(dev) / k
-        chunk_m2 = np.float64(sq) - np.float64(dev) * np.float64(dev) / k
-        n, mean, m2 = _chan_merge(n, mean, m2, np.float64(k), chunk_mean, max(chunk_m2, 0.0))
+        chunk_mean, chunk_m2 = _chunk_moments(chunk)
+        n, mean, m2 = _chan_merge(n, mean, m2, np.float64(chunk.shape[0]), chunk_mean, chunk_m2)
     return n, mean, m2
 
 

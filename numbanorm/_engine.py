@@ -26,7 +26,10 @@ def merge_axes(count, mean, m2, axes):
         return count, mean, m2
     n = count.sum(axis=axes, keepdims=True)
     safe_n = np.where(n > 0, n, 1.0)
-    merged_mean = (count * mean).sum(axis=axes, keepdims=True) / safe_n
+    # weigh the means' offsets from one of them, not the means: count*mean of 1e8-sized means
+    # would round away the digits that tell them apart
+    first = mean[tuple(slice(0, 1) if i in axes else slice(None) for i in range(mean.ndim))]
+    merged_mean = first + (count * (mean - first)).sum(axis=axes, keepdims=True) / safe_n
     spread = (count * (mean - merged_mean) ** 2).sum(axis=axes, keepdims=True)
     return n, merged_mean, m2.sum(axis=axes, keepdims=True) + spread
 
