@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import dask
 import dask.array as da
 import numpy as np
 

@@ -105,7 +105,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     data = load_digits(args.seed)
-    print(f"| layer | final training loss | test accuracy |\n|---|---|---|")
+    print("| layer | final training loss | test accuracy |\n|---|---|---|")
     for layer in LAYERS:
         losses, accuracy = train(layer, args.epochs, seed=args.seed, data=data)
         print(f"| {layer} | {losses[-1]:.4f} | {accuracy:.3f} |")

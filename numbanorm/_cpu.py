@@ -132,7 +132,6 @@ def row_affine(x, hi, lo, alpha, beta, weight, bias, pieces, out):
 def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
     """Per-(row, piece) ``sum(dy*w)`` and ``sum(dy*w*(x - center[r]))`` into float64 (R, pieces)."""
     rows, length = x.shape
-    zero = x.dtype.type(0)
     for task in prange(rows * pieces):
         r, p, start, stop = _piece(task, pieces, length)
         ws = None if weight is None else weight[start:stop]

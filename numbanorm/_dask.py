@@ -277,7 +277,7 @@ def _running_from_instances(running_mean, running_var, count, mean, m2, ch, mome
 def _lazy_stats(x, ch, groups, eps, has_bias):
     """NormStats of a per-group op as lazy Dask arrays ((N, C) or (N, G)); the backward does
     not need them -- each block recomputes its own statistics."""
-    n, c = x.shape[0], x.shape[ch]
+    n = x.shape[0]
     moved = da.moveaxis(x, ch, 1)
     flat = moved.rechunk({i: -1 for i in range(1, x.ndim)}).reshape((n, -1))  # merge, then split:
     moved = flat.reshape((n, groups, flat.shape[1] // groups))  # Dask reshapes one way at a time

@@ -1,7 +1,6 @@
 """moments, batch_normalization and running statistics."""
 
 import numpy as np
-import pytest
 
 import numbanorm as nn
 from conftest import assert_close
