@@ -36,9 +36,11 @@ _jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
 _ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
 
 
-@njit(inline="always", **_jit)
-def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Merge two (count, mean, M2) states; safe when either count is zero."""
+# Scalar helpers shared with the CUDA kernels: plain Python here (so that Numba's on-disk cache,
+# keyed on this file, sees their changes), compiled for each target where it is used.
+
+def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Merge two (count, mean, M2) states (Chan et al.); safe when either count is zero."""
     n = n_a + n_b
     if n_b == 0.0:
         return n_a, mean_a, m2_a
@@ -47,20 +49,18 @@ def _chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
 
 
-@njit(inline="always", **_jit)
-def _span(extent, pieces, p):
-    step = (extent + pieces - 1) // pieces
-    lo = min(extent, p * step)
-    return lo, min(extent, lo + step)
-
-
-@njit(inline="always", **_jit)
-def _piece(task, pieces, extent):
-    """Task number -> (outer index, piece, start, stop) of the piece of the reduced extent it covers."""
+def piece(task, pieces, extent):
+    """Task number -> (outer index, piece, start, stop): the tasks split each of the outer
+    indices' ``extent`` into ``pieces`` near-equal spans."""
     outer = task // pieces
-    piece = task - outer * pieces
-    start, stop = _span(extent, pieces, piece)
-    return outer, piece, start, stop
+    part = task - outer * pieces
+    step = (extent + pieces - 1) // pieces
+    start = min(extent, part * step)
+    return outer, part, start, min(extent, start + step)
+
+
+_chan_merge = njit(inline="always", **_jit)(chan_merge)
+_piece = njit(inline="always", **_jit)(piece)
 
 
 @njit(**_jit)
@@ -165,7 +165,7 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
                 ys[i] = gs[i] * a + ((xs[i] - h) - l) * b + c
     else:
         for task in prange(pieces):
-            first, last = _span(rows, pieces, task)
+            _, _, first, last = _piece(task, pieces, rows)
             wg = weight_grad[task]
             bg = bias_grad[task]
             wg[:] = 0
@@ -281,7 +281,7 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out
     kinds = weight.shape[0]
     dtype = x.dtype.type
     for task in prange(blocks):
-        first, last = _span(rows, blocks, task)
+        _, _, first, last = _piece(task, blocks, rows)
         if seg == 1:
             acc_dy = seg_dy[task]
             acc_dyx = seg_dy_xhat[task]

@@ -20,6 +20,7 @@ import numpy as np
 from numba import cuda, float64
 
 from ._config import CUDA_THREADS
+from ._cpu import chan_merge, piece
 
 TPB = CUDA_THREADS  # threads per block, a power of two
 COL_X = min(32, TPB)  # cols kernels: threads along channels ...
@@ -27,30 +28,8 @@ COL_Y = TPB // COL_X  # ... and along rows
 MAX_BLOCKS = 4096  # grid-stride loops need no more
 
 
-@cuda.jit(device=True)
-def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    n = n_a + n_b
-    if n_b == 0.0:
-        return n_a, mean_a, m2_a
-    delta = mean_b - mean_a
-    frac = n_b / n
-    return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
-
-
-@cuda.jit(device=True)
-def _span(extent, pieces, p):
-    step = (extent + pieces - 1) // pieces
-    lo = min(extent, p * step)
-    return lo, min(extent, lo + step)
-
-
-@cuda.jit(device=True)
-def _piece(task, pieces, extent):
-    """Task number -> (outer index, piece, start, stop) of the piece of the reduced extent it covers."""
-    outer = task // pieces
-    piece = task - outer * pieces
-    start, stop = _span(extent, pieces, piece)
-    return outer, piece, start, stop
+_chan = cuda.jit(device=True)(chan_merge)
+_piece = cuda.jit(device=True)(piece)
 
 
 @cuda.jit(device=True)
@@ -233,7 +212,7 @@ def _row_param_grads(dy, x, hi, lo, ka, blocks, weight_grad, bias_grad):
     j = cuda.blockIdx.y * TPB + cuda.threadIdx.x
     rows, length = x.shape
     if j < length:
-        first, last = _span(rows, blocks, block)
+        _, _, first, last = _piece(block, blocks, rows)
         s1 = 0.0
         s2 = 0.0
         for r in range(first, last):
