@@ -694,6 +694,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     if x2 is not None:
         w, b = _fused_params(weight, bias, (1, length), xc.dtype)
         y, mean, spread = _fused_forward(x, x2, w, b, 1, eps, out, centered)
+        rstd = _rstd(spread, eps)
     else:
         xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
         count, mean, m2 = _eng().moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
@@ -705,7 +706,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
         rstd = _rstd(spread, eps)
         y = _deliver(_eng().affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
-    return y, NormStats(mean.reshape(lead), _rstd(spread, eps).reshape(lead), True, bias is not None, eps)
+    return y, NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None, eps)
 
 
 def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, centered):
