@@ -97,6 +97,31 @@ def _span_moments(v):
     return n, mean, m2
 
 
+@njit(cache=CACHE)
+def merge_rows(count, mean, m2, n_out, mean_out, m2_out):
+    """Merge each row of (M, K) float64 states into one (Chan's formula for K parts).
+
+    The merged mean weighs the means' offsets from the row's first mean (``count*mean`` of
+    1e8-sized means would round away the digits that tell them apart); the merged M2 is the
+    sum of the M2s plus the spread of the means around the merged mean."""
+    rows, parts = count.shape
+    for r in range(rows):
+        first = mean[r, 0]
+        n = 0.0
+        shift = 0.0
+        for k in range(parts):
+            n += count[r, k]
+            shift += count[r, k] * (mean[r, k] - first)
+        merged = first + shift / (n if n > 0 else 1.0)
+        q = 0.0
+        for k in range(parts):
+            d = mean[r, k] - merged
+            q += m2[r, k] + count[r, k] * d * d
+        n_out[r] = n
+        mean_out[r] = merged
+        m2_out[r] = q
+
+
 @njit(parallel=True, **_jit)
 def row_moments(x, pieces, count, mean, m2):
     """Per-(row, piece) Welford states of ``x`` (R, L) into float64 arrays of shape (R, pieces)."""

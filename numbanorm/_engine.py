@@ -8,6 +8,7 @@ between host and device.  Statistics come back to the host in the caller's axis 
 caller may merge further.
 """
 
+import math
 import numba
 import numpy as np
 
@@ -16,22 +17,28 @@ from ._plan import Plan
 
 
 def merge_axes(count, mean, m2, axes):
-    """Merge (count, mean, M2) states along ``axes`` (Chan's formula for k parts, in float64).
-
-    The merged mean is the count-weighted mean of the means, and the merged M2 is the sum of the
-    M2s plus the spread of the means around it -- no ``E[x^2] - E[x]^2``.
-    """
-    axes = tuple(axes)
+    """Merge (count, mean, M2) states along ``axes``, keepdims-shaped (Chan's formula for k
+    parts, in float64; see ``_cpu.merge_rows``) -- no ``E[x^2] - E[x]^2``."""
+    axes = tuple(a % np.ndim(mean) for a in axes)
     if not axes:
         return count, mean, m2
-    n = count.sum(axis=axes, keepdims=True)
-    safe_n = np.where(n > 0, n, 1.0)
-    # weigh the means' offsets from one of them, not the means: count*mean of 1e8-sized means
-    # would round away the digits that tell them apart
-    first = mean[tuple(slice(0, 1) if i in axes else slice(None) for i in range(mean.ndim))]
-    merged_mean = first + (count * (mean - first)).sum(axis=axes, keepdims=True) / safe_n
-    spread = (count * (mean - merged_mean) ** 2).sum(axis=axes, keepdims=True)
-    return n, merged_mean, m2.sum(axis=axes, keepdims=True) + spread
+    shape = np.shape(mean)
+    kept = [i for i in range(len(shape)) if i not in axes]
+    order = kept + list(axes)
+    parts = math.prod(shape[i] for i in axes)
+
+    def as_rows(a):
+        a = np.asarray(a, dtype=np.float64)
+        if a.shape != shape:
+            a = np.broadcast_to(a, shape)
+        a = a.transpose(order)
+        return np.ascontiguousarray(a).reshape(-1, parts)
+
+    rows = as_rows(mean)
+    merged = [np.empty(rows.shape[0]) for _ in range(3)]
+    _cpu.merge_rows(as_rows(count), rows, as_rows(m2), *merged)
+    out_shape = tuple(1 if i in axes else shape[i] for i in range(len(shape)))
+    return tuple(a.reshape(out_shape) for a in merged)
 
 
 class CPUDevice:

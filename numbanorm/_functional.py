@@ -10,6 +10,7 @@ parameters along the row.
 
 from typing import NamedTuple, Optional
 
+import math
 import threading
 
 import numba
@@ -689,8 +690,8 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - k]
-    length = int(np.prod(shape))
-    x2 = _fused_rows(xc, int(np.prod(lead)), 1)
+    length = math.prod(shape)
+    x2 = _fused_rows(xc, math.prod(lead), 1)
     if x2 is not None:
         w, b = _fused_params(weight, bias, (1, length), xc.dtype)
         y, mean, spread = _fused_forward(x, x2, w, b, 1, eps, out, centered)
@@ -716,7 +717,7 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     lead = x.shape[: x.ndim - k]
     weight = chk.parameter("weight", weight, shape, xc.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, lead)
-    length = int(np.prod(shape))
+    length = math.prod(shape)
     x2 = _fused_rows(xc, mean.size, 1) if _is_c(dy) else None
     if x2 is not None:
         w, _ = _fused_params(weight, None, (1, length), xc.dtype)

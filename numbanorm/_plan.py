@@ -17,6 +17,9 @@ caller's axis order and that kernel order; results over reduced axes still left 
 index are merged by the caller (see ``_stats.merge_axes``).
 """
 
+import math
+import functools
+
 import numpy as np
 
 import numba
@@ -27,7 +30,7 @@ from ._config import MIN_PIECE
 class Plan:
     """How one array (and any array laid out like it) is handed to the kernels."""
 
-    def __init__(self, shape, strides, kept):
+    def __init__(self, shape, strides, kept, threads):
         self.shape = tuple(shape)
         self.ndim = len(self.shape)
         self.kept = tuple(bool(k) for k in kept)
@@ -51,7 +54,7 @@ class Plan:
         else:
             self.kind = "rows"
             reduced_run = len(runs) - 1
-        size = lambda axes: int(np.prod([self.shape[i] for i in axes], dtype=np.int64))
+        size = lambda axes: math.prod(self.shape[i] for i in axes)
         self.reduced_axes = tuple(runs[reduced_run][1])
         self.outer_axes = [a for r in runs[:reduced_run] for a in r[1]]
         self.inner_axes = [a for r in runs[reduced_run + 1:] for a in r[1]]
@@ -63,14 +66,17 @@ class Plan:
             self.view_shape = (outer, length, inner)
         # many tasks a thread, for balance (measured: 2 pieces of each of 32 NHWC samples beat 1 by
         # a third), but each task gets at least MIN_PIECE elements
-        threads = numba.get_num_threads()
         wanted = max(1, -(-32 * threads // max(outer, 1)))
         per_piece = max(1, MIN_PIECE // max(1, inner))
         self.pieces = int(max(1, min(wanted, length // per_piece)))
+        self._inverse_order = tuple(np.argsort(self.order + self.dead))
+        self._index_maps()
 
     @classmethod
     def of(cls, x, kept):
-        return cls(x.shape, x.strides, kept)
+        """The plan for ``x`` (cached: a training loop plans the same few layouts every step)."""
+        return _cached_plan(tuple(x.shape), tuple(x.strides), tuple(bool(k) for k in kept),
+                            numba.get_num_threads())
 
     # -- full-size arrays -------------------------------------------------------------------
     def _permuted(self, a):
@@ -94,8 +100,7 @@ class Plan:
 
     def unview(self, buf):
         p_shape = [self.shape[i] for i in self.order + self.dead]
-        inverse = np.argsort(self.order + self.dead)
-        a = buf.reshape(p_shape).transpose(inverse)
+        a = buf.reshape(p_shape).transpose(self._inverse_order)
         for axis in self.flips:
             a = np.flip(a, axis)
         return a
@@ -105,30 +110,41 @@ class Plan:
         return self.view(out, copy_ok=False)
 
     # -- small per-outer-index arrays -------------------------------------------------------
+    def _index_maps(self):
+        """Precomputed moves between the caller's keepdims order and the kernel order: the
+        kernels' outer index ``k`` is flat index ``gather[k]`` of a C-ordered ``small_shape``
+        array (None when the two orders agree)."""
+        axes = self.outer_axes + self.inner_axes
+        self.small_shape = tuple(self.shape[i] if i in axes else 1 for i in range(self.ndim))
+        self.outer_shape = self.view_shape[:1] if self.kind == "rows" else (self.view_shape[0], self.view_shape[2])
+        index = np.arange(math.prod(self.small_shape)).reshape(self.small_shape)
+        for axis in self.flips:
+            if axis in axes:
+                index = np.flip(index, axis)
+        rest = [i for i in range(self.ndim) if i not in axes]
+        gather = index.transpose(axes + rest).reshape(-1)
+        self._gather = None if np.array_equal(gather, np.arange(gather.size)) else gather
+
     def to_outer(self, coef, dtype):
         """An array broadcastable to the planned shape, constant along the reduced run, as the
         kernels index it: (R,) for rows, (A, C) for cols; C-contiguous, of ``dtype``."""
-        coef = np.asarray(coef)
-        coef = coef.reshape((1,) * (self.ndim - coef.ndim) + coef.shape)
-        for axis in self.flips:
-            if coef.shape[axis] != 1:
-                coef = np.flip(coef, axis)
-        axes = self.outer_axes + self.inner_axes
-        full = np.broadcast_to(coef, self.shape)
-        picked = full[tuple(slice(None) if i in axes else 0 for i in range(self.ndim))]
-        kept_order = [i for i in range(self.ndim) if i in axes]
-        picked = picked.transpose([kept_order.index(i) for i in axes])
-        shape = self.view_shape[:1] if self.kind == "rows" else (self.view_shape[0], self.view_shape[2])
-        return np.ascontiguousarray(picked, dtype=dtype).reshape(shape)
+        full = np.empty(self.small_shape, dtype)
+        full[...] = coef
+        flat = full.reshape(-1)
+        if self._gather is not None:
+            flat = flat.take(self._gather)
+        return flat.reshape(self.outer_shape)
 
     def from_outer(self, result):
         """Kernel-ordered results (R,) or (A, C) back in the caller's axis order, with length 1
         along the reduced run and the length-1 axes."""
-        axes = self.outer_axes + self.inner_axes
-        a = np.asarray(result).reshape([self.shape[i] for i in axes])
-        rest = [i for i in range(self.ndim) if i not in axes]
-        a = a.reshape(a.shape + (1,) * len(rest)).transpose(np.argsort(axes + rest))
-        for axis in self.flips:
-            if axis in axes:
-                a = np.flip(a, axis)
-        return a
+        flat = np.asarray(result).reshape(-1)
+        if self._gather is not None:
+            placed = np.empty_like(flat)
+            placed[self._gather] = flat
+            flat = placed
+        return flat.reshape(self.small_shape)
+
+@functools.lru_cache(maxsize=512)
+def _cached_plan(shape, strides, kept, threads):
+    return Plan(shape, strides, kept, threads)
