@@ -174,10 +174,10 @@ class _Grouping(NamedTuple):
         axes = (0, 2) if self.over_batch else (2,)
         return values.reshape(n, self.groups, c // self.groups).sum(axis=axes, keepdims=True)[..., 0]
 
-    def expand(self, per_group, n, c):
-        """(1 or N, G) -> (N, C)."""
-        grid = np.broadcast_to(per_group[:, :, None], (n, self.groups, c // self.groups))
-        return grid.reshape(n, c)
+    def expand(self, per_group, c):
+        """(1 or N, G) -> (1 or N, C): each group's value on each of its channels."""
+        members = c // self.groups
+        return per_group if members == 1 else np.repeat(per_group, members, axis=1)
 
 
 def _grid_plan(x, ch):
@@ -189,6 +189,13 @@ def _grid_shape(x, ch):
     shape = [1] * x.ndim
     shape[0], shape[ch] = x.shape[0], x.shape[ch]
     return shape
+
+
+def _on_grid(a, x, ch):
+    """A (1 or N, C) array shaped to broadcast against x."""
+    shape = [1] * x.ndim
+    shape[0], shape[ch] = a.shape[0], x.shape[ch]
+    return a.reshape(shape)
 
 
 def _grid_moments(x, plan, ch):
@@ -208,16 +215,14 @@ def _grid_sums(dy, x, plan, ch, center):
 
 def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
     """Normalize with per-group ``mean``/``var`` of shape (1 or N, G); returns (y, mean, rstd)."""
-    n, c = x.shape[0], x.shape[ch]
+    c = x.shape[ch]
     rstd = _rstd(var, eps)
-    w = np.ones(c) if weight is None else weight.astype(np.float64)
-    b = np.zeros(c) if bias is None else bias.astype(np.float64)
-    alpha = grouping.expand(rstd, n, c) * w
-    shape = _grid_shape(x, ch)
-    center = grouping.expand(mean, n, c).reshape(shape)
-    beta = np.broadcast_to(b, (n, c)).reshape(shape)
+    alpha = grouping.expand(rstd, c) if weight is None else grouping.expand(rstd, c) * weight
+    center = grouping.expand(mean, c)
+    beta = np.zeros((1, c)) if bias is None else bias.reshape(1, c)
     direct_out = out if out is not None and out.dtype == xc.dtype else None
-    y = _eng().affine(xc, plan, center, alpha.reshape(shape), beta, out=direct_out)
+    y = _eng().affine(xc, plan, _on_grid(center, x, ch), _on_grid(alpha, x, ch), _on_grid(beta, x, ch),
+                      out=direct_out)
     return _deliver(y, x.dtype, out), mean, rstd
 
 
@@ -290,23 +295,21 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
         return dx3.reshape(x.shape), grad_weight, grad_bias
     plan = _grid_plan(x, ch)
-    shape = _grid_shape(x, ch)
-    mean_nc = grouping.expand(mean, n, c)
-    rstd_nc = grouping.expand(rstd, n, c)
-    sum_dy, sum_dy_xc = _grid_sums(dy, x, plan, ch, mean_nc.reshape(shape))
+    mean_nc = grouping.expand(mean, c)  # (1 or N, C)
+    rstd_nc = grouping.expand(rstd, c)
+    sum_dy, sum_dy_xc = _grid_sums(dy, x, plan, ch, _on_grid(mean_nc, x, ch))
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     ka = rstd_nc * w
     if batch_stats:
         # dx = rstd*(w*dy - mean_g(w*dy) - xhat*mean_g(w*dy*xhat)), group means from the sums
         per_group = x.size / mean.size  # values in each group
-        mean_wdy = grouping.expand(grouping.total(w * sum_dy) / per_group, n, c)
-        mean_wdy_xhat = grouping.expand(grouping.total(w * sum_dy_xc * rstd_nc) / per_group, n, c)
+        mean_wdy = grouping.expand(grouping.total(w * sum_dy) / per_group, c)
+        mean_wdy_xhat = grouping.expand(grouping.total(w * sum_dy_xc * rstd_nc) / per_group, c)
         kb = -rstd_nc * rstd_nc * mean_wdy_xhat
         kc = -rstd_nc * mean_wdy
     else:  # running statistics are constants: dx = dy * w * rstd
-        kb = kc = np.zeros((n, c))
-    dx, _, _ = _eng().input_grad(dy, x, plan, mean_nc.reshape(shape), ka.reshape(shape),
-                                  kb.reshape(shape), kc.reshape(shape))
+        kb = kc = np.zeros((1, c))
+    dx, _, _ = _eng().input_grad(dy, x, plan, *(_on_grid(a, x, ch) for a in (mean_nc, ka, kb, kc)))
     grad_weight = None if weight is None else (sum_dy_xc * rstd_nc).sum(axis=0).astype(weight.dtype)
     grad_bias = sum_dy.sum(axis=0).astype(dx.dtype) if has_bias else None
     return dx, grad_weight, grad_bias
