@@ -64,23 +64,49 @@ _piece = njit(inline="always", **_jit)(piece)
 
 
 @njit(**_jit)
+def _plain_sum(v):
+    """The first pass of the exact chunk statistics: the sum, in the input precision."""
+    s = v.dtype.type(0)
+    for i in range(v.shape[0]):
+        s += v[i]
+    return s
+
+
+@njit(**_jit)
+def _deviation_sums(chunk, guess, following):
+    """The second pass: ``sum(x - guess)`` and ``sum((x - guess)**2)`` of ``chunk`` -- and, in
+    the same loop, the first pass (the plain sum) of ``following``, a span of the same length.
+
+    Short rows pipeline their passes this way (see ``row_normalize``): two independent
+    reductions in one loop, and one pass over memory less a row."""
+    dev = chunk.dtype.type(0)
+    sq = chunk.dtype.type(0)
+    ahead = chunk.dtype.type(0)
+    for i in range(chunk.shape[0]):
+        d = chunk[i] - guess
+        dev += d
+        sq += d * d
+        ahead += following[i]
+    return dev, sq, ahead
+
+
+@njit(inline="always", **_jit)
+def _corrected(k, guess, dev, sq):
+    """(mean, M2) from the deviation sums around ``guess`` of k values: the sum of deviations
+    corrects the guess for its own rounding (the "corrected two-pass" algorithm)."""
+    inv_k = 1.0 / k
+    dev64 = np.float64(dev)
+    return np.float64(guess) + dev64 * inv_k, max(np.float64(sq) - dev64 * dev64 * inv_k, 0.0)
+
+
+@njit(**_jit)
 def _chunk_moments(chunk):
     """Exact (mean, M2) of one L1-resident chunk: two passes, the second also correcting the
     first pass's mean for its rounding."""
     k = chunk.shape[0]
-    s = chunk.dtype.type(0)
-    for i in range(k):
-        s += chunk[i]
-    guess = s / chunk.dtype.type(k)  # an integer divisor would make this, and the pass, float64
-    dev = chunk.dtype.type(0)
-    sq = chunk.dtype.type(0)
-    for i in range(k):
-        d = chunk[i] - guess
-        dev += d
-        sq += d * d
-    inv_k = 1.0 / k
-    dev64 = np.float64(dev)
-    return np.float64(guess) + dev64 * inv_k, max(np.float64(sq) - dev64 * dev64 * inv_k, 0.0)
+    guess = _plain_sum(chunk) / chunk.dtype.type(k)  # an integer divisor would make this float64
+    dev, sq, _ = _deviation_sums(chunk, guess, chunk)  # the sum alongside costs next to nothing
+    return _corrected(k, guess, dev, sq)
 
 
 @njit(**_jit)
@@ -227,41 +253,55 @@ def _split(value, dtype):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize(x, weight, bias, seg, eps, centered, out, mean, var):
+def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
-    computed first and returned in ``mean``/``var``.
+    computed first and returned in ``mean``/``var``.  ``blocks`` tasks take runs of rows.
 
     ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
-    ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation."""
+    ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation.
+
+    Rows of at most ROW_CHUNK are one exact chunk, and their passes are pipelined: the pass
+    that sums a row's deviations also sums the next row (measured on (65536, 128) float32 at
+    one thread: 60 ns a row instead of 120, where writing the output alone takes 56)."""
     rows, length = x.shape
     kinds = weight.shape[0]
     dtype = x.dtype.type
-    for r in prange(rows):
-        xs = x[r]
-        ys = out[r]
-        n, mu, m2 = _span_moments(xs)
-        spread = m2 / n
-        if not centered:
-            spread += mu * mu
-            mu = 0.0
-        inv = 1.0 / np.sqrt(spread + eps)
-        mean[r] = mu
-        var[r] = spread
-        h, l = _split(mu, dtype)
-        w = weight[r % kinds]
-        b = bias[r % kinds]
-        if seg == 1:
-            s = dtype(inv)
-            for i in range(length):
-                ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
-        else:
-            for j in range(w.shape[0]):
-                a = dtype(inv * w[j])
-                t = b[j]
-                xj = xs[j * seg:(j + 1) * seg]
-                yj = ys[j * seg:(j + 1) * seg]
-                for i in range(seg):
-                    yj[i] = ((xj[i] - h) - l) * a + t
+    short = 0 < length <= ROW_CHUNK
+    for task in prange(blocks):
+        _, _, first, last = _piece(task, blocks, rows)
+        ahead = _plain_sum(x[first]) if short and first < last else dtype(0)
+        for r in range(first, last):
+            xs = x[r]
+            ys = out[r]
+            if short:
+                guess = ahead / dtype(length)
+                dev, sq, ahead = _deviation_sums(xs, guess, x[min(r + 1, last - 1)])
+                mu, m2 = _corrected(length, guess, dev, sq)
+                spread = m2 / length
+            else:
+                n, mu, m2 = _span_moments(xs)
+                spread = m2 / n
+            if not centered:
+                spread += mu * mu
+                mu = 0.0
+            inv = 1.0 / np.sqrt(spread + eps)
+            mean[r] = mu
+            var[r] = spread
+            h, l = _split(mu, dtype)
+            w = weight[r % kinds]
+            b = bias[r % kinds]
+            if seg == 1:
+                s = dtype(inv)
+                for i in range(length):
+                    ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
+            else:
+                for j in range(w.shape[0]):
+                    a = dtype(inv * w[j])
+                    t = b[j]
+                    xj = xs[j * seg:(j + 1) * seg]
+                    yj = ys[j * seg:(j + 1) * seg]
+                    for i in range(seg):
+                        yj[i] = ((xj[i] - h) - l) * a + t
 
 
 @njit(**_jit)

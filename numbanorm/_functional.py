@@ -143,7 +143,8 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     var = np.empty(x2.shape[0])
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
-    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, y2, mean, var)
+    blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
     return y, mean, var
 
@@ -724,7 +725,7 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     x2 = _fused_rows(xc, mean.size, 1) if _is_c(dy) else None
     if x2 is not None:
         w, _ = _fused_params(weight, None, (1, length), xc.dtype)
-        blocks = max(1, min(x2.shape[0], 4 * numba.get_num_threads()))
+        blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
         dx2 = np.empty_like(x2)
         sum_dy, sum_dy_xhat = np.empty((blocks, length)), np.empty((blocks, length))
         _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(), centered,
