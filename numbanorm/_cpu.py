@@ -100,26 +100,30 @@ def _corrected(k, guess, dev, sq):
 
 
 @njit(**_jit)
-def _chunk_moments(chunk):
-    """Exact (mean, M2) of one L1-resident chunk: two passes, the second also correcting the
-    first pass's mean for its rounding."""
-    k = chunk.shape[0]
-    guess = _plain_sum(chunk) / chunk.dtype.type(k)  # an integer divisor would make this float64
-    dev, sq, _ = _deviation_sums(chunk, guess, chunk)  # the sum alongside costs next to nothing
-    return _corrected(k, guess, dev, sq)
-
-
-@njit(**_jit)
 def _span_moments(v):
-    """(count, mean, M2) of a contiguous 1-D span, chunk by chunk."""
-    if v.shape[0] == 0:
-        return 0.0, 0.0, 0.0  # an empty piece: merges as nothing
-    mean, m2 = _chunk_moments(v[:ROW_CHUNK])  # most rows are one chunk: no merge for them
-    n = np.float64(min(v.shape[0], ROW_CHUNK))
-    for c0 in range(ROW_CHUNK, v.shape[0], ROW_CHUNK):
+    """(count, mean, M2) of a contiguous 1-D span, chunk by chunk, merged with Chan's formula.
+
+    The passes are pipelined across chunks: the pass that sums a chunk's deviations also takes
+    the plain sum of the next chunk (see ``_deviation_sums``)."""
+    total = v.shape[0]
+    n = 0.0
+    mean = 0.0
+    m2 = 0.0
+    if total == 0:
+        return n, mean, m2  # an empty piece: merges as nothing
+    ahead = _plain_sum(v[:ROW_CHUNK])
+    for c0 in range(0, total, ROW_CHUNK):
         chunk = v[c0:c0 + ROW_CHUNK]
-        chunk_mean, chunk_m2 = _chunk_moments(chunk)
-        n, mean, m2 = _chan_merge(n, mean, m2, np.float64(chunk.shape[0]), chunk_mean, chunk_m2)
+        k = chunk.shape[0]
+        guess = ahead / v.dtype.type(k)
+        following = v[c0 + ROW_CHUNK:c0 + 2 * ROW_CHUNK]
+        if following.shape[0] == k:
+            dev, sq, ahead = _deviation_sums(chunk, guess, following)
+        else:  # the last chunk, or the one before a shorter last
+            dev, sq, _ = _deviation_sums(chunk, guess, chunk)
+            ahead = _plain_sum(following)
+        chunk_mean, chunk_m2 = _corrected(k, guess, dev, sq)
+        n, mean, m2 = _chan_merge(n, mean, m2, np.float64(k), chunk_mean, chunk_m2)
     return n, mean, m2
 
 
