@@ -573,10 +573,14 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
 
 
 @njit(parallel=True, **_ew)
-def col_normalize(x, weight, bias, groups, eps, out, mean, var):
-    """Normalize each sample's slab by per-group statistics, returned in ``mean``/``var`` (A, G)."""
+def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
+    """Normalize each sample's slab by per-group statistics, returned in ``mean``/``var`` (A, G).
+
+    The slab may be folded (see ``_plan.fold_for``): ``fold`` rows side by side, so column j
+    holds channel ``j % C``, C = width // fold; every column has the same count."""
     outer, length, width = x.shape
-    members = width // groups
+    channels = width // fold
+    members = channels // groups
     dtype = x.dtype.type
     for a in prange(outer):
         col_mean = np.empty(width)
@@ -585,47 +589,59 @@ def col_normalize(x, weight, bias, groups, eps, out, mean, var):
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
         alpha = np.empty(width, x.dtype)
+        beta = np.empty(width, x.dtype)
         for g in range(groups):
             first = g * members
             gm = 0.0
-            for c in range(first, first + members):
-                gm += col_mean[c]
-            gm /= members
+            for f in range(fold):
+                for c in range(f * channels + first, f * channels + first + members):
+                    gm += col_mean[c]
+            gm /= members * fold
             gq = 0.0
-            for c in range(first, first + members):
-                d = col_mean[c] - gm
-                gq += col_m2[c] + n * d * d
+            for f in range(fold):
+                for c in range(f * channels + first, f * channels + first + members):
+                    d = col_mean[c] - gm
+                    gq += col_m2[c] + n * d * d
             mean[a, g] = gm
-            var[a, g] = gq / (n * members)
+            var[a, g] = gq / (n * members * fold)
             inv = 1.0 / np.sqrt(var[a, g] + eps)
             h, l = _split(gm, dtype)
-            for c in range(first, first + members):
-                hi[c] = h
-                lo[c] = l
-                alpha[c] = dtype(inv * weight[c])
-        _slab_affine(x[a], hi, lo, alpha, bias, out[a])
+            for f in range(fold):
+                for c in range(first, first + members):
+                    hi[f * channels + c] = h
+                    lo[f * channels + c] = l
+                    alpha[f * channels + c] = dtype(inv * weight[c])
+                    beta[f * channels + c] = bias[c]
+        _slab_affine(x[a], hi, lo, alpha, beta, out[a])
 
 
 @njit(parallel=True, **_ew)
-def col_normalize_backward(dy, x, weight, groups, mean, rstd, out, sum_dy, sum_dy_xhat):
-    """Input gradient of ``col_normalize`` slab by slab; per-(a, c) ``sum(dy)`` and
-    ``sum(dy*xhat)`` (the bias and weight gradient pieces) into float64 ``sum_dy``/``sum_dy_xhat``."""
+def col_normalize_backward(dy, x, weight, groups, mean, rstd, fold, out, sum_dy, sum_dy_xhat):
+    """Input gradient of ``col_normalize`` slab by slab (``fold`` as there); per-(a, c)
+    ``sum(dy)`` and ``sum(dy*xhat)`` (the bias and weight gradient pieces) into float64
+    ``sum_dy``/``sum_dy_xhat`` (A, C)."""
     outer, length, width = x.shape
-    members = width // groups
-    count = length * members
+    channels = width // fold
+    members = channels // groups
+    count = length * members * fold
     dtype = x.dtype.type
     for a in prange(outer):
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
-        for g in range(groups):
-            h, l = _split(mean[a, g], dtype)
-            hi[g * members:(g + 1) * members] = h
-            lo[g * members:(g + 1) * members] = l
-        t1 = sum_dy[a]
-        t2 = sum_dy_xhat[a]
+        for j in range(width):
+            hi[j], lo[j] = _split(mean[a, (j % channels) // members], dtype)
+        t1 = np.empty(width)
+        t2 = np.empty(width)
         t1[:] = 0.0
         t2[:] = 0.0
         _slab_dot_sums(dy[a], x[a], hi, lo, t1, t2)
+        c1 = sum_dy[a]
+        c2 = sum_dy_xhat[a]
+        c1[:] = 0.0
+        c2[:] = 0.0
+        for j in range(width):
+            c1[j % channels] += t1[j]
+            c2[j % channels] += t2[j]
         ka = np.empty(width, x.dtype)
         kb = np.empty(width, x.dtype)
         kc = np.empty(width, x.dtype)
@@ -634,12 +650,13 @@ def col_normalize_backward(dy, x, weight, groups, mean, rstd, out, sum_dy, sum_d
             s1 = 0.0
             s2 = 0.0
             for c in range(g * members, (g + 1) * members):
-                t2[c] *= inv
-                s1 += weight[c] * t1[c]
-                s2 += weight[c] * t2[c]
+                c2[c] *= inv
+                s1 += weight[c] * c1[c]
+                s2 += weight[c] * c2[c]
             # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
-            for c in range(g * members, (g + 1) * members):
-                ka[c] = dtype(inv * weight[c])
-                kb[c] = dtype(-inv * inv * s2 / count)
-                kc[c] = dtype(-inv * s1 / count)
+            for f in range(fold):
+                for c in range(g * members, (g + 1) * members):
+                    ka[f * channels + c] = dtype(inv * weight[c])
+                    kb[f * channels + c] = dtype(-inv * inv * s2 / count)
+                    kc[f * channels + c] = dtype(-inv * s1 / count)
         _slab_input_grad(dy[a], x[a], hi, lo, ka, kb, kc, out[a])

@@ -102,6 +102,11 @@ class Engine:
             return (plan.view_shape[0], pieces)
         return (plan.view_shape[0], pieces, plan.view_shape[2])
 
+    def _host_states(self, plan, states):
+        """Per-piece kernel results on the host, folded copies of a channel as more pieces."""
+        states = self.device.to_host(states)
+        return states if plan.kind == "rows" else plan.unfold(states)
+
     def partial_moments(self, x, plan):
         """(count, mean, M2) of ``x`` reduced over the plan's kernel run only."""
         dev = self.device
@@ -110,7 +115,8 @@ class Engine:
         count, mean, m2 = (dev.empty(shape) for _ in range(3))
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
         kernel(dev.view(plan, x), pieces, count, mean, m2)
-        count, mean, m2 = merge_axes(dev.to_host(count), dev.to_host(mean), dev.to_host(m2), (1,) if pieces > 1 else ())
+        count, mean, m2 = (self._host_states(plan, a) for a in (count, mean, m2))
+        count, mean, m2 = merge_axes(count, mean, m2, (1,) if count.shape[1] > 1 else ())
         squeeze = lambda a: a.reshape(a.shape[:1]) if plan.kind == "rows" else a.reshape(a.shape[0], a.shape[2])
         return tuple(plan.from_outer(squeeze(a)) for a in (count, mean, m2))
 
@@ -147,7 +153,7 @@ class Engine:
             dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, s1, s2)
         else:
             dev.kernels.col_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, pieces, s1, s2)
-        return (plan.from_outer(dev.to_host(s1).sum(axis=1)), plan.from_outer(dev.to_host(s2).sum(axis=1)))
+        return tuple(plan.from_outer(self._host_states(plan, s).sum(axis=1)) for s in (s1, s2))
 
     def input_grad(self, dy, x, plan, center, ka, kb, kc, weight=None):
         """``dx = dy*[w]*ka + (x - center)*kb + kc`` (coefficients per outer index).

@@ -20,7 +20,7 @@ from . import _checks as chk
 from . import _cpu, _engine
 from ._dispatch import dispatch
 from ._engine import merge_axes
-from ._plan import Plan
+from ._plan import Plan, fold_for
 
 
 class NormStats(NamedTuple):
@@ -236,12 +236,17 @@ def _grid_rows(x, ch, grouping):
 
 
 def _grid_slabs(x, ch, grouping):
-    """Channels-last instance/group norm as fused (N, spatial, C) slabs; None if that does not fit."""
+    """Channels-last instance/group norm as fused (N, spatial, C) slabs, folded when C is small
+    (see ``_plan.fold_for``): returns (slabs, fold), or (None, 1) if that does not fit."""
     n, c = x.shape[0], x.shape[ch]
     if grouping.over_batch or ch != x.ndim - 1 or x.size < 2 * n * c:
-        return None
+        return None, 1
     rows = _fused_rows(x, n, 1)
-    return None if rows is None else rows.reshape(n, -1, c)
+    if rows is None:
+        return None, 1
+    spatial = rows.shape[1] // c
+    fold = fold_for(spatial, c)
+    return rows.reshape(n, spatial // fold, c * fold), fold
 
 
 def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
@@ -254,15 +259,16 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         y, mean, var = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
         mean, var = mean.reshape(n, -1), var.reshape(n, -1)
         return y, np.full(mean.shape, float(x2.shape[1])), mean, var, _rstd(var, eps)
-    x3 = _grid_slabs(xc, ch, grouping)
+    x3, fold = _grid_slabs(xc, ch, grouping)
     if x3 is not None:
         mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
         direct = out is not None and out.dtype == xc.dtype and _is_c(out)
         y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
         w, b = _fused_params(weight, bias, (c,), xc.dtype)
-        _cpu.col_normalize(x3, w, b, grouping.groups, eps, y3, mean, var)
+        _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
-        return y, np.full(mean.shape, float(x3.shape[1] * (c // grouping.groups))), mean, var, _rstd(var, eps)
+        count = float(x.size // (n * grouping.groups))
+        return y, np.full(mean.shape, count), mean, var, _rstd(var, eps)
     plan = _grid_plan(xc, ch)  # neither fused kernel fits: statistics, then the affine pass
     count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
     var = m2 / count
@@ -285,12 +291,12 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
         return dx2.reshape(x.shape), grad_weight, grad_bias
-    x3 = _grid_slabs(x, ch, grouping) if batch_stats and _is_c(dy) else None
+    x3, fold = _grid_slabs(x, ch, grouping) if batch_stats and _is_c(dy) else (None, 1)
     if x3 is not None:
         w, _ = _fused_params(weight, None, (c,), x.dtype)
         dx3 = np.empty_like(x3)
         sum_dy, sum_dy_xhat = np.empty((n, c)), np.empty((n, c))
-        _cpu.col_normalize_backward(dy.reshape(x3.shape), x3, w, grouping.groups, mean, rstd, dx3,
+        _cpu.col_normalize_backward(dy.reshape(x3.shape), x3, w, grouping.groups, mean, rstd, fold, dx3,
                                     sum_dy, sum_dy_xhat)
         grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).astype(x.dtype)
         grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None

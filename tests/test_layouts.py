@@ -142,3 +142,30 @@ def test_property_layer_norm(lead, trailing, seed):
     assert_close(g.input, dx, 1e-7)
     assert_close(g.weight, dw, 1e-8)
     assert_close(g.bias, db, 1e-9)
+
+
+@pytest.mark.parametrize("spatial", [(12, 10), (1, 37)], ids=["folded", "prime-rows"])
+@pytest.mark.parametrize("channels", [2, 4, 6])
+@pytest.mark.parametrize("op", GRID_OPS, ids=repr)
+def test_channels_last_with_few_channels(op, channels, spatial, rng):
+    """Few channels: the channels-last kernels read k rows side by side (a fold) when k divides
+    the rows, and merge each channel's k columns; the answer is the reference's either way.
+    Enough samples that instance/group norm take their fused per-sample kernels (folded too)."""
+    import numba
+    from numbanorm._plan import fold_for
+    folded = spatial == (12, 10)
+    n = 2 * numba.get_num_threads() + 1
+    assert (fold_for(spatial[0] * spatial[1], channels) > 1) == folded
+    x = rng.normal(size=(n,) + spatial + (channels,)) * 3 + 5
+    dy = rng.normal(size=x.shape)
+    w, b = rng.normal(size=channels), rng.normal(size=channels)
+    y, st_ = op.forward(x, w, b, -1)
+    assert_close(y, op.reference(x, w, b, -1), 1e-10)
+    g = op.backward(dy, x, st_, w, -1)
+    dx, dw, db = op.reference_backward(dy, x, w, -1)
+    assert_close(g.input, dx, 1e-10)
+    assert_close(g.weight, dw, 1e-10)
+    assert_close(g.bias, db, 1e-10)
+    mean, var = nn.moments(x, axes=(0, 1, 2))
+    assert_close(mean, x.mean(axis=(0, 1, 2)), 1e-12)
+    assert_close(var, x.var(axis=(0, 1, 2)), 1e-12)
