@@ -10,6 +10,7 @@ companions (``grad_output``, ``out``) must have the input's dtype; running stati
 updated in their own floating dtype.  Integer, bool, complex and object arrays are refused.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -97,6 +98,8 @@ def out_array(out, shape, dtype):
 
 
 def eps_value(name, eps):
+    if type(eps) is float and 0 <= eps < math.inf:
+        return eps  # the common case, quickly
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {_describe(eps)}")
     if not (eps >= 0 and np.isfinite(eps)):

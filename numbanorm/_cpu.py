@@ -257,9 +257,9 @@ def _split(value, dtype):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var):
+def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var, rstd):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
-    computed first and returned in ``mean``/``var``.  ``blocks`` tasks take runs of rows.
+    computed first and returned in ``mean``/``var``/``rstd``.  ``blocks`` tasks take runs of rows.
 
     ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
     ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation.
@@ -291,6 +291,7 @@ def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var):
             inv = 1.0 / np.sqrt(spread + eps)
             mean[r] = mu
             var[r] = spread
+            rstd[r] = inv
             h, l = _split(mu, dtype)
             w = weight[r % kinds]
             b = bias[r % kinds]

@@ -18,9 +18,14 @@ _workqueue_lock = threading.Lock()
 _layer = None
 
 
+# types that are never a Dask or CUDA array: checked first, since every argument of every call
+# goes through here (hasattr on a plain number costs an AttributeError)
+_HOST_TYPES = frozenset({type(None), bool, int, float, str, tuple, list, np.ndarray})
+
+
 def backend_of(value):
     """"dask", "cuda" or None (NumPy and anything NumPy converts)."""
-    if value is None or isinstance(value, (np.ndarray, np.generic)):
+    if type(value) in _HOST_TYPES or isinstance(value, (np.ndarray, np.generic)):
         return None
     module = type(value).__module__
     root = module.partition(".")[0]
@@ -58,7 +63,10 @@ def launch_guard():
     """
     if _threading_layer() == "workqueue":
         return _workqueue_lock
-    return contextlib.nullcontext()
+    return _NO_GUARD
+
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 def _refuse_mixed(signature, args, kwargs, backend):
@@ -89,7 +97,10 @@ def dispatch(fn):
         if backend is not None:
             module = importlib.import_module(_BACKENDS[backend])
             return getattr(module, name)(*args, **kwargs)
-        with launch_guard():
+        guard = launch_guard()
+        if guard is _NO_GUARD:
+            return fn(*args, **kwargs)
+        with guard:
             return fn(*args, **kwargs)
 
     routed.cpu = fn

@@ -138,15 +138,15 @@ def _fused_rows(x, rows, segments):
 
 
 def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
-    """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype."""
-    mean = np.empty(x2.shape[0])
-    var = np.empty(x2.shape[0])
+    """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
+    Returns (y, mean, var, rstd) with the statistics per row."""
+    mean, var, rstd = np.empty(x2.shape[0]), np.empty(x2.shape[0]), np.empty(x2.shape[0])
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var)
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
-    return y, mean, var
+    return y, mean, var, rstd
 
 
 def _fused_params(weight, bias, shape, dtype):
@@ -256,9 +256,9 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
     if x2 is not None:
         shape = (grouping.groups, c // grouping.groups)
         w, b = _fused_params(weight, bias, shape, xc.dtype)
-        y, mean, var = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
-        mean, var = mean.reshape(n, -1), var.reshape(n, -1)
-        return y, np.full(mean.shape, float(x2.shape[1])), mean, var, _rstd(var, eps)
+        y, mean, var, rstd = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
+        mean, var, rstd = mean.reshape(n, -1), var.reshape(n, -1), rstd.reshape(n, -1)
+        return y, np.full(mean.shape, float(x2.shape[1])), mean, var, rstd
     x3, fold = _grid_slabs(xc, ch, grouping)
     if x3 is not None:
         mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
@@ -704,8 +704,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     x2 = _fused_rows(xc, math.prod(lead), 1)
     if x2 is not None:
         w, b = _fused_params(weight, bias, (1, length), xc.dtype)
-        y, mean, spread = _fused_forward(x, x2, w, b, 1, eps, out, centered)
-        rstd = _rstd(spread, eps)
+        y, mean, _, rstd = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
         xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
         count, mean, m2 = _eng().moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)

@@ -37,14 +37,26 @@ class Case(NamedTuple):
     layout: str  # "nchw" / "nhwc" for grid ops, "rows" for layer norm
 
 
-def _median_times(fns, repeats):
+def _median_times(fns, repeats, settle_below=2e-3):
     """Median seconds of each callable, timed in interleaved rounds: on a shared, noisy machine
-    a slow spell then hits every contender alike, so the ratios between them hold."""
-    for fn in fns.values():
+    a slow spell then hits every contender alike, so the ratios between them hold.
+
+    A call shorter than ``settle_below`` is timed after an untimed call of itself: PyTorch and
+    Numba each bring their own OpenMP runtime, whose threads spin for a while after a parallel
+    region, so the first call after the other library's would share the cores with its spinning
+    threads (measured: small-tensor times doubled) -- something a loop calling one library does
+    not see."""
+    first = {}
+    for name, fn in fns.items():
         fn()  # warm-up: compiles on first use
+        start = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - start
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if first[name] < settle_below:
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
