@@ -181,8 +181,10 @@ class _Grouping(NamedTuple):
         return per_group if members == 1 else np.repeat(per_group, members, axis=1)
 
 
-def _grid_plan(x, ch):
-    return Plan.of(x, [i in (0, ch) for i in range(x.ndim)])
+def _grid_plan(x, ch, over_batch=False):
+    """Statistics per (sample, channel), or per channel only where the samples are merged anyway
+    (batch norm: channels-last data then make one long cols view, one merge instead of two)."""
+    return Plan.of(x, [i == ch or (i == 0 and not over_batch) for i in range(x.ndim)])
 
 
 def _grid_shape(x, ch):
@@ -200,18 +202,20 @@ def _on_grid(a, x, ch):
 
 
 def _grid_moments(x, plan, ch):
+    """Partial states per (sample, channel), (N, C) -- or (1, C) if the plan reduced the samples."""
     count, mean, m2 = _eng().partial_moments(x, plan)
     rest = [i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes]
     count, mean, m2 = merge_axes(count, mean, m2, rest)
-    n, c = x.shape[0], x.shape[ch]
-    return count.reshape(n, c), mean.reshape(n, c), m2.reshape(n, c)
+    c = x.shape[ch]
+    return count.reshape(-1, c), mean.reshape(-1, c), m2.reshape(-1, c)
 
 
 def _grid_sums(dy, x, plan, ch, center):
+    """Gradient sums per (sample, channel), (N, C) -- or (1, C), as ``_grid_moments``."""
     s1, s2 = _eng().grad_sums(dy, x, plan, center)
     rest = tuple(i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes)
-    n, c = x.shape[0], x.shape[ch]
-    return s1.sum(axis=rest).reshape(n, c), s2.sum(axis=rest).reshape(n, c)
+    c = x.shape[ch]
+    return s1.sum(axis=rest).reshape(-1, c), s2.sum(axis=rest).reshape(-1, c)
 
 
 def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
@@ -269,7 +273,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
         count = float(x.size // (n * grouping.groups))
         return y, np.full(mean.shape, count), mean, var, _rstd(var, eps)
-    plan = _grid_plan(xc, ch)  # neither fused kernel fits: statistics, then the affine pass
+    plan = _grid_plan(xc, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
     count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
@@ -301,7 +305,7 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).astype(x.dtype)
         grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
         return dx3.reshape(x.shape), grad_weight, grad_bias
-    plan = _grid_plan(x, ch)
+    plan = _grid_plan(x, ch, grouping.over_batch)
     mean_nc = grouping.expand(mean, c)  # (1 or N, C)
     rstd_nc = grouping.expand(rstd, c)
     sum_dy, sum_dy_xc = _grid_sums(dy, x, plan, ch, _on_grid(mean_nc, x, ch))
@@ -415,7 +419,8 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
         shape = (1 if over_batch else n, c)
         mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), shape)
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), shape)
-        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, _grid_plan(xc, ch))
+        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out,
+                                      _grid_plan(xc, ch, over_batch))
     mean, rstd = (mean[0], rstd[0]) if over_batch else (np.array(mean), np.array(rstd))
     return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
 

@@ -72,6 +72,7 @@ class Plan:
         per_piece = max(1, MIN_PIECE // max(1, inner * self.fold))
         self.pieces = int(max(1, min(wanted, length // self.fold // per_piece)))
         self._inverse_order = tuple(np.argsort(self.order + self.dead))
+        self._fold_index = np.tile(np.arange(inner), self.fold)  # column j holds channel j % C
         self._index_maps()
 
     @classmethod
@@ -137,7 +138,7 @@ class Plan:
         if self._gather is not None:
             flat = flat.take(self._gather)
         coef = flat.reshape(self.outer_shape)
-        return coef if self.fold == 1 else np.tile(coef, (1, self.fold))
+        return coef if self.fold == 1 else coef[:, self._fold_index]
 
     def from_outer(self, result):
         """Kernel-ordered results (R,) or (A, C) -- folded results already merged, see
