@@ -19,10 +19,10 @@ from ._plan import Plan
 def merge_axes(count, mean, m2, axes):
     """Merge (count, mean, M2) states along ``axes``, keepdims-shaped (Chan's formula for k
     parts, in float64; see ``_cpu.merge_rows``) -- no ``E[x^2] - E[x]^2``."""
-    axes = tuple(a % np.ndim(mean) for a in axes)
-    if not axes:
-        return count, mean, m2
     shape = np.shape(mean)
+    axes = tuple(a % len(shape) for a in axes)
+    if all(shape[a] == 1 for a in axes) and np.shape(count) == np.shape(m2) == shape:
+        return count, mean, m2  # merging one part is a no-op
     kept = [i for i in range(len(shape)) if i not in axes]
     order = kept + list(axes)
     parts = math.prod(shape[i] for i in axes)
