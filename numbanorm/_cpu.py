@@ -128,28 +128,36 @@ def _span_moments(v):
 
 
 @njit(cache=CACHE)
-def merge_rows(count, mean, m2, n_out, mean_out, m2_out):
-    """Merge each row of (M, K) float64 states into one (Chan's formula for K parts).
+def merge_groups(count, mean, m2, group_of, n_out, mean_out, m2_out):
+    """Merge the (K, P) float64 states of K outer indices into their groups ``group_of[k]``
+    (Chan's formula for many parts) -- (G,) results.
 
-    The merged mean weighs the means' offsets from the row's first mean (``count*mean`` of
-    1e8-sized means would round away the digits that tell them apart); the merged M2 is the
-    sum of the M2s plus the spread of the means around the merged mean."""
-    rows, parts = count.shape
-    for r in range(rows):
-        first = mean[r, 0]
-        n = 0.0
-        shift = 0.0
-        for k in range(parts):
-            n += count[r, k]
-            shift += count[r, k] * (mean[r, k] - first)
-        merged = first + shift / (n if n > 0 else 1.0)
-        q = 0.0
-        for k in range(parts):
-            d = mean[r, k] - merged
-            q += m2[r, k] + count[r, k] * d * d
-        n_out[r] = n
-        mean_out[r] = merged
-        m2_out[r] = q
+    The merged mean weighs the means' offsets from the group's first non-empty mean
+    (``count*mean`` of 1e8-sized means would round away the digits that tell them apart); the
+    merged M2 is the sum of the M2s plus the spread of the means around the merged mean."""
+    groups = n_out.shape[0]
+    first = np.zeros(groups)
+    seen = np.zeros(groups, np.bool_)
+    shift = np.zeros(groups)
+    n_out[:] = 0.0
+    for k in range(count.shape[0]):
+        g = group_of[k]
+        for p in range(count.shape[1]):
+            if not seen[g] and count[k, p] > 0:
+                first[g] = mean[k, p]
+                seen[g] = True
+            if count[k, p] > 0:
+                n_out[g] += count[k, p]
+                shift[g] += count[k, p] * (mean[k, p] - first[g])
+    for g in range(groups):
+        mean_out[g] = first[g] + shift[g] / (n_out[g] if n_out[g] > 0 else 1.0)
+        m2_out[g] = 0.0
+    for k in range(count.shape[0]):
+        g = group_of[k]
+        for p in range(count.shape[1]):
+            if count[k, p] > 0:
+                d = mean[k, p] - mean_out[g]
+                m2_out[g] += m2[k, p] + count[k, p] * d * d
 
 
 @njit(parallel=True, **_jit)

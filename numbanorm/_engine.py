@@ -18,7 +18,7 @@ from ._plan import Plan
 
 def merge_axes(count, mean, m2, axes):
     """Merge (count, mean, M2) states along ``axes``, keepdims-shaped (Chan's formula for k
-    parts, in float64; see ``_cpu.merge_rows``) -- no ``E[x^2] - E[x]^2``."""
+    parts, in float64; see ``_cpu.merge_groups``) -- no ``E[x^2] - E[x]^2``."""
     shape = np.shape(mean)
     axes = tuple(a % len(shape) for a in axes)
     if all(shape[a] == 1 for a in axes) and np.shape(count) == np.shape(m2) == shape:
@@ -36,7 +36,7 @@ def merge_axes(count, mean, m2, axes):
 
     rows = as_rows(mean)
     merged = [np.empty(rows.shape[0]) for _ in range(3)]
-    _cpu.merge_rows(as_rows(count), rows, as_rows(m2), *merged)
+    _cpu.merge_groups(as_rows(count), rows, as_rows(m2), np.arange(rows.shape[0]), *merged)
     out_shape = tuple(1 if i in axes else shape[i] for i in range(len(shape)))
     return tuple(a.reshape(out_shape) for a in merged)
 
@@ -107,18 +107,26 @@ class Engine:
         states = self.device.to_host(states)
         return states if plan.kind == "rows" else plan.unfold(states)
 
-    def partial_moments(self, x, plan):
-        """(count, mean, M2) of ``x`` reduced over the plan's kernel run only."""
+    def partial_states(self, x, plan):
+        """(count, mean, M2) of ``x`` per kernel outer index and part: host float64 (K, P)
+        arrays, K = the plan's outer indices in kernel order (see ``Plan.cells``)."""
         dev = self.device
         pieces = dev.pieces(plan)
         shape = self._states_shape(plan, pieces)
-        count, mean, m2 = (dev.empty(shape) for _ in range(3))
+        states = [dev.empty(shape) for _ in range(3)]
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
-        kernel(dev.view(plan, x), pieces, count, mean, m2)
-        count, mean, m2 = (self._host_states(plan, a) for a in (count, mean, m2))
-        count, mean, m2 = merge_axes(count, mean, m2, (1,) if count.shape[1] > 1 else ())
-        squeeze = lambda a: a.reshape(a.shape[:1]) if plan.kind == "rows" else a.reshape(a.shape[0], a.shape[2])
-        return tuple(plan.from_outer(squeeze(a)) for a in (count, mean, m2))
+        kernel(dev.view(plan, x), pieces, *states)
+        states = [self._host_states(plan, a) for a in states]
+        if plan.kind == "cols":  # (A, parts, C) -> (A*C, parts)
+            states = [np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, a.shape[1]) for a in states]
+        return states
+
+    def partial_moments(self, x, plan):
+        """(count, mean, M2) of ``x`` reduced over the plan's kernel run only, keepdims-shaped."""
+        count, mean, m2 = self.partial_states(x, plan)
+        merged = [np.empty(count.shape[0]) for _ in range(3)]
+        _cpu.merge_groups(count, mean, m2, np.arange(count.shape[0]), *merged)
+        return tuple(plan.from_outer(a) for a in merged)
 
     def moments(self, x, kept, plan=None):
         """(count, mean, M2) over every axis whose ``kept`` flag is False, keepdims-shaped."""

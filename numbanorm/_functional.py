@@ -163,12 +163,17 @@ class _Grouping(NamedTuple):
     groups: int  # channel groups: C for batch and instance norm, num_groups for group norm
     over_batch: bool  # batch norm merges the samples too
 
-    def merge(self, count, mean, m2):
-        n, c = mean.shape
-        shape = (n, self.groups, c // self.groups)
-        axes = (0, 2) if self.over_batch else (2,)
-        merged = merge_axes(count.reshape(shape), mean.reshape(shape), m2.reshape(shape), axes)
-        return tuple(a[..., 0] for a in merged)  # (1 or N, G)
+    def merge_states(self, states, cells, n, c):
+        """Kernel-ordered partial states (see ``Engine.partial_states``) merged into groups, the
+        outer indices lying on ``cells`` = (sample, channel) index arrays: (1 or N, G) each."""
+        samples, channels = cells
+        group = channels // (c // self.groups)
+        rows = 1 if self.over_batch else n
+        if not self.over_batch:
+            group = samples * self.groups + group
+        merged = [np.empty(rows * self.groups) for _ in range(3)]
+        _cpu.merge_groups(*states, group, *merged)
+        return tuple(a.reshape(rows, self.groups) for a in merged)
 
     def total(self, values):
         n, c = values.shape
@@ -274,7 +279,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         count = float(x.size // (n * grouping.groups))
         return y, np.full(mean.shape, count), mean, var, _rstd(var, eps)
     plan = _grid_plan(xc, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    count, mean, m2 = grouping.merge(*_grid_moments(xc, plan, ch))
+    count, mean, m2 = grouping.merge_states(_eng().partial_states(xc, plan), plan.cells(ch), n, c)
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
     return y, count, mean, var, rstd

@@ -73,6 +73,7 @@ class Plan:
         self.pieces = int(max(1, min(wanted, length // self.fold // per_piece)))
         self._inverse_order = tuple(np.argsort(self.order + self.dead))
         self._fold_index = np.tile(np.arange(inner), self.fold)  # column j holds channel j % C
+        self._cells = {}
         self._index_maps()
 
     @classmethod
@@ -150,6 +151,15 @@ class Plan:
             placed[self._gather] = flat
             flat = placed
         return flat.reshape(self.small_shape)
+    def cells(self, ch):
+        """For (sample, channel) grid plans: the sample and the channel index of each kernel
+        outer index, two int arrays of ``prod(outer_shape)`` (cached on the plan)."""
+        if ch not in self._cells:
+            flat = np.arange(math.prod(self.outer_shape)) if self._gather is None else self._gather
+            where = np.unravel_index(flat, self.small_shape)
+            self._cells[ch] = (where[0], where[ch])
+        return self._cells[ch]
+
     def unfold(self, states):
         """Per-(a, piece, column) results of a cols kernel, (A, pieces, fold*C), as
         (A, pieces*fold, C): the fold's copies of a channel become more pieces to merge."""
