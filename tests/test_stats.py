@@ -81,3 +81,22 @@ def test_eval_mode_leaves_running_stats_alone(rng):
     before = rm.copy(), rv.copy()
     nn.batch_norm(x, rm, rv, training=False)
     assert np.array_equal(rm, before[0]) and np.array_equal(rv, before[1])
+
+
+def test_merge_groups_of_uneven_parts_with_empty_ones(rng):
+    """Parts of any sizes (some empty) merged into groups give each group's exact statistics,
+    also around a 1e8 offset (the merge weighs offsets from a non-empty part's mean)."""
+    from numbanorm import _cpu
+    groups = 3
+    values = [rng.normal(1e8, 1.0, size) for size in (0, 5, 1, 0, 17, 9, 2, 30, 0, 4)]
+    group_of = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    count = np.array([[float(v.size)] for v in values])
+    mean = np.array([[v.mean() if v.size else 0.0] for v in values])
+    m2 = np.array([[((v - v.mean()) ** 2).sum() if v.size else 0.0] for v in values])
+    n, mu, q = np.empty(groups), np.empty(groups), np.empty(groups)
+    _cpu.merge_groups(count, mean, m2, group_of, n, mu, q)
+    for g in range(groups):
+        members = np.concatenate([v for v, k in zip(values, group_of) if k == g])
+        assert n[g] == members.size
+        assert abs(mu[g] - members.mean()) < 1e-7  # float64 ulp at 1e8 is 1.5e-8
+        assert abs(q[g] / n[g] - members.var()) < 1e-6 * members.var()
