@@ -288,6 +288,9 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
 def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
     """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
     n, c = x.shape[0], x.shape[ch]
+    if x.size == 0:  # an empty batch: the parameters had no effect
+        zeros = np.zeros(c, x.dtype)
+        return np.empty_like(x), None if weight is None else zeros, zeros.copy() if has_bias else None
     x2 = _grid_rows(x, ch, grouping) if batch_stats and _is_c(dy) else None
     if x2 is not None:
         cg = c // grouping.groups
@@ -404,12 +407,16 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
     momentum = chk.momentum_value(momentum)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(c, over_batch)
+    if n == 0 and not over_batch:  # no instances: nothing to normalize, no statistics to track
+        y = np.empty_like(x) if out is None else out
+        return _maybe_stats(y, NormStats(np.empty((0, c)), np.empty((0, c)), bool(batch_stats), bias is not None,
+                                         eps), return_stats)
     if batch_stats:
         rm, rv = _running_pair(running_mean, running_var, c)
         nbt = _batch_counter(num_batches_tracked, momentum is None and rm is not None)
         if over_batch and x.size // c < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
-        if not over_batch and x.size // (n * c) < 2:
+        if not over_batch and n and math.prod(x.shape) // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
         y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out)
         if rm is not None:  # instance norm: the mean over samples of the per-instance values

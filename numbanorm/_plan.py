@@ -163,7 +163,8 @@ class Plan:
     def unfold(self, states):
         """Per-(a, piece, column) results of a cols kernel, (A, pieces, fold*C), as
         (A, pieces*fold, C): the fold's copies of a channel become more pieces to merge."""
-        return states.reshape(states.shape[0], -1, states.shape[2] // self.fold)
+        outer, parts, width = states.shape
+        return states.reshape(outer, parts * self.fold, width // self.fold)
 
 
 # Channels-last data with few channels leave the cols kernels' vector loops only C long.  Such

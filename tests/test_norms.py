@@ -179,3 +179,29 @@ def test_in_place_out_is_input(rng):
     y = nn.layer_norm(x, 6, out=x)
     assert y is x
     assert_close(x, expected, 1e-10)
+
+
+@pytest.mark.parametrize("ca", [1, -1])
+def test_empty_batch_gives_empty_results(ca):
+    """No samples: instance and group norm (and eval batch norm) return empty outputs and zero
+    parameter gradients, as PyTorch does; batch norm training refuses (no values per channel)."""
+    shape = (0, 3, 5, 5) if ca == 1 else (0, 5, 5, 3)
+    x = np.zeros(shape, np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    runs = [
+        (lambda: nn.instance_norm(x, None, None, w, b, channel_axis=ca, return_stats=True),
+         lambda st: nn.instance_norm_backward(np.zeros_like(x), x, st, w, channel_axis=ca)),
+        (lambda: nn.group_norm(x, 3, w, b, channel_axis=ca, return_stats=True),
+         lambda st: nn.group_norm_backward(np.zeros_like(x), x, st, 3, w, channel_axis=ca)),
+        (lambda: nn.batch_norm(x, np.zeros(3), np.ones(3), w, b, channel_axis=ca, return_stats=True),
+         lambda st: nn.batch_norm_backward(np.zeros_like(x), x, st, w, channel_axis=ca)),
+    ]
+    for forward, backward in runs:
+        y, stats = forward()
+        assert y.shape == shape and y.dtype == np.float32
+        g = backward(stats)
+        assert g.input.shape == shape
+        assert np.array_equal(g.weight, np.zeros(3)) and np.array_equal(g.bias, np.zeros(3))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        nn.batch_norm(x, None, None, w, b, training=True, channel_axis=ca)
+    assert nn.layer_norm(np.zeros((0, 4), np.float32), (4,)).shape == (0, 4)
