@@ -91,27 +91,34 @@ def _deviation_sums(chunk, guess, following):
 
 
 @njit(inline="always", **_jit)
-def _corrected(k, guess, dev, sq):
-    """(mean, M2) from the deviation sums around ``guess`` of k values: the sum of deviations
-    corrects the guess for its own rounding (the "corrected two-pass" algorithm)."""
+def _corrected(k, guess, dev, sq, base):
+    """(mean - base, M2) from the deviation sums around ``guess`` of k values: the sum of
+    deviations corrects the guess for its own rounding (the "corrected two-pass" algorithm).
+    The mean comes as an offset from ``base``, a float64 near it, so that it keeps digits below
+    float64's resolution of ``base`` (see ``_span_moments``)."""
     inv_k = 1.0 / k
     dev64 = np.float64(dev)
-    return np.float64(guess) + dev64 * inv_k, max(np.float64(sq) - dev64 * dev64 * inv_k, 0.0)
+    return (np.float64(guess) - base) + dev64 * inv_k, max(np.float64(sq) - dev64 * dev64 * inv_k, 0.0)
 
 
 @njit(**_jit)
 def _span_moments(v):
-    """(count, mean, M2) of a contiguous 1-D span, chunk by chunk, merged with Chan's formula.
+    """(count, base, offset, M2) of a contiguous 1-D span, the mean being ``base + offset``,
+    chunk by chunk, merged with Chan's formula.
 
-    The passes are pipelined across chunks: the pass that sums a chunk's deviations also takes
-    the plain sum of the next chunk (see ``_deviation_sums``)."""
+    The chunk means are merged as offsets from the first chunk's guess (``base``): merging
+    1e8-sized float64 means would round each step's mean to float64 (a few ulps of 1e8 after
+    tens of chunks), the small offsets keep every digit.  The passes are pipelined across
+    chunks: the pass that sums a chunk's deviations also takes the plain sum of the next
+    chunk (see ``_deviation_sums``)."""
     total = v.shape[0]
     n = 0.0
     mean = 0.0
     m2 = 0.0
     if total == 0:
-        return n, mean, m2  # an empty piece: merges as nothing
+        return n, 0.0, mean, m2  # an empty piece: merges as nothing
     ahead = _plain_sum(v[:ROW_CHUNK])
+    base = np.float64(ahead / v.dtype.type(min(total, ROW_CHUNK)))
     for c0 in range(0, total, ROW_CHUNK):
         chunk = v[c0:c0 + ROW_CHUNK]
         k = chunk.shape[0]
@@ -122,9 +129,9 @@ def _span_moments(v):
         else:  # the last chunk, or the one before a shorter last
             dev, sq, _ = _deviation_sums(chunk, guess, chunk)
             ahead = _plain_sum(following)
-        chunk_mean, chunk_m2 = _corrected(k, guess, dev, sq)
+        chunk_mean, chunk_m2 = _corrected(k, guess, dev, sq, base)
         n, mean, m2 = _chan_merge(n, mean, m2, np.float64(k), chunk_mean, chunk_m2)
-    return n, mean, m2
+    return n, base, mean, m2
 
 
 @njit(cache=CACHE)
@@ -166,7 +173,8 @@ def row_moments(x, pieces, count, mean, m2):
     rows, length = x.shape
     for task in prange(rows * pieces):
         r, p, lo, hi = _piece(task, pieces, length)
-        count[r, p], mean[r, p], m2[r, p] = _span_moments(x[r, lo:hi])
+        n, base, offset, q = _span_moments(x[r, lo:hi])
+        count[r, p], mean[r, p], m2[r, p] = n, base + offset, q
 
 
 @njit(parallel=True, **_ew)
@@ -259,9 +267,11 @@ def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, 
 
 
 @njit(inline="always", **_jit)
-def _split(value, dtype):
-    hi = dtype(value)
-    return hi, dtype(value - np.float64(hi))
+def _split(base, offset, dtype):
+    """The float64 ``base + offset`` as ``hi + lo`` of ``dtype``, lo holding what hi rounded off
+    (for float64 input, digits below float64's resolution of the mean survive in lo)."""
+    hi = dtype(base + offset)
+    return hi, dtype((base - np.float64(hi)) + offset)
 
 
 @njit(parallel=True, **_ew)
@@ -288,19 +298,20 @@ def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var, r
             if short:
                 guess = ahead / dtype(length)
                 dev, sq, ahead = _deviation_sums(xs, guess, x[min(r + 1, last - 1)])
-                mu, m2 = _corrected(length, guess, dev, sq)
+                base = np.float64(guess)
+                offset, m2 = _corrected(length, guess, dev, sq, base)
                 spread = m2 / length
             else:
-                n, mu, m2 = _span_moments(xs)
+                n, base, offset, m2 = _span_moments(xs)
                 spread = m2 / n
             if not centered:
-                spread += mu * mu
-                mu = 0.0
+                spread += (base + offset) * (base + offset)
+                base = offset = 0.0
             inv = 1.0 / np.sqrt(spread + eps)
-            mean[r] = mu
+            mean[r] = base + offset
             var[r] = spread
             rstd[r] = inv
-            h, l = _split(mu, dtype)
+            h, l = _split(base, offset, dtype)
             w = weight[r % kinds]
             b = bias[r % kinds]
             if seg == 1:
@@ -378,7 +389,7 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out
             gs = dy[r]
             ys = out[r]
             w = weight[r % kinds]
-            h, l = _split(mean[r], dtype)
+            h, l = _split(mean[r], 0.0, dtype)
             inv = rstd[r]
             if seg == 1:
                 s1, s2 = _weighted_dot_sums(gs, xs, w, h, l)
@@ -503,7 +514,7 @@ def _slab_moments(xs, mean, m2):
             _slab_sums(following, ahead)
         frac = k / (n + k)
         for c in range(width):
-            chunk_mean, chunk_m2 = _corrected(k, guess[c], dev[c], sq[c])
+            chunk_mean, chunk_m2 = _corrected(k, guess[c], dev[c], sq[c], 0.0)
             delta = chunk_mean - mean[c]
             mean[c] += delta * frac
             m2[c] += chunk_m2 + delta * delta * n * frac
@@ -642,7 +653,7 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
             mean[a, g] = gm
             var[a, g] = gq / (n * members * fold)
             inv = 1.0 / np.sqrt(var[a, g] + eps)
-            h, l = _split(gm, dtype)
+            h, l = _split(gm, 0.0, dtype)
             for f in range(fold):
                 for c in range(first, first + members):
                     hi[f * channels + c] = h
@@ -666,7 +677,7 @@ def col_normalize_backward(dy, x, weight, groups, mean, rstd, fold, out, sum_dy,
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
         for j in range(width):
-            hi[j], lo[j] = _split(mean[a, (j % channels) // members], dtype)
+            hi[j], lo[j] = _split(mean[a, (j % channels) // members], 0.0, dtype)
         t1 = np.empty(width)
         t2 = np.empty(width)
         t1[:] = 0.0

@@ -65,3 +65,17 @@ def test_nan_spoils_only_its_own_group(rng):
     assert np.isnan(y).sum() == 25
     y = nn.batch_norm(x, None, None, training=True)
     assert np.isnan(y[:, 2]).all() and np.isnan(y).sum() == 4 * 25
+
+
+@pytest.mark.parametrize("length", [512, 20_000], ids=["one-chunk rows", "many-chunk rows"])
+def test_float64_row_centres_keep_digits_below_float64(length, rng):
+    """Layer norm rows of 1e8 + N(0, 1) in float64: the centre is carried as a base and an
+    offset (two float64s), so the result is exact to far below 1e8's ulp (1.5e-8), where a
+    float64 mean -- the NumPy reference's, PyTorch's -- errs by up to half of it.  Checked
+    against a long-double reference."""
+    x = 1e8 + rng.normal(size=(8, length))
+    xl = x.astype(np.longdouble)
+    mean = xl.mean(axis=1, keepdims=True)
+    exact = (xl - mean) / np.sqrt(((xl - mean) ** 2).mean(axis=1, keepdims=True) + np.longdouble(1e-5))
+    y = nn.layer_norm(x, (length,))
+    assert float(np.abs(y.astype(np.longdouble) - exact).max()) < 2e-9
