@@ -1,4 +1,5 @@
-"""``python -m numbanorm bench [options]`` (see ``numbanorm.bench``) and ``python -m numbanorm info``."""
+"""``python -m numbanorm bench [options]`` (see ``numbanorm.bench``), ``python -m numbanorm accuracy``
+(numbanorm's and PyTorch's errors on offset data) and ``python -m numbanorm info``."""
 
 import sys
 
@@ -36,11 +37,16 @@ def info():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("bench", "info"):
-        print("usage: python -m numbanorm {bench,info} [--help]", file=sys.stderr)
+    if not argv or argv[0] not in ("bench", "accuracy", "info"):
+        print("usage: python -m numbanorm {bench,accuracy,info} [--help]", file=sys.stderr)
         return 2
     if argv[0] == "info":
         info()
+        return 0
+    if argv[0] == "accuracy":
+        from .bench import accuracy_main
+
+        accuracy_main(argv[1:])
         return 0
     from .bench import main as bench
 

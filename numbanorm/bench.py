@@ -375,6 +375,55 @@ def _shapes_arg(text):
     return [tuple(int(d) for d in part.split("x")) for part in text.split(",")]
 
 
+ACCURACY_SHAPE = (16, 32, 28, 28)
+ACCURACY_DATA = (("float32", 0.0), ("float32", 1e4), ("float64", 0.0), ("float64", 1e8))
+
+
+def accuracy_rows(shape=ACCURACY_SHAPE, groups=8, seed=0):
+    """Max error of numbanorm's (and PyTorch's, if installed) batch/instance/group/layer norm
+    forward on N(0, 1) and offset data, against a long-double reference: a float64 reference
+    errs by up to half an ulp of the mean itself, as much as the float64 results it would judge."""
+    rng = np.random.default_rng(seed)
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        torch = None
+    ops = {
+        "batch_norm": (lambda x: batch_norm(x, None, None, training=True),
+                       lambda t: F.batch_norm(t, None, None, training=True),
+                       lambda x: ref.grid_forward(x, "batch", precision=np.longdouble)),
+        "instance_norm": (lambda x: instance_norm(x), lambda t: F.instance_norm(t),
+                          lambda x: ref.grid_forward(x, "instance", precision=np.longdouble)),
+        "group_norm": (lambda x: group_norm(x, groups), lambda t: F.group_norm(t, groups),
+                       lambda x: ref.grid_forward(x, "group", groups=groups, precision=np.longdouble)),
+        "layer_norm": (lambda x: layer_norm(x, x.shape[1:]), lambda t: F.layer_norm(t, t.shape[1:]),
+                       lambda x: ref.layer_forward(x, len(shape) - 1, precision=np.longdouble)),
+    }
+    rows = []
+    for dtype, offset in ACCURACY_DATA:
+        x = (offset + rng.normal(size=shape)).astype(dtype)
+        for op, (ours, theirs, exact) in ops.items():
+            expected = exact(x)
+            error = lambda y: float(np.abs(np.asarray(y, np.longdouble) - expected).max())
+            row = {"data": f"{dtype} {offset:.0e} + N(0,1)" if offset else f"{dtype} N(0,1)", "op": op,
+                   "numbanorm": error(ours(x))}
+            if torch is not None:
+                row["torch"] = error(theirs(torch.from_numpy(x)).numpy())
+            rows.append(row)
+    return rows
+
+
+def accuracy_main(argv=None):
+    """``python -m numbanorm accuracy``: the README's accuracy table."""
+    rows = accuracy_rows()
+    print(f"max error against a long-double reference, shape {ACCURACY_SHAPE}, group norm with 8 groups\n")
+    print("| data | op | numbanorm | PyTorch |\n|---|---|---|---|")
+    for r in rows:
+        torch_error = f"{r['torch']:.1e}" if "torch" in r else "-"
+        print(f"| {r['data']} | {r['op']} | {r['numbanorm']:.1e} | {torch_error} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numbanorm bench", description=__doc__.splitlines()[0])
     parser.add_argument("--ops", default=",".join(GRID_OPS + ROW_OPS), help="comma-separated ops (default: all)")

@@ -6,9 +6,9 @@ The oracle of the tests and the peer (and error yardstick) of `python -m numbano
 import numpy as np
 
 
-def _to_nc(a, channel_axis):
-    """(N, C, rest) float64 copy of ``a`` with its channel axis second."""
-    a = np.moveaxis(np.asarray(a, dtype=np.float64), channel_axis, 1)
+def _to_nc(a, channel_axis, precision=np.float64):
+    """(N, C, rest) copy of ``a`` in ``precision`` with its channel axis second."""
+    a = np.moveaxis(np.asarray(a, dtype=precision), channel_axis, 1)
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
@@ -25,9 +25,9 @@ def _norm(xg, axes, eps):
     return mean, 1.0 / np.sqrt(var + eps)
 
 
-def _grouped(x, kind, groups, channel_axis):
+def _grouped(x, kind, groups, channel_axis, precision=np.float64):
     """x as (N, G, members) (or (1, C, members) for batch norm), and a function undoing it."""
-    xnc = _to_nc(x, channel_axis)
+    xnc = _to_nc(x, channel_axis, precision)
     n, c, s = xnc.shape
     if kind == "batch":
         g = np.moveaxis(xnc, 1, 0).reshape(1, c, n * s)
@@ -46,14 +46,15 @@ def _channel_param(p, x, channel_axis, default):
 
 
 def grid_forward(x, kind, weight=None, bias=None, eps=1e-5, groups=None, channel_axis=1,
-                 mean=None, var=None):
-    """Batch/instance/group norm; ``mean``/``var`` (C,) given means running statistics."""
+                 mean=None, var=None, precision=np.float64):
+    """Batch/instance/group norm; ``mean``/``var`` (C,) given means running statistics.
+    ``precision=np.longdouble`` computes past float64 (to judge float64 results)."""
     if mean is not None:
         m = _channel_param(mean, x, channel_axis, 0)
         rstd = 1.0 / np.sqrt(_channel_param(var, x, channel_axis, 0) + eps)
-        xhat = (np.asarray(x, np.float64) - m) * rstd
+        xhat = (np.asarray(x, precision) - m) * rstd
     else:
-        g, undo = _grouped(x, kind, groups, channel_axis)
+        g, undo = _grouped(x, kind, groups, channel_axis, precision)
         m, rstd = _norm(g, (2,), eps)
         xhat = undo((g - m) * rstd)
     return xhat * _channel_param(weight, x, channel_axis, 1) + _channel_param(bias, x, channel_axis, 0)
@@ -79,8 +80,8 @@ def grid_backward(dy, x, kind, weight=None, eps=1e-5, groups=None, channel_axis=
     return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
 
 
-def layer_forward(x, k, weight=None, bias=None, eps=1e-5):
-    x = np.asarray(x, np.float64)
+def layer_forward(x, k, weight=None, bias=None, eps=1e-5, precision=np.float64):
+    x = np.asarray(x, precision)
     axes = tuple(range(x.ndim - k, x.ndim))
     m, rstd = _norm(x, axes, eps)
     w = 1.0 if weight is None else np.asarray(weight, np.float64)

@@ -51,3 +51,20 @@ def test_info_command(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "numba " in out and "threading layer" in out and "CUDA" in out
+
+
+def test_accuracy_command_and_offsets(monkeypatch, capsys):
+    """The accuracy table: numbanorm's error on offset data is at the data's precision and, where
+    PyTorch is installed, no worse than PyTorch's."""
+    rows = bench.accuracy_rows(shape=(4, 8, 6, 6), groups=2)
+    assert len(rows) == 16
+    for r in rows:
+        precision = 1e-6 if r["data"].startswith("float32") else 1e-8
+        assert r["numbanorm"] < 4 * precision, r
+        if "torch" in r and "+" in r["data"]:
+            assert r["numbanorm"] <= r["torch"], r
+    monkeypatch.setattr(bench, "ACCURACY_SHAPE", (4, 8, 6, 6))
+    monkeypatch.setattr(bench, "accuracy_rows", lambda: rows)
+    assert main(["accuracy"]) == 0
+    printed = capsys.readouterr().out
+    assert "| float64 1e+08 + N(0,1) | layer_norm |" in printed
