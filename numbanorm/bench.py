@@ -379,6 +379,10 @@ ACCURACY_SHAPE = (16, 32, 28, 28)
 ACCURACY_DATA = (("float32", 0.0), ("float32", 1e4), ("float64", 0.0), ("float64", 1e8))
 
 
+def _max_error(y, expected):
+    return float(np.abs(np.asarray(y, np.longdouble) - expected).max())
+
+
 def accuracy_rows(shape=ACCURACY_SHAPE, groups=8, seed=0):
     """Max error of numbanorm's (and PyTorch's, if installed) batch/instance/group/layer norm
     forward on N(0, 1) and offset data, against a long-double reference: a float64 reference
@@ -405,11 +409,10 @@ def accuracy_rows(shape=ACCURACY_SHAPE, groups=8, seed=0):
         x = (offset + rng.normal(size=shape)).astype(dtype)
         for op, (ours, theirs, exact) in ops.items():
             expected = exact(x)
-            error = lambda y: float(np.abs(np.asarray(y, np.longdouble) - expected).max())
             row = {"data": f"{dtype} {offset:.0e} + N(0,1)" if offset else f"{dtype} N(0,1)", "op": op,
-                   "numbanorm": error(ours(x))}
+                   "numbanorm": _max_error(ours(x), expected)}
             if torch is not None:
-                row["torch"] = error(theirs(torch.from_numpy(x)).numpy())
+                row["torch"] = _max_error(theirs(torch.from_numpy(x)).numpy(), expected)
             rows.append(row)
     return rows
 
