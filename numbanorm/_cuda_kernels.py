@@ -33,15 +33,32 @@ _piece = cuda.jit(device=True)(piece)
 
 
 @cuda.jit(device=True)
-def _merge_states(sn, sm, sq, t, width):
-    """Tree-merge the Welford states of ``width`` (a power of two) slots into slot 0 of each column."""
+def _merge_states(sn, sm, sq, t, width, lane, stride):
+    """Tree-merge the Welford states in shared slots ``lane + k*stride``, k < ``width`` (a power
+    of two), into slot ``lane``; this thread holds k = ``t``.  Rows kernels: one lane, stride 1;
+    cols kernels: a lane per channel, the row threads ``stride`` = COL_X apart."""
     s = width // 2
     while s > 0:
         if t < s:
-            n, m, q = _chan(sn[t], sm[t], sq[t], sn[t + s], sm[t + s], sq[t + s])
-            sn[t] = n
-            sm[t] = m
-            sq[t] = q
+            i = lane + t * stride
+            j = i + s * stride
+            n, m, q = _chan(sn[i], sm[i], sq[i], sn[j], sm[j], sq[j])
+            sn[i] = n
+            sm[i] = m
+            sq[i] = q
+        cuda.syncthreads()
+        s //= 2
+
+
+@cuda.jit(device=True)
+def _sum_pairs(sh1, sh2, t, width, lane, stride):
+    """Tree-sum two shared arrays over the slots of ``_merge_states`` into slot ``lane``."""
+    s = width // 2
+    while s > 0:
+        if t < s:
+            i = lane + t * stride
+            sh1[i] += sh1[i + s * stride]
+            sh2[i] += sh2[i + s * stride]
         cuda.syncthreads()
         s //= 2
 
@@ -66,7 +83,7 @@ def _row_moments(x, pieces, count, mean, m2):
     sm[t] = mu
     sq[t] = q
     cuda.syncthreads()
-    _merge_states(sn, sm, sq, t, TPB)
+    _merge_states(sn, sm, sq, t, TPB, 0, 1)
     if t == 0:
         count[r, p] = sn[0]
         mean[r, p] = sm[0]
@@ -89,26 +106,19 @@ def _col_moments(x, pieces, count, mean, m2):
             d = v - mu
             mu += d / n
             q += d * (v - mu)
-    sn = cuda.shared.array((COL_Y, COL_X), float64)
-    sm = cuda.shared.array((COL_Y, COL_X), float64)
-    sq = cuda.shared.array((COL_Y, COL_X), float64)
-    sn[ty, tx] = n
-    sm[ty, tx] = mu
-    sq[ty, tx] = q
+    sn = cuda.shared.array(TPB, float64)
+    sm = cuda.shared.array(TPB, float64)
+    sq = cuda.shared.array(TPB, float64)
+    slot = ty * COL_X + tx
+    sn[slot] = n
+    sm[slot] = mu
+    sq[slot] = q
     cuda.syncthreads()
-    s = COL_Y // 2
-    while s > 0:
-        if ty < s:
-            n2, m2_, q2 = _chan(sn[ty, tx], sm[ty, tx], sq[ty, tx], sn[ty + s, tx], sm[ty + s, tx], sq[ty + s, tx])
-            sn[ty, tx] = n2
-            sm[ty, tx] = m2_
-            sq[ty, tx] = q2
-        cuda.syncthreads()
-        s //= 2
+    _merge_states(sn, sm, sq, ty, COL_Y, tx, COL_X)
     if ty == 0 and c < x.shape[2]:
-        count[a, p, c] = sn[0, tx]
-        mean[a, p, c] = sm[0, tx]
-        m2[a, p, c] = sq[0, tx]
+        count[a, p, c] = sn[tx]
+        mean[a, p, c] = sm[tx]
+        m2[a, p, c] = sq[tx]
 
 
 @cuda.jit
@@ -151,13 +161,7 @@ def _row_grad_sums(dy, x, hi, lo, weight, has_weight, pieces, sum_dy, sum_dy_xc)
     sh1[t] = s1
     sh2[t] = s2
     cuda.syncthreads()
-    s = TPB // 2
-    while s > 0:
-        if t < s:
-            sh1[t] += sh1[t + s]
-            sh2[t] += sh2[t + s]
-        cuda.syncthreads()
-        s //= 2
+    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
     if t == 0:
         sum_dy[r, p] = sh1[0]
         sum_dy_xc[r, p] = sh2[0]
@@ -176,21 +180,16 @@ def _col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
             g = float64(dy[a, b, c])
             s1 += g
             s2 += g * float64((x[a, b, c] - hi[a, c]) - lo[a, c])
-    sh1 = cuda.shared.array((COL_Y, COL_X), float64)
-    sh2 = cuda.shared.array((COL_Y, COL_X), float64)
-    sh1[ty, tx] = s1
-    sh2[ty, tx] = s2
+    sh1 = cuda.shared.array(TPB, float64)
+    sh2 = cuda.shared.array(TPB, float64)
+    slot = ty * COL_X + tx
+    sh1[slot] = s1
+    sh2[slot] = s2
     cuda.syncthreads()
-    s = COL_Y // 2
-    while s > 0:
-        if ty < s:
-            sh1[ty, tx] += sh1[ty + s, tx]
-            sh2[ty, tx] += sh2[ty + s, tx]
-        cuda.syncthreads()
-        s //= 2
+    _sum_pairs(sh1, sh2, ty, COL_Y, tx, COL_X)
     if ty == 0 and c < x.shape[2]:
-        sum_dy[a, p, c] = sh1[0, tx]
-        sum_dy_xc[a, p, c] = sh2[0, tx]
+        sum_dy[a, p, c] = sh1[tx]
+        sum_dy_xc[a, p, c] = sh2[tx]
 
 
 @cuda.jit
