@@ -192,13 +192,6 @@ def _grid_plan(x, ch, over_batch=False):
     return Plan.of(x, [i == ch or (i == 0 and not over_batch) for i in range(x.ndim)])
 
 
-def _grid_shape(x, ch):
-    """Shape of an (N, C) array broadcast against x."""
-    shape = [1] * x.ndim
-    shape[0], shape[ch] = x.shape[0], x.shape[ch]
-    return shape
-
-
 def _on_grid(a, x, ch):
     """A (1 or N, C) array shaped to broadcast against x."""
     shape = [1] * x.ndim
@@ -639,8 +632,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     mean, rstd = stats.mean, stats.rstd
     plan = _grid_plan(xc, ch)
-    shape = _grid_shape(xc, ch)
-    sum_dy, sum_dy_xc = _grid_sums(dy, xc, plan, ch, mean.reshape(shape))
+    sum_dy, sum_dy_xc = _grid_sums(dy, xc, plan, ch, _on_grid(mean, xc, ch))
     d_mean = -rstd * w * sum_dy  # dL/dmean per (sample, channel)
     d_var = -0.5 * rstd ** 3 * w * sum_dy_xc  # dL/dvar
     spatial = x.size // (n * c)
@@ -657,8 +649,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
         var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
         kb = kb + var_coef
         kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (mean - stats.means[k])
-    dx, _, _ = _eng().input_grad(dy, xc, plan, mean.reshape(shape), (rstd * w).reshape(shape),
-                                  kb.reshape(shape), kc.reshape(shape))
+    dx, _, _ = _eng().input_grad(dy, xc, plan, *(_on_grid(a, xc, ch) for a in (mean, rstd * w, kb, kc)))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
     var_mix = np.tensordot(mix_var, stats.variances, axes=1)
