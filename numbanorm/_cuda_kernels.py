@@ -33,6 +33,15 @@ _piece = cuda.jit(device=True)(piece)
 
 
 @cuda.jit(device=True)
+def _welford(n, mu, q, v):
+    """One value into a thread's Welford state (count, mean, M2)."""
+    n += 1.0
+    d = v - mu
+    mu += d / n
+    return n, mu, q + d * (v - mu)
+
+
+@cuda.jit(device=True)
 def _merge_states(sn, sm, sq, t, width, lane, stride):
     """Tree-merge the Welford states in shared slots ``lane + k*stride``, k < ``width`` (a power
     of two), into slot ``lane``; this thread holds k = ``t``.  Rows kernels: one lane, stride 1;
@@ -71,11 +80,7 @@ def _row_moments(x, pieces, count, mean, m2):
     mu = 0.0
     q = 0.0
     for i in range(lo + t, hi, TPB):
-        v = float64(x[r, i])
-        n += 1.0
-        d = v - mu
-        mu += d / n
-        q += d * (v - mu)
+        n, mu, q = _welford(n, mu, q, float64(x[r, i]))
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
@@ -101,11 +106,7 @@ def _col_moments(x, pieces, count, mean, m2):
     q = 0.0
     if c < x.shape[2]:
         for b in range(lo + ty, hi, COL_Y):
-            v = float64(x[a, b, c])
-            n += 1.0
-            d = v - mu
-            mu += d / n
-            q += d * (v - mu)
+            n, mu, q = _welford(n, mu, q, float64(x[a, b, c]))
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
