@@ -42,6 +42,31 @@ def _welford(n, mu, q, v):
 
 
 @cuda.jit(device=True)
+def _thread_state(v, start, stop, step):
+    """Welford state of ``v[start:stop:step]`` (a 1-D view), four values at a time: their own
+    mean and M2 over registers, merged by Chan's formula.  Per-value Welford spends a float64
+    division on every element and waits on it before the next load; four at once keeps four
+    loads in flight and divides once (measured on an H100: the per-value loop read 0.7 TB/s)."""
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    i = start
+    while i + 3 * step < stop:
+        a = float64(v[i])
+        b = float64(v[i + step])
+        c = float64(v[i + 2 * step])
+        d = float64(v[i + 3 * step])
+        m = (a + b + c + d) * 0.25
+        m2 = (a - m) * (a - m) + (b - m) * (b - m) + (c - m) * (c - m) + (d - m) * (d - m)
+        n, mu, q = _chan(n, mu, q, 4.0, m, m2)
+        i += 4 * step
+    while i < stop:
+        n, mu, q = _welford(n, mu, q, float64(v[i]))
+        i += step
+    return n, mu, q
+
+
+@cuda.jit(device=True)
 def _merge_states(sn, sm, sq, t, width, lane, stride):
     """Tree-merge the Welford states in shared slots ``lane + k*stride``, k < ``width`` (a power
     of two), into slot ``lane``; this thread holds k = ``t``.  Rows kernels: one lane, stride 1;
@@ -76,11 +101,7 @@ def _sum_pairs(sh1, sh2, t, width, lane, stride):
 def _row_moments(x, pieces, count, mean, m2):
     r, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     t = cuda.threadIdx.x
-    n = 0.0
-    mu = 0.0
-    q = 0.0
-    for i in range(lo + t, hi, TPB):
-        n, mu, q = _welford(n, mu, q, float64(x[r, i]))
+    n, mu, q = _thread_state(x[r], lo + t, hi, TPB)
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
@@ -105,8 +126,7 @@ def _col_moments(x, pieces, count, mean, m2):
     mu = 0.0
     q = 0.0
     if c < x.shape[2]:
-        for b in range(lo + ty, hi, COL_Y):
-            n, mu, q = _welford(n, mu, q, float64(x[a, b, c]))
+        n, mu, q = _thread_state(x[a, :, c], lo + ty, hi, COL_Y)
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
