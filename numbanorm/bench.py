@@ -37,25 +37,24 @@ class Case(NamedTuple):
     layout: str  # "nchw" / "nhwc" for grid ops, "rows" for layer norm
 
 
-def _median_times(fns, repeats, settle_below=2e-3):
+def _median_times(fns, repeats, lead_in=0.05):
     """Median seconds of each callable, timed in interleaved rounds: on a shared, noisy machine
     a slow spell then hits every contender alike, so the ratios between them hold.
 
-    A call shorter than ``settle_below`` is timed after an untimed call of itself: PyTorch and
-    Numba each bring their own OpenMP runtime, whose threads spin for a while after a parallel
-    region, so the first call after the other library's would share the cores with its spinning
-    threads (measured: small-tensor times doubled) -- something a loop calling one library does
-    not see."""
-    first = {}
-    for name, fn in fns.items():
-        fn()  # warm-up: compiles on first use
-        start = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - start
+    In every round each callable first runs untimed for ``lead_in`` seconds (at least once), and
+    only the call after that is timed, as in a loop that repeats one op.  A call's time depends
+    on what ran just before it: PyTorch and Numba each bring an OpenMP runtime whose threads spin
+    after a parallel region, and on this project's VM a copy that follows PyTorch's
+    forward+backward took 5.0 ms, falling call by call to 2.9 ms over the next ~40 ms.  Timing
+    each contender right after another one would charge it with its predecessor's wake."""
+    for fn in fns.values():
+        fn()  # compiles on first use
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            if first[name] < settle_below:
+            until = time.perf_counter() + lead_in
+            fn()
+            while time.perf_counter() < until:
                 fn()
             start = time.perf_counter()
             fn()

@@ -1,6 +1,7 @@
 """The bench and info commands run end to end on small cases and report sane numbers."""
 
 import json
+import time
 
 import numpy as np
 
@@ -68,3 +69,22 @@ def test_accuracy_command_and_offsets(monkeypatch, capsys):
     assert main(["accuracy"]) == 0
     printed = capsys.readouterr().out
     assert "| float64 1e+08 + N(0,1) | layer_norm |" in printed
+
+
+def test_median_times_times_the_call_after_an_untimed_lead_in():
+    calls = {"a": [], "b": []}
+
+    def slow_after_the_other(name):
+        other = "b" if name == "a" else "a"
+
+        def fn():  # the first call after the other contender is slow, later ones fast
+            slow = not calls[name] or calls[other] and calls[other][-1] > calls[name][-1]
+            calls[name].append(len(calls["a"]) + len(calls["b"]))
+            if slow:
+                time.sleep(0.02)
+        return fn
+
+    times = bench._median_times({n: slow_after_the_other(n) for n in calls}, repeats=3, lead_in=0.001)
+    assert set(times) == {"a", "b"}
+    assert all(t < 0.01 for t in times.values())  # the slow first call of each round was not timed
+    assert all(len(c) >= 1 + 3 * 2 for c in calls.values())  # warm-up, then lead-in + timed per round
