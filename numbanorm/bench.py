@@ -218,31 +218,34 @@ def _device_contenders(case, dtype, peers, device):
 
     if not cuda.is_available():
         raise SystemExit("--device cuda: Numba finds no usable GPU (see python -m numbanorm info)")
-    x, dy, w, b = (cuda.to_device(a) for a in inputs(case, dtype))
-    fwd, both = _ours(case, x, dy, w, b, logits=cuda.to_device(np.zeros(3)))
+    torch = _torch_cuda_module()
+    if torch is not None:  # PyTorch tensors when it can: the usual GPU arrays, with a caching allocator
+        x, dy, w, b = (torch.as_tensor(a, device="cuda") for a in inputs(case, dtype))
+        logits = torch.zeros(3, dtype=torch.float64, device="cuda")
+        copy = x.clone
+    else:
+        x, dy, w, b = (cuda.to_device(a) for a in inputs(case, dtype))
+        logits = cuda.to_device(np.zeros(3))
 
-    def copy():
-        out = cuda.device_array_like(x)
-        out.copy_to_device(x)
-        return out
+        def copy():
+            out = cuda.device_array_like(x)
+            out.copy_to_device(x)
+            return out
 
+    fwd, both = _ours(case, x, dy, w, b, logits=logits)
     fns = {"copy": copy, "forward": fwd, "forward_backward": both}
-    if "torch" in peers:
-        peer = _torch_cuda(case, x, dy, w, b)
-        if peer is not None:
-            fns["torch_forward"], fns["torch_forward_backward"] = peer
+    peer = _torch(case, x, dy, w, b, to=lambda a: a) if "torch" in peers and torch is not None else None
+    if peer is not None:
+        fns["torch_forward"], fns["torch_forward_backward"] = peer
     return fns
 
 
-def _torch_cuda(case, x, dy, w, b):
+def _torch_cuda_module():
     try:
         import torch
     except ImportError:
         return None
-    if not torch.cuda.is_available():
-        return None
-    as_torch = lambda a: torch.as_tensor(a, device="cuda")
-    return _torch(case, *(a.copy_to_host() for a in (x, dy, w, b)), to=as_torch)
+    return torch if torch.cuda.is_available() else None
 
 
 def measure(case, dtype, repeats, compare, device="cpu"):
@@ -253,7 +256,7 @@ def measure(case, dtype, repeats, compare, device="cpu"):
     row.update({f"{name}_s": t for name, t in _median_times(_on_device(fns, device), repeats).items()})
     x, _, w, b = inputs(case, dtype)
     y = fns["forward"]()[0]
-    y = y.copy_to_host() if hasattr(y, "copy_to_host") else np.asarray(y)
+    y = y.copy_to_host() if hasattr(y, "copy_to_host") else y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
     row["max_error"] = float(np.abs(y.astype(np.float64) - _reference(case, x, w, b)).max())
     if numpy_forward is not None:  # slow: timed apart, fewer runs, scaled by a copy timed beside it
         times = _median_times({"copy": fns["copy"], "numpy": numpy_forward}, max(1, repeats // 5))
