@@ -97,6 +97,16 @@ def _sum_pairs(sh1, sh2, t, width, lane, stride):
         s //= 2
 
 
+@cuda.jit(device=True)
+def _col_block(pieces, extent):
+    """A cols reduction thread's place: its block's outer index ``a`` and piece ``p`` (rows
+    ``start:stop`` of ``extent``), and the thread's ``tx`` along a tile of COL_X channels -- its
+    channel ``c`` -- and ``ty`` along the rows."""
+    a, p, start, stop = _piece(cuda.blockIdx.x, pieces, extent)
+    tx = cuda.threadIdx.x
+    return a, p, start, stop, tx, cuda.threadIdx.y, cuda.blockIdx.y * COL_X + tx
+
+
 @cuda.jit
 def _row_moments(x, pieces, count, mean, m2):
     r, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
@@ -118,10 +128,7 @@ def _row_moments(x, pieces, count, mean, m2):
 
 @cuda.jit
 def _col_moments(x, pieces, count, mean, m2):
-    a, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    c = cuda.blockIdx.y * COL_X + tx
+    a, p, lo, hi, tx, ty, c = _col_block(pieces, x.shape[1])
     n = 0.0
     mu = 0.0
     q = 0.0
@@ -154,14 +161,20 @@ def _row_affine(x, hi, lo, alpha, beta, weight, bias, has_weight, out):
         out[r, j] = v
 
 
+@cuda.jit(device=True)
+def _cell(i, length, width):
+    """Flat index ``i`` of a C-contiguous (outer, length, width) cols view -> (a, b, c)."""
+    a = i // (length * width)
+    rest = i - a * length * width
+    b = rest // width
+    return a, b, rest - b * width
+
+
 @cuda.jit
 def _col_affine(x, hi, lo, alpha, beta, out):
     outer, length, width = x.shape
     for i in range(cuda.grid(1), outer * length * width, cuda.gridsize(1)):
-        a = i // (length * width)
-        rest = i - a * length * width
-        b = rest // width
-        c = rest - b * width
+        a, b, c = _cell(i, length, width)
         out[a, b, c] = ((x[a, b, c] - hi[a, c]) - lo[a, c]) * alpha[a, c] + beta[a, c]
 
 
@@ -190,10 +203,7 @@ def _row_grad_sums(dy, x, hi, lo, weight, has_weight, pieces, sum_dy, sum_dy_xc)
 
 @cuda.jit
 def _col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
-    a, p, start, stop = _piece(cuda.blockIdx.x, pieces, x.shape[1])
-    tx = cuda.threadIdx.x
-    ty = cuda.threadIdx.y
-    c = cuda.blockIdx.y * COL_X + tx
+    a, p, start, stop, tx, ty, c = _col_block(pieces, x.shape[1])
     s1 = 0.0
     s2 = 0.0
     if c < x.shape[2]:
@@ -247,10 +257,7 @@ def _row_param_grads(dy, x, hi, lo, ka, blocks, weight_grad, bias_grad):
 def _col_input_grad(dy, x, hi, lo, ka, kb, kc, out):
     outer, length, width = x.shape
     for i in range(cuda.grid(1), outer * length * width, cuda.gridsize(1)):
-        a = i // (length * width)
-        rest = i - a * length * width
-        b = rest // width
-        c = rest - b * width
+        a, b, c = _cell(i, length, width)
         out[a, b, c] = dy[a, b, c] * ka[a, c] + ((x[a, b, c] - hi[a, c]) - lo[a, c]) * kb[a, c] + kc[a, c]
 
 
