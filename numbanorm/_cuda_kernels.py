@@ -380,15 +380,6 @@ class CUDADevice:
     def finish(user, out):
         return user
 
-    # The small per-row or per-channel arrays stay on the host: each launcher above sends a
-    # launch's coefficients as one array and fills its host result arrays with one copy back.
-    to_device = staticmethod(np.ascontiguousarray)
-    to_host = staticmethod(np.asarray)
-
-    @staticmethod
-    def empty(shape):
-        return np.empty(shape)
-
     @staticmethod
     def pieces(plan):
         # enough blocks to fill a GPU (a few hundred), each with a few elements per thread

@@ -2,8 +2,9 @@
 
 One ``Engine`` serves every device.  A device supplies the kernels (``_cpu`` or
 ``_cuda_kernels``, with the same names and arguments) and a few array services: the kernel view
-of a full-size array, a place for a result, and moving the small per-row or per-channel arrays
-between host and device.  Statistics come back to the host in the caller's axis order with length
+of a full-size array and a place for a result.  The small per-row or per-channel arrays are host
+NumPy arrays on every device: kernels take their coefficients and fill their partial results there
+(the CUDA launchers move each launch's small arrays in one copy each way).  Statistics come back to the host in the caller's axis order with length
 1 along the axes that were reduced (``keepdims`` style), as float64 partial statistics that the
 caller may merge further.
 """
@@ -66,10 +67,6 @@ class CPUDevice:
             return out
         return user
 
-    to_device = staticmethod(np.ascontiguousarray)
-    to_host = staticmethod(np.asarray)
-    empty = staticmethod(np.empty)
-
     @staticmethod
     def pieces(plan):
         return plan.pieces
@@ -85,17 +82,18 @@ class Engine:
         self.device = device
 
     def _small(self, plan, values, dtype):
-        """Per-outer-index coefficients as the device's kernels index them."""
-        return self.device.to_device(plan.to_outer(values, dtype))
+        """Per-outer-index coefficients as the device's kernels index them (C-contiguous: a
+        folded plan's ``to_outer`` can come back in another order)."""
+        return np.ascontiguousarray(plan.to_outer(values, dtype))
 
     def _row_param(self, values):
-        return None if values is None else self.device.to_device(values)
+        return None if values is None else np.ascontiguousarray(values)
 
     def _center(self, plan, center, dtype):
         """The centre as ``hi + lo`` in ``dtype``: ``lo`` keeps what rounding ``hi`` lost."""
         exact = plan.to_outer(center, np.float64)
         hi = exact.astype(dtype)
-        return self.device.to_device(hi), self.device.to_device((exact - hi).astype(dtype))
+        return np.ascontiguousarray(hi), np.ascontiguousarray((exact - hi).astype(dtype))
 
     def _states_shape(self, plan, pieces):
         if plan.kind == "rows":
@@ -103,8 +101,7 @@ class Engine:
         return (plan.view_shape[0], pieces, plan.view_shape[2])
 
     def _host_states(self, plan, states):
-        """Per-piece kernel results on the host, folded copies of a channel as more pieces."""
-        states = self.device.to_host(states)
+        """Per-piece kernel results, folded copies of a channel as more pieces."""
         return states if plan.kind == "rows" else plan.unfold(states)
 
     def partial_states(self, x, plan):
@@ -113,7 +110,7 @@ class Engine:
         dev = self.device
         pieces = dev.pieces(plan)
         shape = self._states_shape(plan, pieces)
-        states = [dev.empty(shape) for _ in range(3)]
+        states = [np.empty(shape) for _ in range(3)]
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
         kernel(dev.view(plan, x), pieces, *states)
         states = [self._host_states(plan, a) for a in states]
@@ -156,7 +153,7 @@ class Engine:
         pieces = dev.pieces(plan)
         hi, lo = self._center(plan, center, x.dtype)
         weight = self._row_param(weight)
-        s1, s2 = dev.empty(self._states_shape(plan, pieces)), dev.empty(self._states_shape(plan, pieces))
+        s1, s2 = np.empty(self._states_shape(plan, pieces)), np.empty(self._states_shape(plan, pieces))
         if plan.kind == "rows":
             dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, s1, s2)
         else:
@@ -184,12 +181,12 @@ class Engine:
         else:
             blocks = dev.row_blocks(rows)
             buffers = (blocks, length)
-        wg, bg = dev.empty(buffers), dev.empty(buffers)
+        wg, bg = np.empty(buffers), np.empty(buffers)
         dev.kernels.row_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k, weight, blocks,
                                    out_view, wg, bg)
         if weight is None:
             return user, None, None
-        return user, dev.to_host(wg).sum(axis=0), dev.to_host(bg).sum(axis=0)
+        return user, wg.sum(axis=0), bg.sum(axis=0)
 
 
 CPU = Engine(CPUDevice)

@@ -132,7 +132,8 @@ class Plan:
 
     def to_outer(self, coef, dtype):
         """An array broadcastable to the planned shape, constant along the reduced run, as the
-        kernels index it: (R,) for rows, (A, C) for cols; C-contiguous, of ``dtype``."""
+        kernels index it: (R,) for rows, (A, C) for cols, of ``dtype``; a folded plan's comes back
+        Fortran-ordered (its channel copies are gathered along C)."""
         full = np.empty(self.small_shape, dtype)
         full[...] = coef
         flat = full.reshape(-1)
