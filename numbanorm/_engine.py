@@ -10,7 +10,6 @@ caller may merge further.
 """
 
 import math
-import numba
 import numpy as np
 
 from . import _cpu
@@ -37,7 +36,8 @@ def merge_axes(count, mean, m2, axes):
 
     rows = as_rows(mean)
     merged = [np.empty(rows.shape[0]) for _ in range(3)]
-    _cpu.merge_groups(as_rows(count), rows, as_rows(m2), np.arange(rows.shape[0]), *merged)
+    index = np.arange(rows.shape[0])[:, None]
+    _cpu.merge_groups(*(a[:, :, None] for a in (as_rows(count), rows, as_rows(m2))), index, *merged)
     out_shape = tuple(1 if i in axes else shape[i] for i in range(len(shape)))
     return tuple(a.reshape(out_shape) for a in merged)
 
@@ -74,7 +74,7 @@ class CPUDevice:
     @staticmethod
     def row_blocks(rows):
         """Blocks of whole rows for fused weight-gradient buffers: a few per thread."""
-        return max(1, min(rows, 4 * numba.get_num_threads()))
+        return max(1, min(rows, 4 * _cpu.thread_count()))
 
 
 class Engine:
@@ -104,25 +104,22 @@ class Engine:
         """Per-piece kernel results, folded copies of a channel as more pieces."""
         return states if plan.kind == "rows" else plan.unfold(states)
 
-    def partial_states(self, x, plan):
-        """(count, mean, M2) of ``x`` per kernel outer index and part: host float64 (K, P)
-        arrays, K = the plan's outer indices in kernel order (see ``Plan.cells``)."""
+    def states(self, x, plan):
+        """Per-piece (count, mean, M2) of ``x`` as the moments kernels leave them: host float64
+        (K, P, W) arrays -- K outer indices in kernel order, P pieces, W = 1 for rows plans and
+        the (folded) columns for cols plans (see ``Plan.state_index``, ``Plan.kernel_cells``)."""
         dev = self.device
         pieces = dev.pieces(plan)
         shape = self._states_shape(plan, pieces)
-        states = [np.empty(shape) for _ in range(3)]
+        states = np.empty((3,) + shape)
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
-        kernel(dev.view(plan, x), pieces, *states)
-        states = [self._host_states(plan, a) for a in states]
-        if plan.kind == "cols":  # (A, parts, C) -> (A*C, parts)
-            states = [np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(-1, a.shape[1]) for a in states]
-        return states
+        kernel(dev.view(plan, x), pieces, states[0], states[1], states[2])
+        return states.reshape(3, shape[0], pieces, shape[2] if plan.kind == "cols" else 1)
 
     def partial_moments(self, x, plan):
         """(count, mean, M2) of ``x`` reduced over the plan's kernel run only, keepdims-shaped."""
-        count, mean, m2 = self.partial_states(x, plan)
-        merged = [np.empty(count.shape[0]) for _ in range(3)]
-        _cpu.merge_groups(count, mean, m2, np.arange(count.shape[0]), *merged)
+        merged = [np.empty(math.prod(plan.outer_shape)) for _ in range(3)]
+        _cpu.merge_groups(*self.states(x, plan), plan.state_index(), *merged)
         return tuple(plan.from_outer(a) for a in merged)
 
     def moments(self, x, kept, plan=None):
@@ -135,10 +132,18 @@ class Engine:
     def affine(self, x, plan, center, alpha, beta, out=None, weight=None, bias=None):
         """``y = (x - center)*alpha + beta`` with coefficients per outer index; for rows plans
         optionally followed by ``*weight + bias`` along the row (layer norm)."""
-        dev, dtype = self.device, x.dtype
-        out_view, user = dev.result(plan, dtype, out, x)
-        hi, lo = self._center(plan, center, dtype)
-        a, b = self._small(plan, alpha, dtype), self._small(plan, beta, dtype)
+        dtype = x.dtype
+        coef = np.empty((4,) + plan.coef_shape, dtype)
+        coef[0], coef[1] = self._center(plan, center, dtype)
+        coef[2], coef[3] = plan.to_outer(alpha, dtype), plan.to_outer(beta, dtype)
+        return self.affine_coef(x, plan, coef, out, weight, bias)
+
+    def affine_coef(self, x, plan, coef, out=None, weight=None, bias=None):
+        """``affine`` with its coefficients ready in kernel order: ``coef`` of the input's dtype
+        holds (hi, lo, alpha, beta), each of ``plan.coef_shape`` or flattened."""
+        dev = self.device
+        out_view, user = dev.result(plan, x.dtype, out, x)
+        hi, lo, a, b = coef.reshape((4,) + plan.coef_shape)
         weight, bias = self._row_param(weight), self._row_param(bias)
         pieces = dev.pieces(plan)
         if plan.kind == "rows":

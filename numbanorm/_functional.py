@@ -13,7 +13,6 @@ from typing import NamedTuple, Optional
 import math
 import threading
 
-import numba
 import numpy as np
 
 from . import _checks as chk
@@ -129,7 +128,7 @@ FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two pas
 def _fused_rows(x, rows, segments):
     """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
     not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
-    if _eng() is not _engine.CPU or not _is_c(x) or x.size == 0 or rows < 2 * numba.get_num_threads():
+    if _eng() is not _engine.CPU or not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
         return None
     length = x.size // rows
     if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
@@ -163,17 +162,20 @@ class _Grouping(NamedTuple):
     groups: int  # channel groups: C for batch and instance norm, num_groups for group norm
     over_batch: bool  # batch norm merges the samples too
 
-    def merge_states(self, states, cells, n, c):
-        """Kernel-ordered partial states (see ``Engine.partial_states``) merged into groups, the
-        outer indices lying on ``cells`` = (sample, channel) index arrays: (1 or N, G) each."""
-        samples, channels = cells
-        group = channels // (c // self.groups)
-        rows = 1 if self.over_batch else n
+    def merge_states(self, states, plan, ch, n):
+        """The moments kernels' states (see ``Engine.states``) merged into groups: (1 or N, G) each."""
+        merged = np.empty((3, 1 if self.over_batch else n, self.groups))
+        group_of = plan.memo(("groups", ch, self), lambda: self._group_of(plan, ch))
+        _cpu.merge_groups(states[0], states[1], states[2], group_of, *merged.reshape(3, -1))
+        return merged
+
+    def _group_of(self, plan, ch):
+        """The group of each (outer index, column) of the kernels' states, (K, W)."""
+        samples, channels = plan.kernel_cells(ch)
+        group = channels // (plan.shape[ch] // self.groups)
         if not self.over_batch:
             group = samples * self.groups + group
-        merged = [np.empty(rows * self.groups) for _ in range(3)]
-        _cpu.merge_groups(*states, group, *merged)
-        return tuple(a.reshape(rows, self.groups) for a in merged)
+        return group if group.ndim == 2 else group[:, None]
 
     def total(self, values):
         n, c = values.shape
@@ -218,15 +220,13 @@ def _grid_sums(dy, x, plan, ch, center):
 
 def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
     """Normalize with per-group ``mean``/``var`` of shape (1 or N, G); returns (y, mean, rstd)."""
-    c = x.shape[ch]
     rstd = _rstd(var, eps)
-    alpha = grouping.expand(rstd, c) if weight is None else grouping.expand(rstd, c) * weight
-    center = grouping.expand(mean, c)
-    beta = np.zeros((1, c)) if bias is None else bias.reshape(1, c)
+    samples, channels = plan.kernel_cells(ch)
+    coef = np.empty((4, samples.size), xc.dtype)
+    _cpu.grid_coefficients(samples.reshape(-1), channels.reshape(-1), x.shape[ch] // grouping.groups,
+                           mean, rstd, weight, bias, coef)
     direct_out = out if out is not None and out.dtype == xc.dtype else None
-    y = _eng().affine(xc, plan, _on_grid(center, x, ch), _on_grid(alpha, x, ch), _on_grid(beta, x, ch),
-                      out=direct_out)
-    return _deliver(y, x.dtype, out), mean, rstd
+    return _deliver(_eng().affine_coef(xc, plan, coef, out=direct_out), x.dtype, out), mean, rstd
 
 
 def _grid_rows(x, ch, grouping):
@@ -272,7 +272,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         count = float(x.size // (n * grouping.groups))
         return y, np.full(mean.shape, count), mean, var, _rstd(var, eps)
     plan = _grid_plan(xc, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    count, mean, m2 = grouping.merge_states(_eng().partial_states(xc, plan), plan.cells(ch), n, c)
+    count, mean, m2 = grouping.merge_states(_eng().states(xc, plan), plan, ch, n)
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
     return y, count, mean, var, rstd

@@ -22,9 +22,8 @@ import functools
 
 import numpy as np
 
-import numba
-
 from ._config import MIN_PIECE
+from ._cpu import thread_count
 
 
 class Plan:
@@ -73,14 +72,14 @@ class Plan:
         self.pieces = int(max(1, min(wanted, length // self.fold // per_piece)))
         self._inverse_order = tuple(np.argsort(self.order + self.dead))
         self._fold_index = np.tile(np.arange(inner), self.fold)  # column j holds channel j % C
-        self._cells = {}
+        self._memos = {}
         self._index_maps()
 
     @classmethod
     def of(cls, x, kept):
         """The plan for ``x`` (cached: a training loop plans the same few layouts every step)."""
         return _cached_plan(tuple(x.shape), tuple(x.strides), tuple(bool(k) for k in kept),
-                            numba.get_num_threads())
+                            thread_count())
 
     # -- full-size arrays -------------------------------------------------------------------
     def _permuted(self, a):
@@ -122,6 +121,9 @@ class Plan:
         self.small_shape = tuple(self.shape[i] if i in axes else 1 for i in range(self.ndim))
         self.outer_shape = (self.view_shape[:1] if self.kind == "rows"
                             else (self.view_shape[0], self.view_shape[2] // self.fold))
+        # the coefficients the kernels take: (R,) or (A, fold*C), each channel fold times
+        self.coef_shape = tuple(self.view_shape[:1] if self.kind == "rows"
+                                else (self.view_shape[0], self.view_shape[2]))
         index = np.arange(math.prod(self.small_shape)).reshape(self.small_shape)
         for axis in self.flips:
             if axis in axes:
@@ -155,11 +157,37 @@ class Plan:
     def cells(self, ch):
         """For (sample, channel) grid plans: the sample and the channel index of each kernel
         outer index, two int arrays of ``prod(outer_shape)`` (cached on the plan)."""
-        if ch not in self._cells:
+        def make():
             flat = np.arange(math.prod(self.outer_shape)) if self._gather is None else self._gather
             where = np.unravel_index(flat, self.small_shape)
-            self._cells[ch] = (where[0], where[ch])
-        return self._cells[ch]
+            return where[0], where[ch]
+        return self.memo(("cells", ch), make)
+
+    def memo(self, key, make):
+        """``make()``, made once per plan and ``key``: small index arrays derived from the plan
+        (plans are cached, see ``of``, so a training loop makes them once)."""
+        if key not in self._memos:
+            self._memos[key] = make()
+        return self._memos[key]
+
+    def kernel_cells(self, ch):
+        """``cells`` laid out like the coefficients the kernels take (``coef_shape``): a folded
+        column j holds channel j % C (cached on the plan)."""
+        def make():
+            where = [a.reshape(self.outer_shape) for a in self.cells(ch)]
+            return tuple(np.ascontiguousarray(a if self.fold == 1 else a[:, self._fold_index]) for a in where)
+        return self.memo(("kernel", ch), make)
+
+    def state_index(self):
+        """For each (outer index, column) of the moments kernels' (K, P, W) states, the flat
+        kernel-order outer index it belongs to: (K, W) (folded copies of a channel share one)."""
+        def make():
+            outer = math.prod(self.outer_shape)
+            if self.kind == "rows":
+                return np.arange(outer).reshape(outer, 1)
+            a, c = self.outer_shape
+            return np.arange(a)[:, None] * c + self._fold_index[None, :]
+        return self.memo("state_index", make)
 
     def unfold(self, states):
         """Per-(a, piece, column) results of a cols kernel, (A, pieces, fold*C), as

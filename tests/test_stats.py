@@ -90,11 +90,12 @@ def test_merge_groups_of_uneven_parts_with_empty_ones(rng):
     groups = 3
     values = [rng.normal(1e8, 1.0, size) for size in (0, 5, 1, 0, 17, 9, 2, 30, 0, 4)]
     group_of = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
-    count = np.array([[float(v.size)] for v in values])
-    mean = np.array([[v.mean() if v.size else 0.0] for v in values])
-    m2 = np.array([[((v - v.mean()) ** 2).sum() if v.size else 0.0] for v in values])
+    # states as the kernels give them, (K, P, W): here 5 outer indices, 1 piece, 2 columns
+    count = np.array([float(v.size) for v in values]).reshape(5, 1, 2)
+    mean = np.array([v.mean() if v.size else 0.0 for v in values]).reshape(5, 1, 2)
+    m2 = np.array([((v - v.mean()) ** 2).sum() if v.size else 0.0 for v in values]).reshape(5, 1, 2)
     n, mu, q = np.empty(groups), np.empty(groups), np.empty(groups)
-    _cpu.merge_groups(count, mean, m2, group_of, n, mu, q)
+    _cpu.merge_groups(count, mean, m2, group_of.reshape(5, 2), n, mu, q)
     for g in range(groups):
         members = np.concatenate([v for v, k in zip(values, group_of) if k == g])
         assert n[g] == members.size
