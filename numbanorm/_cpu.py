@@ -211,6 +211,55 @@ def grid_coefficients(samples, channels, members, mean, rstd, weight, bias, coef
             coef[3, i] = bias[c]
 
 
+@njit(cache=CACHE)
+def grid_backward_coefficients(sums, samples, channels, members, per_group, rstd, weight, batch_stats, coef,
+                               grad_weight, grad_bias):
+    """The input gradient's coefficients from the gradient sums the kernels left, ``sums`` =
+    (2, K, P, W) pieces of ``sum(dy)`` and ``sum(dy*(x - mean))`` at each outer position, which
+    lies on sample ``samples[i]`` and channel ``channels[i]`` (flat position i = k*W + w).
+
+    Writes ``coef[2:5]`` = (ka, kb, kc) for ``dx = dy*ka + (x - mean)*kb + kc`` -- with batch
+    statistics ``dx = rstd*(w*dy - mean_g(w*dy) - xhat*mean_g(w*dy*xhat))``, ``per_group``
+    values in a group; with running ones ``dx = rstd*w*dy`` -- and the per-channel gradients
+    ``grad_weight = sum(dy*xhat)``, ``grad_bias = sum(dy)`` (float64, (C,))."""
+    dtype = coef.dtype.type
+    rows, groups = rstd.shape
+    per_sample = rows > 1
+    _, outer, parts, width = sums.shape
+    mean_wdy = np.zeros((rows, groups))
+    mean_wdy_xhat = np.zeros((rows, groups))
+    grad_weight[:] = 0.0
+    grad_bias[:] = 0.0
+    for k in range(outer):
+        for w in range(width):
+            i = k * width + w
+            c = channels[i]
+            s = samples[i] if per_sample else 0
+            g = c // members
+            dy_sum = 0.0
+            dyx_sum = 0.0
+            for p in range(parts):
+                dy_sum += sums[0, k, p, w]
+                dyx_sum += sums[1, k, p, w]
+            scale = 1.0 if weight is None else np.float64(weight[c])
+            grad_bias[c] += dy_sum
+            grad_weight[c] += dyx_sum * rstd[s, g]
+            mean_wdy[s, g] += scale * dy_sum / per_group
+            mean_wdy_xhat[s, g] += scale * dyx_sum * rstd[s, g] / per_group
+    for i in range(samples.shape[0]):
+        c = channels[i]
+        s = samples[i] if per_sample else 0
+        g = c // members
+        r = rstd[s, g]
+        coef[2, i] = dtype(r if weight is None else r * weight[c])
+        if batch_stats:
+            coef[3, i] = dtype(-r * r * mean_wdy_xhat[s, g])
+            coef[4, i] = dtype(-r * mean_wdy[s, g])
+        else:
+            coef[3, i] = dtype(0)
+            coef[4, i] = dtype(0)
+
+
 @njit(parallel=True, **_jit)
 def row_moments(x, pieces, count, mean, m2):
     """Per-(row, piece) Welford states of ``x`` (R, L) into float64 arrays of shape (R, pieces)."""

@@ -100,10 +100,6 @@ class Engine:
             return (plan.view_shape[0], pieces)
         return (plan.view_shape[0], pieces, plan.view_shape[2])
 
-    def _host_states(self, plan, states):
-        """Per-piece kernel results, folded copies of a channel as more pieces."""
-        return states if plan.kind == "rows" else plan.unfold(states)
-
     def states(self, x, plan):
         """Per-piece (count, mean, M2) of ``x`` as the moments kernels leave them: host float64
         (K, P, W) arrays -- K outer indices in kernel order, P pieces, W = 1 for rows plans and
@@ -154,16 +150,23 @@ class Engine:
 
     def grad_sums(self, dy, x, plan, center, weight=None):
         """``sum(dy*w)`` and ``sum(dy*w*(x - center))`` over the plan's kernel run (float64)."""
+        hi, lo = self._center(plan, center, x.dtype)
+        sums = self.grad_states(dy, x, plan, hi, lo, weight)
+        return tuple(plan.from_outer((plan.unfold(s) if plan.kind == "cols" else s).sum(axis=1)) for s in sums)
+
+    def grad_states(self, dy, x, plan, hi, lo, weight=None):
+        """Per-piece ``sum(dy*w)`` and ``sum(dy*w*(x - (hi + lo)))`` as the kernels leave them:
+        host float64 (2, K, P, W), laid out as ``states``; ``hi``/``lo`` in kernel order."""
         dev = self.device
         pieces = dev.pieces(plan)
-        hi, lo = self._center(plan, center, x.dtype)
+        shape = self._states_shape(plan, pieces)
+        sums = np.empty((2,) + shape)
         weight = self._row_param(weight)
-        s1, s2 = np.empty(self._states_shape(plan, pieces)), np.empty(self._states_shape(plan, pieces))
         if plan.kind == "rows":
-            dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, s1, s2)
+            dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, sums[0], sums[1])
         else:
-            dev.kernels.col_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, pieces, s1, s2)
-        return tuple(plan.from_outer(self._host_states(plan, s).sum(axis=1)) for s in (s1, s2))
+            dev.kernels.col_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, pieces, sums[0], sums[1])
+        return sums.reshape(2, shape[0], pieces, shape[2] if plan.kind == "cols" else 1)
 
     def input_grad(self, dy, x, plan, center, ka, kb, kc, weight=None):
         """``dx = dy*[w]*ka + (x - center)*kb + kc`` (coefficients per outer index).
@@ -171,10 +174,19 @@ class Engine:
         With ``weight`` (rows plans only, layer norm) also returns the fused weight and bias
         gradients ``sum(dy*(x-center)*ka)`` and ``sum(dy)`` over rows, shaped like the row.
         """
-        dev, dtype = self.device, x.dtype
-        out_view, user = dev.result(plan, dtype, None, x)
-        hi, lo = self._center(plan, center, dtype)
-        a, b, k = (self._small(plan, v, dtype) for v in (ka, kb, kc))
+        dtype = x.dtype
+        coef = np.empty((5,) + plan.coef_shape, dtype)
+        coef[0], coef[1] = self._center(plan, center, dtype)
+        for row, values in zip(coef[2:], (ka, kb, kc)):
+            row[...] = plan.to_outer(values, dtype)
+        return self.input_grad_coef(dy, x, plan, coef, weight)
+
+    def input_grad_coef(self, dy, x, plan, coef, weight=None):
+        """``input_grad`` with its coefficients ready in kernel order: ``coef`` of the input's
+        dtype holds (hi, lo, ka, kb, kc), each of ``plan.coef_shape`` or flattened."""
+        dev = self.device
+        out_view, user = dev.result(plan, x.dtype, None, x)
+        hi, lo, a, b, k = coef.reshape((5,) + plan.coef_shape)
         weight = self._row_param(weight)
         if plan.kind == "cols":
             dev.kernels.col_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k,

@@ -177,16 +177,6 @@ class _Grouping(NamedTuple):
             group = samples * self.groups + group
         return group if group.ndim == 2 else group[:, None]
 
-    def total(self, values):
-        n, c = values.shape
-        axes = (0, 2) if self.over_batch else (2,)
-        return values.reshape(n, self.groups, c // self.groups).sum(axis=axes, keepdims=True)[..., 0]
-
-    def expand(self, per_group, c):
-        """(1 or N, G) -> (1 or N, C): each group's value on each of its channels."""
-        members = c // self.groups
-        return per_group if members == 1 else np.repeat(per_group, members, axis=1)
-
 
 def _grid_plan(x, ch, over_batch=False):
     """Statistics per (sample, channel), or per channel only where the samples are merged anyway
@@ -307,24 +297,18 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
         return dx3.reshape(x.shape), grad_weight, grad_bias
     plan = _grid_plan(x, ch, grouping.over_batch)
-    mean_nc = grouping.expand(mean, c)  # (1 or N, C)
-    rstd_nc = grouping.expand(rstd, c)
-    sum_dy, sum_dy_xc = _grid_sums(dy, x, plan, ch, _on_grid(mean_nc, x, ch))
-    w = np.ones(c) if weight is None else weight.astype(np.float64)
-    ka = rstd_nc * w
-    if batch_stats:
-        # dx = rstd*(w*dy - mean_g(w*dy) - xhat*mean_g(w*dy*xhat)), group means from the sums
-        per_group = x.size / mean.size  # values in each group
-        mean_wdy = grouping.expand(grouping.total(w * sum_dy) / per_group, c)
-        mean_wdy_xhat = grouping.expand(grouping.total(w * sum_dy_xc * rstd_nc) / per_group, c)
-        kb = -rstd_nc * rstd_nc * mean_wdy_xhat
-        kc = -rstd_nc * mean_wdy
-    else:  # running statistics are constants: dx = dy * w * rstd
-        kb = kc = np.zeros((1, c))
-    dx, _, _ = _eng().input_grad(dy, x, plan, *(_on_grid(a, x, ch) for a in (mean_nc, ka, kb, kc)))
-    grad_weight = None if weight is None else (sum_dy_xc * rstd_nc).sum(axis=0).astype(weight.dtype)
-    grad_bias = sum_dy.sum(axis=0).astype(dx.dtype) if has_bias else None
-    return dx, grad_weight, grad_bias
+    samples, channels = (a.reshape(-1) for a in plan.kernel_cells(ch))
+    members = c // grouping.groups
+    coef = np.empty((5, samples.size), x.dtype)  # (hi, lo, ka, kb, kc) at each outer position
+    _cpu.grid_coefficients(samples, channels, members, mean, rstd, None, None, coef[:4])
+    hi, lo = (a.reshape(plan.coef_shape) for a in coef[:2])
+    sums = _eng().grad_states(dy, x, plan, hi, lo)
+    grad_weight, grad_bias = np.empty(c), np.empty(c)
+    _cpu.grid_backward_coefficients(sums, samples, channels, members, x.size / mean.size, rstd, weight,
+                                    batch_stats, coef, grad_weight, grad_bias)
+    dx, _, _ = _eng().input_grad_coef(dy, x, plan, coef)
+    return (dx, None if weight is None else grad_weight.astype(weight.dtype),
+            grad_bias.astype(dx.dtype) if has_bias else None)
 
 
 def _grid_affine_params(weight, bias, c, dtype):
