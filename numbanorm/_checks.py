@@ -147,6 +147,9 @@ def channel_axis(value, ndim):
 
 
 def normalized_shape_of(normalized_shape, shape):
+    if type(normalized_shape) is tuple and shape[len(shape) - len(normalized_shape):] == normalized_shape \
+            and normalized_shape and all(type(d) is int for d in normalized_shape):
+        return normalized_shape  # the common case, quickly
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, (bool, np.bool_)):
         normalized_shape = (normalized_shape,)
     try:

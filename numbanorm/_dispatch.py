@@ -71,9 +71,12 @@ _NO_GUARD = contextlib.nullcontext()
 
 def _refuse_mixed(signature, args, kwargs, backend):
     """A Dask or CUDA argument where the first argument chose another backend: no silent copies."""
+    if backend is None and all(type(v) in _HOST_TYPES for v in args) and all(
+            type(v) in _HOST_TYPES for v in kwargs.values()):
+        return  # the common case, NumPy and plain values only, at a glance
     values = list(args) + list(kwargs.values())
     if all(backend_of(value) in (None, backend) for value in values):
-        return  # the common case, without the cost of binding the arguments to their names
+        return  # without the cost of binding the arguments to their names
     for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
         other = backend_of(value)
         if other is not None and other != backend:

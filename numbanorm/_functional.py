@@ -139,7 +139,7 @@ def _fused_rows(x, rows, segments):
 def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
     Returns (y, mean, var, rstd) with the statistics per row."""
-    mean, var, rstd = np.empty(x2.shape[0]), np.empty(x2.shape[0]), np.empty(x2.shape[0])
+    mean, var, rstd = np.empty((3, x2.shape[0]))
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
@@ -242,7 +242,8 @@ def _grid_slabs(x, ch, grouping):
 
 
 def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
-    """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group."""
+    """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group
+    (``count`` a number where every group has the same)."""
     n, c = x.shape[0], x.shape[ch]
     x2 = _grid_rows(xc, ch, grouping)
     if x2 is not None:
@@ -250,7 +251,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         w, b = _fused_params(weight, bias, shape, xc.dtype)
         y, mean, var, rstd = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
         mean, var, rstd = mean.reshape(n, -1), var.reshape(n, -1), rstd.reshape(n, -1)
-        return y, np.full(mean.shape, float(x2.shape[1])), mean, var, rstd
+        return y, float(x2.shape[1]), mean, var, rstd
     x3, fold = _grid_slabs(xc, ch, grouping)
     if x3 is not None:
         mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
@@ -260,7 +261,7 @@ def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
         _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
         count = float(x.size // (n * grouping.groups))
-        return y, np.full(mean.shape, count), mean, var, _rstd(var, eps)
+        return y, count, mean, var, _rstd(var, eps)
     plan = _grid_plan(xc, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
     count, mean, m2 = grouping.merge_states(_eng().states(xc, plan), plan, ch, n)
     var = m2 / count
