@@ -51,6 +51,8 @@ def parameter(name, value, shape, dtype):
     """A small read-only parameter (weight, bias, ...) of ``shape``, cast to ``dtype``; None stays None."""
     if value is None:
         return None
+    if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape and value.flags.c_contiguous:
+        return value  # the common case, quickly
     value = float_array(name, value)
     if value.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {value.shape}")
@@ -118,6 +120,10 @@ def momentum_value(momentum):
 
 
 def axis_index(name, axis, ndim, lowest=0):
+    if type(axis) is int:  # the common case, quickly
+        positive = axis + ndim if axis < 0 else axis
+        if lowest <= positive < ndim:
+            return positive
     if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {_describe(axis)}")
     positive = axis + ndim if axis < 0 else axis

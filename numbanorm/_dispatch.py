@@ -71,12 +71,9 @@ _NO_GUARD = contextlib.nullcontext()
 
 def _refuse_mixed(signature, args, kwargs, backend):
     """A Dask or CUDA argument where the first argument chose another backend: no silent copies."""
-    if backend is None and all(type(v) in _HOST_TYPES for v in args) and all(
-            type(v) in _HOST_TYPES for v in kwargs.values()):
-        return  # the common case, NumPy and plain values only, at a glance
     values = list(args) + list(kwargs.values())
     if all(backend_of(value) in (None, backend) for value in values):
-        return  # without the cost of binding the arguments to their names
+        return  # the common case, without the cost of binding the arguments to their names
     for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
         other = backend_of(value)
         if other is not None and other != backend:
@@ -94,9 +91,11 @@ def dispatch(fn):
 
     @functools.wraps(fn)
     def routed(*args, **kwargs):
-        value = args[0] if args else kwargs.get(first)
-        backend = backend_of(value)
-        _refuse_mixed(signature, args, kwargs, backend)
+        if all(type(v) in _HOST_TYPES for v in args) and all(type(v) in _HOST_TYPES for v in kwargs.values()):
+            backend = None  # NumPy and plain values only: the common case, at a glance
+        else:
+            backend = backend_of(args[0] if args else kwargs.get(first))
+            _refuse_mixed(signature, args, kwargs, backend)
         if backend is not None:
             module = importlib.import_module(_BACKENDS[backend])
             return getattr(module, name)(*args, **kwargs)
