@@ -18,7 +18,6 @@ import numpy as np
 from . import _checks as chk
 from . import _cpu, _engine
 from ._dispatch import dispatch
-from ._engine import merge_axes
 from ._plan import Plan, fold_for
 
 
@@ -191,17 +190,8 @@ def _on_grid(a, x, ch):
     return a.reshape(shape)
 
 
-def _grid_moments(x, plan, ch):
-    """Partial states per (sample, channel), (N, C) -- or (1, C) if the plan reduced the samples."""
-    count, mean, m2 = _eng().partial_moments(x, plan)
-    rest = [i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes]
-    count, mean, m2 = merge_axes(count, mean, m2, rest)
-    c = x.shape[ch]
-    return count.reshape(-1, c), mean.reshape(-1, c), m2.reshape(-1, c)
-
-
 def _grid_sums(dy, x, plan, ch, center):
-    """Gradient sums per (sample, channel), (N, C) -- or (1, C), as ``_grid_moments``."""
+    """Gradient sums per (sample, channel), (N, C) -- or (1, C) where the plan merged the samples."""
     s1, s2 = _eng().grad_sums(dy, x, plan, center)
     rest = tuple(i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes)
     c = x.shape[ch]
@@ -568,23 +558,22 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
         eval_mean = chk.parameter("running_mean", running_mean, (c,), np.float64)
         eval_var = chk.parameter("running_var", running_var, (c,), np.float64)
     plan = _grid_plan(xc, ch)
-    count, mean_in, m2_in = _grid_moments(xc, plan, ch)
-    means = [mean_in]
-    variances = [m2_in / count]
-    _, mean_ln, m2_ln = merge_axes(count, mean_in, m2_in, (1,))
-    means.append(np.broadcast_to(mean_ln, (n, c)))
-    variances.append(np.broadcast_to(m2_ln / (count.sum(axis=1, keepdims=True)), (n, c)))
+    states = _eng().states(xc, plan)  # one statistics pass, merged three ways: IN, LN, BN
+    count_in, mean_in, m2_in = _Grouping(c, False).merge_states(states, plan, ch, n)
+    count_ln, mean_ln, m2_ln = _Grouping(1, False).merge_states(states, plan, ch, n)
+    means = [mean_in, np.broadcast_to(mean_ln, (n, c))]
+    variances = [m2_in / count_in, np.broadcast_to(m2_ln / count_ln, (n, c))]
     if using_bn:
         if training:
-            count_bn, mean_bn, m2_bn = merge_axes(count, mean_in, m2_in, (0,))
+            count_bn, mean_bn, m2_bn = _Grouping(c, True).merge_states(states, plan, ch, n)
             var_bn = m2_bn / count_bn
         else:
             mean_bn, var_bn = eval_mean[None], eval_var[None]
         means.append(np.broadcast_to(mean_bn, (n, c)))
         variances.append(np.broadcast_to(var_bn, (n, c)))
     means, variances = np.stack(means), np.stack(variances)
-    mean = np.tensordot(mix_mean, means, axes=1)
-    var = np.tensordot(mix_var, variances, axes=1)
+    mean = (mix_mean @ means.reshape(terms, -1)).reshape(n, c)
+    var = (mix_var @ variances.reshape(terms, -1)).reshape(n, c)
     y, mean, rstd = _grid_forward(x, xc, ch, _Grouping(c, False), mean, var, weight, bias, eps, out, plan)
     if rm is not None:
         if nbt is not None:
@@ -637,7 +626,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     dx, _, _ = _eng().input_grad(dy, xc, plan, *(_on_grid(a, xc, ch) for a in (mean, rstd * w, kb, kc)))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
-    var_mix = np.tensordot(mix_var, stats.variances, axes=1)
+    var_mix = (mix_var @ stats.variances.reshape(terms, -1)).reshape(n, c)
     g_mean = np.array([(d_mean * (stats.means[k] - mean)).sum() for k in range(terms)])
     g_var = np.array([(d_var * (stats.variances[k] - var_mix)).sum() for k in range(terms)])
     grad_mean_weight = mix_mean * (g_mean - mix_mean @ g_mean)
