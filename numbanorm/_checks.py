@@ -159,10 +159,14 @@ def normalized_shape_of(normalized_shape, shape):
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, (bool, np.bool_)):
         normalized_shape = (normalized_shape,)
     try:
-        normalized = tuple(int(d) for d in normalized_shape)
-    except (TypeError, ValueError):
+        normalized = tuple(normalized_shape)
+    except TypeError:
+        normalized = None
+    if normalized is None or not all(isinstance(d, numbers.Integral) and not isinstance(d, (bool, np.bool_))
+                                     for d in normalized):
         raise TypeError("normalized_shape must be an integer or a sequence of integers, got "
-                        f"{_describe(normalized_shape)}") from None
+                        f"{_describe(normalized_shape)}")
+    normalized = tuple(int(d) for d in normalized)
     if not normalized or len(normalized) > len(shape) or tuple(shape[len(shape) - len(normalized):]) != normalized:
         raise ValueError(f"normalized_shape {normalized} must be non-empty and match the trailing "
                          f"dimensions of input of shape {tuple(shape)}")
