@@ -9,7 +9,9 @@ Every normalization is planned in Python (see ``_plan.py``) onto one of two C-co
 
 Each view has four kernels: moments, affine apply, gradient sums and input gradient.  Work is
 split into ``pieces`` along the reduced extent so that a few long rows still keep every thread
-busy; partial results come back per piece and are merged by the caller.
+busy; partial results come back per piece and are merged by the caller.  Between the passes,
+small serial loops (``merge_groups``, ``grid_coefficients``, ``grid_backward_coefficients``) turn
+those partial results into the next pass's coefficients on the host, for every device.
 
 Accuracy: inside a chunk that stays in L1 the mean and the sum of squared deviations are exact
 two-pass sums in the input precision (these loops vectorise, and have no division per element);

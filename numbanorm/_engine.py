@@ -3,10 +3,15 @@
 One ``Engine`` serves every device.  A device supplies the kernels (``_cpu`` or
 ``_cuda_kernels``, with the same names and arguments) and a few array services: the kernel view
 of a full-size array and a place for a result.  The small per-row or per-channel arrays are host
-NumPy arrays on every device: kernels take their coefficients and fill their partial results there
-(the CUDA launchers move each launch's small arrays in one copy each way).  Statistics come back to the host in the caller's axis order with length
-1 along the axes that were reduced (``keepdims`` style), as float64 partial statistics that the
-caller may merge further.
+NumPy arrays on every device: kernels take their coefficients and fill their partial results
+there (the CUDA launchers move each launch's small arrays in one copy each way).
+
+Small arrays come in two orders.  ``states``, ``grad_states``, ``affine_coef`` and
+``input_grad_coef`` speak the kernels' order (see ``Plan.coef_shape``, ``Plan.kernel_cells``),
+for callers that turn statistics into coefficients with a compiled loop (the grid norms);
+``partial_moments``, ``moments``, ``grad_sums``, ``affine`` and ``input_grad`` speak the caller's
+axis order, with length 1 along the reduced axes (``keepdims`` style), the statistics as float64
+partial results that the caller may merge further.
 """
 
 import math
