@@ -271,9 +271,9 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         w, _ = _fused_params(weight, None, (grouping.groups, cg), x.dtype)
         dx2 = np.empty_like(x2)
         seg_dy, seg_dy_xhat = np.empty((x2.shape[0], cg)), np.empty((x2.shape[0], cg))
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(),
-                                    rstd.ravel(), True, x2.shape[0], dx2, seg_dy, seg_dy_xhat,
-                                    np.empty((1, 2, 1), x.dtype))
+        blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(), rstd.ravel(),
+                                    True, blocks, dx2, seg_dy, seg_dy_xhat, np.empty((1, 2, 1), x.dtype))
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
         return dx2.reshape(x.shape), grad_weight, grad_bias

@@ -9,8 +9,9 @@ from conftest import GRID_OPS, assert_close
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5, np.float16: 4e-3}
 
-# shapes: fused rows (many rows), unfused (few rows), no spatial extent, 3-D and 5-D
-SHAPES = [(8, 4, 6, 5), (2, 4, 7, 3), (6, 4), (3, 4, 9), (2, 4, 3, 2, 3)]
+# shapes: fused rows (many rows), unfused (few rows), no spatial extent, 3-D and 5-D, and fused
+# rows whose channels span more than one ROW_CHUNK without filling the last (1640 = 1024 + 616)
+SHAPES = [(8, 4, 6, 5), (2, 4, 7, 3), (6, 4), (3, 4, 9), (2, 4, 3, 2, 3), (8, 4, 40, 41)]
 
 
 def _layout(x, ca):
