@@ -68,24 +68,34 @@ def _ours(case, x, dy, w, b, logits=None):
     if case.op == "layer_norm":
         ns = x.shape[-1:]
         fwd = lambda: layer_norm(x, ns, w, b, return_stats=True)
-        return fwd, lambda: layer_norm_backward(dy, x, fwd()[1], ns, w)
-    if case.op == "rms_norm":
+        bwd = lambda stats: layer_norm_backward(dy, x, stats, ns, w)
+    elif case.op == "rms_norm":
         ns = x.shape[-1:]
         fwd = lambda: rms_norm(x, ns, w, return_stats=True)
-        return fwd, lambda: rms_norm_backward(dy, x, fwd()[1], ns, w)
-    if case.op == "switchable_norm":
+        bwd = lambda stats: rms_norm_backward(dy, x, stats, ns, w)
+    elif case.op == "switchable_norm":
         logits = np.zeros(3) if logits is None else logits
         fwd = lambda: switchable_norm(x, logits, logits, None, None, w, b, training=True, channel_axis=ca,
                                       return_stats=True)
-        return fwd, lambda: switchable_norm_backward(dy, x, fwd()[1], logits, logits, w, channel_axis=ca)
-    if case.op == "batch_norm":
+        bwd = lambda stats: switchable_norm_backward(dy, x, stats, logits, logits, w, channel_axis=ca)
+    elif case.op == "batch_norm":
         fwd = lambda: batch_norm(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True)
-        return fwd, lambda: batch_norm_backward(dy, x, fwd()[1], w, channel_axis=ca)
-    if case.op == "instance_norm":
+        bwd = lambda stats: batch_norm_backward(dy, x, stats, w, channel_axis=ca)
+    elif case.op == "instance_norm":
         fwd = lambda: instance_norm(x, None, None, w, b, channel_axis=ca, return_stats=True)
-        return fwd, lambda: instance_norm_backward(dy, x, fwd()[1], w, channel_axis=ca)
-    fwd = lambda: group_norm(x, GROUPS, w, b, channel_axis=ca, return_stats=True)
-    return fwd, lambda: group_norm_backward(dy, x, fwd()[1], GROUPS, w, channel_axis=ca)
+        bwd = lambda stats: instance_norm_backward(dy, x, stats, w, channel_axis=ca)
+    else:
+        fwd = lambda: group_norm(x, GROUPS, w, b, channel_axis=ca, return_stats=True)
+        bwd = lambda stats: group_norm_backward(dy, x, stats, GROUPS, w, channel_axis=ca)
+
+    def both():
+        # the output stays alive through the backward, as in training (it is the next layer's
+        # input) and as in PyTorch's ``out.backward()``: freed first, its memory -- still in cache
+        # -- would take the input gradient, which measured 1.2 ms faster on 32x64x56x56 group norm
+        y, stats = fwd()
+        return bwd(stats), y
+
+    return fwd, both
 
 
 def _reference(case, x, w, b):

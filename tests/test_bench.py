@@ -88,3 +88,28 @@ def test_median_times_times_the_call_after_an_untimed_lead_in():
     assert set(times) == {"a", "b"}
     assert all(t < 0.01 for t in times.values())  # the slow first call of each round was not timed
     assert all(len(c) >= 1 + 3 * 2 for c in calls.values())  # warm-up, then lead-in + timed per round
+
+
+def test_forward_backward_keeps_the_output_alive_through_the_backward(monkeypatch):
+    """As in training (the output is the next layer's input) and in PyTorch's ``out.backward()``:
+    freed before the backward, the output's memory, still in cache, would take the input gradient
+    and flatter numbanorm's time."""
+    import weakref
+    outputs = []
+    forward, backward = bench.group_norm, bench.group_norm_backward
+
+    def watched_forward(*args, **kwargs):
+        y, stats = forward(*args, **kwargs)
+        outputs.append(weakref.ref(y))
+        return y, stats
+
+    def checked_backward(*args, **kwargs):
+        assert outputs[-1]() is not None, "the forward's output was freed before the backward"
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "group_norm", watched_forward)
+    monkeypatch.setattr(bench, "group_norm_backward", checked_backward)
+    case = bench.Case("group_norm", (2, 64, 4, 4), "nchw")
+    _, both = bench._ours(case, *bench.inputs(case, np.float32))
+    grads, y = both()
+    assert len(outputs) == 1 and grads.input.shape == y.shape == case.shape
