@@ -469,6 +469,14 @@ def _chunk_dot_sums(dy, x, hi, lo):
     return t1, t2
 
 
+@njit(inline="always", **_jit)
+def _add_chunk_sums(dy, x, start, stop, seg, hi, lo, seg_dy, seg_dy_xc):
+    """Add the chunk [start, stop) of a segmented row to its segment's float64 sums."""
+    t1, t2 = _chunk_dot_sums(dy[start:stop], x[start:stop], hi, lo)
+    seg_dy[start // seg] += t1
+    seg_dy_xc[start // seg] += t2
+
+
 @njit(**_ew)
 def _segment_input_grad(dy, x, out, a, hi, lo, kb, kc):
     for i in range(x.shape[0]):
@@ -506,9 +514,7 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out
                 c0 = 0
                 while c0 < length:
                     c1 = _chunk_end(c0, seg)
-                    t1, t2 = _chunk_dot_sums(dy[first, c0:c1], x[first, c0:c1], h, l)
-                    seg_dy[first, c0 // seg] += t1
-                    seg_dy_xhat[first, c0 // seg] += t2
+                    _add_chunk_sums(dy[first], x[first], c0, c1, seg, h, l, seg_dy[first], seg_dy_xhat[first])
                     c0 = c1
             for r in range(first, last):
                 w = weight[r % kinds]
@@ -536,9 +542,7 @@ def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out
                     a = dtype(inv * w[c0 // seg])
                     _segment_input_grad(dy[r, c0:c1], x[r, c0:c1], out[r, c0:c1], a, h, l, kb, kc)
                     if ahead:
-                        t1, t2 = _chunk_dot_sums(dy[r + 1, c0:c1], x[r + 1, c0:c1], hn, ln)
-                        seg_dy[r + 1, c0 // seg] += t1
-                        seg_dy_xhat[r + 1, c0 // seg] += t2
+                        _add_chunk_sums(dy[r + 1], x[r + 1], c0, c1, seg, hn, ln, seg_dy[r + 1], seg_dy_xhat[r + 1])
                     c0 = c1
     else:
         for task in prange(blocks):

@@ -86,11 +86,6 @@ class Engine:
     def __init__(self, device):
         self.device = device
 
-    def _small(self, plan, values, dtype):
-        """Per-outer-index coefficients as the device's kernels index them (C-contiguous: a
-        folded plan's ``to_outer`` can come back in another order)."""
-        return np.ascontiguousarray(plan.to_outer(values, dtype))
-
     def _row_param(self, values):
         return None if values is None else np.ascontiguousarray(values)
 
@@ -100,10 +95,13 @@ class Engine:
         hi = exact.astype(dtype)
         return np.ascontiguousarray(hi), np.ascontiguousarray((exact - hi).astype(dtype))
 
-    def _states_shape(self, plan, pieces):
-        if plan.kind == "rows":
-            return (plan.view_shape[0], pieces)
-        return (plan.view_shape[0], pieces, plan.view_shape[2])
+    def _partials(self, plan, pieces, count):
+        """``count`` float64 arrays for the kernels' per-piece results, stacked: as the kernels
+        take them, (K, P) for rows plans and (K, P, W) for cols plans, and the same memory as
+        (count, K, P, W) with W = 1 for rows plans."""
+        width = plan.view_shape[2] if plan.kind == "cols" else 1
+        stacked = np.empty((count, plan.view_shape[0], pieces, width))
+        return (stacked[..., 0] if plan.kind == "rows" else stacked), stacked
 
     def states(self, x, plan):
         """Per-piece (count, mean, M2) of ``x`` as the moments kernels leave them: host float64
@@ -111,11 +109,10 @@ class Engine:
         the (folded) columns for cols plans (see ``Plan.state_index``, ``Plan.kernel_cells``)."""
         dev = self.device
         pieces = dev.pieces(plan)
-        shape = self._states_shape(plan, pieces)
-        states = np.empty((3,) + shape)
+        states, stacked = self._partials(plan, pieces, 3)
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
-        kernel(dev.view(plan, x), pieces, states[0], states[1], states[2])
-        return states.reshape(3, shape[0], pieces, shape[2] if plan.kind == "cols" else 1)
+        kernel(dev.view(plan, x), pieces, *states)
+        return stacked
 
     def partial_moments(self, x, plan):
         """(count, mean, M2) of ``x`` reduced over the plan's kernel run only, keepdims-shaped."""
@@ -164,14 +161,13 @@ class Engine:
         host float64 (2, K, P, W), laid out as ``states``; ``hi``/``lo`` in kernel order."""
         dev = self.device
         pieces = dev.pieces(plan)
-        shape = self._states_shape(plan, pieces)
-        sums = np.empty((2,) + shape)
+        sums, stacked = self._partials(plan, pieces, 2)
         weight = self._row_param(weight)
         if plan.kind == "rows":
-            dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, sums[0], sums[1])
+            dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, *sums)
         else:
-            dev.kernels.col_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, pieces, sums[0], sums[1])
-        return sums.reshape(2, shape[0], pieces, shape[2] if plan.kind == "cols" else 1)
+            dev.kernels.col_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, pieces, *sums)
+        return stacked
 
     def input_grad(self, dy, x, plan, center, ka, kb, kc, weight=None):
         """``dx = dy*[w]*ka + (x - center)*kb + kc`` (coefficients per outer index).
