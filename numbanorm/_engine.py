@@ -151,10 +151,14 @@ class Engine:
         return dev.finish(user, out)
 
     def grad_sums(self, dy, x, plan, center, weight=None):
-        """``sum(dy*w)`` and ``sum(dy*w*(x - center))`` over the plan's kernel run (float64)."""
+        """``sum(dy*w)`` and ``sum(dy*w*(x - center))`` over every axis the plan does not keep,
+        keepdims-shaped (float64): the kernel run, then the reduced axes it left in the outer
+        index (those not adjacent in memory to the run)."""
         hi, lo = self._center(plan, center, x.dtype)
         sums = self.grad_states(dy, x, plan, hi, lo, weight)
-        return tuple(plan.from_outer((plan.unfold(s) if plan.kind == "cols" else s).sum(axis=1)) for s in sums)
+        rest = tuple(i for i in range(x.ndim) if not plan.kept[i] and i not in plan.reduced_axes)
+        return tuple(plan.from_outer((plan.unfold(s) if plan.kind == "cols" else s).sum(axis=1)).sum(
+            axis=rest, keepdims=True) for s in sums)
 
     def grad_states(self, dy, x, plan, hi, lo, weight=None):
         """Per-piece ``sum(dy*w)`` and ``sum(dy*w*(x - (hi + lo)))`` as the kernels leave them:

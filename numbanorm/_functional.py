@@ -193,9 +193,8 @@ def _on_grid(a, x, ch):
 def _grid_sums(dy, x, plan, ch, center):
     """Gradient sums per (sample, channel), (N, C) -- or (1, C) where the plan merged the samples."""
     s1, s2 = _eng().grad_sums(dy, x, plan, center)
-    rest = tuple(i for i in range(x.ndim) if i not in (0, ch) and i not in plan.reduced_axes)
     c = x.shape[ch]
-    return s1.sum(axis=rest).reshape(-1, c), s2.sum(axis=rest).reshape(-1, c)
+    return s1.reshape(-1, c), s2.reshape(-1, c)
 
 
 def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
