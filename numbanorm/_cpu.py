@@ -425,7 +425,8 @@ def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var, r
 
 @njit(**_jit)
 def _weighted_dot_sums(dy, x, weight, hi, lo):
-    """``sum(dy*w)`` and ``sum(dy*w*(x - centre))`` of a contiguous span, chunked, in float64."""
+    """``sum(dy*w)`` and ``sum(dy*w*(x - centre))`` of a contiguous span, chunked, in float64
+    (the centre's low part applied per chunk, see ``_chunk_dot_sums``)."""
     zero = x.dtype.type(0)
     s1 = 0.0
     s2 = 0.0
@@ -438,15 +439,15 @@ def _weighted_dot_sums(dy, x, weight, hi, lo):
             for i in range(xs.shape[0]):
                 g = gs[i]
                 t1 += g
-                t2 += g * ((xs[i] - hi) - lo)
+                t2 += g * (xs[i] - hi)
         else:
             ws = weight[c0:c0 + ROW_CHUNK]
             for i in range(xs.shape[0]):
                 g = gs[i] * ws[i]
                 t1 += g
-                t2 += g * ((xs[i] - hi) - lo)
+                t2 += g * (xs[i] - hi)
         s1 += t1
-        s2 += t2
+        s2 += _less_low(t2, t1, lo)
     return s1, s2
 
 
@@ -457,16 +458,27 @@ def _chunk_end(start, seg):
     return min(start + ROW_CHUNK, (start // seg + 1) * seg)
 
 
+@njit(inline="always", **_jit)
+def _less_low(sum_dy_xhi, sum_dy, lo):
+    """``sum(dy*(x - hi - lo))`` in float64 from ``sum(dy*(x - hi))`` and ``sum(dy)``.
+
+    The reductions are compiled with ``reassoc`` (what splits them into vector lanes), which
+    lets LLVM fold ``(x - hi) - lo`` into ``x - (hi + lo)``, and ``hi + lo`` rounds back to
+    ``hi`` in the input precision: the centre's low part would be lost.  Subtracting
+    ``lo * sum(dy)`` once, outside the loop and in float64, keeps it."""
+    return np.float64(sum_dy_xhi) - np.float64(lo) * np.float64(sum_dy)
+
+
 @njit(**_jit)
 def _chunk_dot_sums(dy, x, hi, lo):
-    """``sum(dy)`` and ``sum(dy*(x - centre))`` of one chunk, in the input precision."""
+    """``sum(dy)`` (input precision) and ``sum(dy*(x - centre))`` (float64) of one chunk."""
     t1 = x.dtype.type(0)
     t2 = x.dtype.type(0)
     for i in range(x.shape[0]):
         g = dy[i]
         t1 += g
-        t2 += g * ((x[i] - hi) - lo)
-    return t1, t2
+        t2 += g * (x[i] - hi)
+    return t1, _less_low(t2, t1, lo)
 
 
 @njit(inline="always", **_jit)
@@ -679,7 +691,8 @@ def _slab_moments(xs, mean, m2):
 @njit(**_jit)
 def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
     """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums
-    (rows four at a time, as in ``_slab_moments``)."""
+    (rows four at a time, as in ``_slab_moments``; the centre's low part applied per chunk, see
+    ``_less_low``)."""
     length, width = xs.shape
     block = max(4, (COL_CHUNK // width) & ~3)
     s1 = np.empty(width, xs.dtype)
@@ -694,20 +707,18 @@ def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
             g0, g1, g2, g3 = dy[b], dy[b + 1], dy[b + 2], dy[b + 3]
             for c in range(width):
                 h = hi[c]
-                l = lo[c]
                 s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c])
-                s2[c] += ((g0[c] * ((x0[c] - h) - l) + g1[c] * ((x1[c] - h) - l))
-                          + (g2[c] * ((x2[c] - h) - l) + g3[c] * ((x3[c] - h) - l)))
+                s2[c] += (g0[c] * (x0[c] - h) + g1[c] * (x1[c] - h)) + (g2[c] * (x2[c] - h) + g3[c] * (x3[c] - h))
         for b in range(quads, stop):
             xr = xs[b]
             gr = dy[b]
             for c in range(width):
                 g = gr[c]
                 s1[c] += g
-                s2[c] += g * ((xr[c] - hi[c]) - lo[c])
+                s2[c] += g * (xr[c] - hi[c])
         for c in range(width):
             sum_dy[c] += s1[c]
-            sum_dy_xc[c] += s2[c]
+            sum_dy_xc[c] += _less_low(s2[c], s1[c], lo[c])
 
 
 @njit(**_ew)
