@@ -14,7 +14,7 @@ or *reduced* (they do not) -- and finds the cheapest view the kernels understand
 A result "per row" or "per (a, c)" is per *outer* index: every axis except the one run the kernel
 reduced.  ``to_outer`` / ``from_outer`` move small coefficient and statistic arrays between the
 caller's axis order and that kernel order; results over reduced axes still left in the outer
-index are merged by the caller (see ``_stats.merge_axes``).
+index are merged by the caller (see ``_engine.merge_axes``).
 """
 
 import math
@@ -77,9 +77,12 @@ class Plan:
 
     @classmethod
     def of(cls, x, kept):
-        """The plan for ``x`` (cached: a training loop plans the same few layouts every step)."""
-        return _cached_plan(tuple(x.shape), tuple(x.strides), tuple(bool(k) for k in kept),
-                            thread_count())
+        """The plan for ``x`` (cached: a training loop plans the same few layouts every step).
+
+        An empty array is planned as C order: NumPy calls every empty array contiguous, so its
+        strides, whatever they are, say nothing of a layout the kernels could take."""
+        strides = x.strides if x.size else _c_strides(x.shape)
+        return _cached_plan(tuple(x.shape), tuple(strides), tuple(bool(k) for k in kept), thread_count())
 
     # -- full-size arrays -------------------------------------------------------------------
     def _permuted(self, a):
@@ -209,6 +212,11 @@ def fold_for(length, width):
         if length % k == 0:
             return k
     return 1
+
+
+def _c_strides(shape):
+    """Strides, in elements, of a C-ordered array of ``shape`` (only their order matters)."""
+    return tuple(math.prod(max(n, 1) for n in shape[i + 1:]) for i in range(len(shape)))
 
 
 @functools.lru_cache(maxsize=512)
