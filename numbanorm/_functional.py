@@ -611,9 +611,13 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     spatial = x.size // (n * c)
     # each term's statistic is a mean over its group of `size` values: IN (spatial), LN (C*spatial),
     # BN (N*spatial, only when it came from this batch); its gradient reaches x as
-    # d_mean_k/size + d_var_k*2*(x - mean_k)/size, with d_*_k summed over the term's group
+    # d_mean_k/size + d_var_k*2*(x - mean_k)/size, with d_*_k summed over the term's group.
+    # The variance terms are applied around the instance mean, the centre nearest every value:
+    # around the mixed mean, which may lie far from the data (stale running statistics), each
+    # term would split into two large pieces that cancel in the input precision.
     reduce = [lambda a: a, lambda a: a.sum(axis=1, keepdims=True), lambda a: a.sum(axis=0, keepdims=True)]
     sizes = [spatial, c * spatial, n * spatial]
+    centre = stats.means[0]
     kb = np.zeros((n, c))
     kc = np.zeros((n, c))
     for k in range(terms):
@@ -621,8 +625,8 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
             continue  # running statistics are constants
         var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
         kb = kb + var_coef
-        kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (mean - stats.means[k])
-    dx, _, _ = _eng().input_grad(dy, xc, plan, *(_on_grid(a, xc, ch) for a in (mean, rstd * w, kb, kc)))
+        kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (centre - stats.means[k])
+    dx, _, _ = _eng().input_grad(dy, xc, plan, *(_on_grid(a, xc, ch) for a in (centre, rstd * w, kb, kc)))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
     var_mix = (mix_var @ stats.variances.reshape(terms, -1)).reshape(n, c)
