@@ -1,141 +1,346 @@
-"""Plain-NumPy float64 references: the definitions, written for clarity, not speed.
+"""Plain-NumPy references: the public API, name for name and signature for signature, written
+for clarity, not speed.
 
-The oracle of the tests and the peer (and error yardstick) of `python -m numbanorm bench`.
+Every function computes in float64 (or in the input's precision where it is wider, such as
+``np.longdouble``, to judge float64 results) and returns that precision; forwards return the same
+``NormStats``/``SwitchableStats`` and backwards the same ``Grads``/``SwitchableGrads`` as numbanorm,
+so a reference backward can take a reference forward's stats.  Running statistics are updated in
+place, as numbanorm does.  Arguments are not checked: these are the oracle of the tests and the
+peer (and error yardstick) of ``python -m numbanorm bench``, not a second implementation of the
+argument checks.
 """
 
 import numpy as np
 
-
-def _to_nc(a, channel_axis, precision=np.float64):
-    """(N, C, rest) copy of ``a`` in ``precision`` with its channel axis second."""
-    a = np.moveaxis(np.asarray(a, dtype=precision), channel_axis, 1)
-    return a.reshape(a.shape[0], a.shape[1], -1)
+from ._functional import Grads, Moments, NormStats, SwitchableGrads, SwitchableStats
 
 
-def _from_nc(a, shape, channel_axis):
-    moved = list(np.moveaxis(np.empty(shape), channel_axis, 1).shape)
-    return np.moveaxis(a.reshape(moved), 1, channel_axis)
+def _wide(a):
+    """``a`` as an array of float64, or of its own dtype where that is wider (long double)."""
+    a = np.asarray(a)
+    return a.astype(np.result_type(a.dtype, np.float64))
 
 
-def _norm(xg, axes, eps):
+def _mean_and_var(xg, axes):
+    """Mean and biased variance over ``axes``, keepdims."""
     mean = xg.mean(axis=axes, keepdims=True)
     # one refinement step: NumPy's mean of 1e8 + N(0, 1) is off by several ulps of 1e8
     mean = mean + (xg - mean).mean(axis=axes, keepdims=True)
-    var = ((xg - mean) ** 2).mean(axis=axes, keepdims=True)
-    return mean, 1.0 / np.sqrt(var + eps)
+    return mean, ((xg - mean) ** 2).mean(axis=axes, keepdims=True)
 
 
-def _grouped(x, kind, groups, channel_axis, precision=np.float64):
-    """x as (N, G, members) (or (1, C, members) for batch norm), and a function undoing it."""
-    xnc = _to_nc(x, channel_axis, precision)
-    n, c, s = xnc.shape
-    if kind == "batch":
-        g = np.moveaxis(xnc, 1, 0).reshape(1, c, n * s)
-        undo = lambda a: _from_nc(np.moveaxis(a.reshape(c, n, s), 0, 1), x.shape, channel_axis)
+def _rstd(var, eps):
+    return 1.0 / np.sqrt(var + eps)
+
+
+# -- batch / instance / group norm: statistics over groups of (sample, channel) cells ------------
+
+def _grouped(a, channel_axis, groups, over_batch):
+    """``a`` as (N, G, members) -- (1, C, N*spatial) for batch norm -- and the function that
+    puts an array of that shape back in ``a``'s layout."""
+    moved = np.moveaxis(a, channel_axis, 1)
+    n, c = moved.shape[:2]
+    cells = moved.reshape(n, c, -1)
+    if over_batch:
+        grouped = np.moveaxis(cells, 1, 0).reshape(1, c, -1)
+        undo = lambda g: np.moveaxis(np.moveaxis(g.reshape(c, n, -1), 0, 1).reshape(moved.shape), 1, channel_axis)
     else:
-        groups = c if kind == "instance" else groups
-        g = xnc.reshape(n, groups, (c // groups) * s)
-        undo = lambda a: _from_nc(a.reshape(n, c, s), x.shape, channel_axis)
-    return g, undo
+        grouped = cells.reshape(n, groups, -1)
+        undo = lambda g: np.moveaxis(g.reshape(moved.shape), 1, channel_axis)
+    return grouped, undo
 
 
-def _channel_param(p, x, channel_axis, default):
+def _per_channel(p, x, channel_axis, default):
+    """A (C,) parameter shaped to broadcast against ``x``; ``default`` where it is None."""
     shape = [1] * x.ndim
     shape[channel_axis] = x.shape[channel_axis]
-    return (np.full(shape, default) if p is None else np.asarray(p, np.float64).reshape(shape))
+    return np.full(shape, default) if p is None else _wide(p).reshape(shape)
 
 
-def grid_forward(x, kind, weight=None, bias=None, eps=1e-5, groups=None, channel_axis=1,
-                 mean=None, var=None, precision=np.float64):
-    """Batch/instance/group norm; ``mean``/``var`` (C,) given means running statistics.
-    ``precision=np.longdouble`` computes past float64 (to judge float64 results)."""
-    if mean is not None:
-        m = _channel_param(mean, x, channel_axis, 0)
-        rstd = 1.0 / np.sqrt(_channel_param(var, x, channel_axis, 0) + eps)
-        xhat = (np.asarray(x, precision) - m) * rstd
+def _update_running(running, batch_value, momentum, num_batches_tracked):
+    if momentum is None:
+        momentum = 1.0 / num_batches_tracked.reshape(-1)[0]
+    running[...] = (1.0 - momentum) * running + momentum * batch_value
+
+
+def _grid_forward(x, channel_axis, groups, over_batch, weight, bias, eps, running=None):
+    """``(y, mean, var)`` with per-group statistics of the input, or of ``running`` = (mean,
+    var) per channel; ``mean``/``var`` shaped (1 or N, G)."""
+    xg, undo = _grouped(x, channel_axis, groups, over_batch)
+    if running is None:
+        mean, var = _mean_and_var(xg, (2,))
     else:
-        g, undo = _grouped(x, kind, groups, channel_axis, precision)
-        m, rstd = _norm(g, (2,), eps)
-        xhat = undo((g - m) * rstd)
-    return xhat * _channel_param(weight, x, channel_axis, 1) + _channel_param(bias, x, channel_axis, 0)
+        cells = (xg.shape[0], xg.shape[1], 1)
+        mean, var = (np.broadcast_to(_wide(r).reshape(1, -1, 1), cells) for r in running)
+    xhat = undo((xg - mean) * _rstd(var, eps))
+    y = xhat * _per_channel(weight, x, channel_axis, 1.0) + _per_channel(bias, x, channel_axis, 0.0)
+    return y, mean[..., 0], var[..., 0]
 
 
-def grid_backward(dy, x, kind, weight=None, eps=1e-5, groups=None, channel_axis=1, mean=None, var=None):
-    """(dx, dweight, dbias) of grid_forward; running statistics are constants."""
-    w = _channel_param(weight, x, channel_axis, 1)
-    dy = np.asarray(dy, np.float64)
-    axes = tuple(i for i in range(x.ndim) if i != channel_axis % x.ndim)
-    if mean is not None:
-        rstd = 1.0 / np.sqrt(_channel_param(var, x, channel_axis, 0) + eps)
-        xhat = (np.asarray(x, np.float64) - _channel_param(mean, x, channel_axis, 0)) * rstd
-        dx = dy * w * rstd
+def _grid_backward(grad_output, input, stats, weight, channel_axis, groups, over_batch):
+    x, dy = _wide(input), _wide(grad_output)
+    ca = channel_axis % x.ndim
+    mean = np.reshape(stats.mean, (1, -1) if over_batch else np.shape(stats.mean))[..., None]
+    rstd = np.reshape(stats.rstd, mean.shape)
+    xg, undo = _grouped(x, ca, groups, over_batch)
+    xhat_g = (xg - mean) * rstd
+    dxhat_g, _ = _grouped(dy * _per_channel(weight, x, ca, 1.0), ca, groups, over_batch)
+    if stats.batch_stats:  # the statistics depend on x
+        dx_g = rstd * (dxhat_g - dxhat_g.mean(axis=2, keepdims=True)
+                       - xhat_g * (dxhat_g * xhat_g).mean(axis=2, keepdims=True))
+    else:  # running statistics are constants
+        dx_g = rstd * dxhat_g
+    others = tuple(i for i in range(x.ndim) if i != ca)
+    grad_weight = None if weight is None else (dy * undo(xhat_g)).sum(axis=others)
+    grad_bias = dy.sum(axis=others) if stats.has_bias else None
+    return Grads(undo(dx_g), grad_weight, grad_bias)
+
+
+def _result(y, stats, return_stats, out):
+    if out is not None:
+        out[...] = y
+        y = out
+    return (y, stats) if return_stats else y
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+               eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None):
+    x = _wide(input)
+    ca = channel_axis % x.ndim
+    c = x.shape[ca]
+    if training:
+        y, mean, var = _grid_forward(x, ca, c, True, weight, bias, eps)
+        if running_mean is not None:
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            count = x.size // c
+            _update_running(running_mean, mean[0], momentum, num_batches_tracked)
+            _update_running(running_var, var[0] * count / (count - 1), momentum, num_batches_tracked)
     else:
-        g, undo = _grouped(x, kind, groups, channel_axis)
-        m, rstd = _norm(g, (2,), eps)
-        xhat_g = (g - m) * rstd
-        dxhat_g, _ = _grouped(dy * w, kind, groups, channel_axis)
-        dx = undo(rstd * (dxhat_g - dxhat_g.mean(axis=2, keepdims=True)
-                          - xhat_g * (dxhat_g * xhat_g).mean(axis=2, keepdims=True)))
-        xhat = undo(xhat_g)
-    return dx, (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+        y, mean, var = _grid_forward(x, ca, c, True, weight, bias, eps, (running_mean, running_var))
+    stats = NormStats(mean[0], _rstd(var[0], eps), bool(training), bias is not None, eps)
+    return _result(y, stats, return_stats, out)
 
 
-def layer_forward(x, k, weight=None, bias=None, eps=1e-5, precision=np.float64):
-    x = np.asarray(x, precision)
-    axes = tuple(range(x.ndim - k, x.ndim))
-    m, rstd = _norm(x, axes, eps)
-    w = 1.0 if weight is None else np.asarray(weight, np.float64)
-    b = 0.0 if bias is None else np.asarray(bias, np.float64)
-    return (x - m) * rstd * w + b
+def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    c = np.shape(input)[channel_axis]
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, c, True)
 
 
-def layer_backward(dy, x, k, weight=None, eps=1e-5):
-    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
-    axes = tuple(range(x.ndim - k, x.ndim))
-    lead = tuple(range(x.ndim - k))
-    m, rstd = _norm(x, axes, eps)
-    xhat = (x - m) * rstd
-    w = 1.0 if weight is None else np.asarray(weight, np.float64)
-    dxhat = dy * w
-    dx = rstd * (dxhat - dxhat.mean(axis=axes, keepdims=True)
-                 - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
-    return dx, (dy * xhat).sum(axis=lead), dy.sum(axis=lead)
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None):
+    x = _wide(input)
+    ca = channel_axis % x.ndim
+    c = x.shape[ca]
+    if use_input_stats:
+        y, mean, var = _grid_forward(x, ca, c, False, weight, bias, eps)
+        if running_mean is not None:
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            count = x.size // (x.shape[0] * c)
+            _update_running(running_mean, mean.mean(axis=0), momentum, num_batches_tracked)
+            _update_running(running_var, (var * count / (count - 1)).mean(axis=0), momentum, num_batches_tracked)
+    else:
+        y, mean, var = _grid_forward(x, ca, c, False, weight, bias, eps, (running_mean, running_var))
+    stats = NormStats(np.array(mean), _rstd(var, eps), bool(use_input_stats), bias is not None, eps)
+    return _result(y, stats, return_stats, out)
 
 
-def rms_forward(x, k, weight=None, eps=None):
-    x = np.asarray(x, np.float64)
-    eps = np.finfo(np.float64).eps if eps is None else eps
-    axes = tuple(range(x.ndim - k, x.ndim))
-    r = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
-    return x * r * (1.0 if weight is None else np.asarray(weight, np.float64))
+def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    c = np.shape(input)[channel_axis]
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, c, False)
 
 
-def rms_backward(dy, x, k, weight=None, eps=None):
-    x, dy = np.asarray(x, np.float64), np.asarray(dy, np.float64)
-    eps = np.finfo(np.float64).eps if eps is None else eps
-    axes = tuple(range(x.ndim - k, x.ndim))
-    r = 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + eps)
-    xhat = x * r
-    dxhat = dy * (1.0 if weight is None else np.asarray(weight, np.float64))
-    dx = r * (dxhat - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
-    return dx, (dy * xhat).sum(axis=tuple(range(x.ndim - k)))
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False,
+               out=None):
+    x = _wide(input)
+    y, mean, var = _grid_forward(x, channel_axis % x.ndim, num_groups, False, weight, bias, eps)
+    return _result(y, NormStats(mean, _rstd(var, eps), True, bias is not None, eps), return_stats, out)
 
 
-def switchable_forward(x, mean_logits, var_logits, weight=None, bias=None, eps=1e-5, channel_axis=1,
-                       running_mean=None, running_var=None):
-    """Switchable norm by its definition; ``running_*`` given replace the batch term (eval)."""
-    xnc = _to_nc(x, channel_axis)  # (N, C, S)
-    softmax = lambda z: np.exp(z - np.max(z)) / np.exp(z - np.max(z)).sum()
-    a, b = softmax(np.asarray(mean_logits, np.float64)), softmax(np.asarray(var_logits, np.float64))
-    stats = [(xnc.mean(axis=2, keepdims=True), xnc.var(axis=2, keepdims=True)),
-             (xnc.mean(axis=(1, 2), keepdims=True), xnc.var(axis=(1, 2), keepdims=True))]
-    if len(a) == 3:
-        if running_mean is None:
-            stats.append((xnc.mean(axis=(0, 2), keepdims=True), xnc.var(axis=(0, 2), keepdims=True)))
+def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, num_groups, False)
+
+
+# -- layer / RMS norm: statistics over the trailing axes ------------------------------------------
+
+def _trailing(x, normalized_shape):
+    k = 1 if np.isscalar(normalized_shape) else len(normalized_shape)
+    return tuple(range(x.ndim - k, x.ndim))
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+    x = _wide(input)
+    axes = _trailing(x, normalized_shape)
+    mean, var = _mean_and_var(x, axes)
+    rstd = _rstd(var, eps)
+    y = (x - mean) * rstd * (1.0 if weight is None else _wide(weight)) + (0.0 if bias is None else _wide(bias))
+    lead = x.shape[:x.ndim - len(axes)]
+    return _result(y, NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None, eps),
+                   return_stats, out)
+
+
+def _row_backward(grad_output, input, stats, normalized_shape, weight, centered):
+    x, dy = _wide(input), _wide(grad_output)
+    axes = _trailing(x, normalized_shape)
+    lead = tuple(range(x.ndim - len(axes)))
+    keep = x.shape[:len(lead)] + (1,) * len(axes)
+    mean, rstd = np.reshape(stats.mean, keep), np.reshape(stats.rstd, keep)
+    xhat = (x - mean) * rstd
+    dxhat = dy * (1.0 if weight is None else _wide(weight))
+    mean_dxhat = dxhat.mean(axis=axes, keepdims=True) if centered else 0.0  # RMS norm has no centre
+    dx = rstd * (dxhat - mean_dxhat - xhat * (dxhat * xhat).mean(axis=axes, keepdims=True))
+    grad_weight = None if weight is None else (dy * xhat).sum(axis=lead)
+    grad_bias = dy.sum(axis=lead) if stats.has_bias else None
+    return Grads(dx, grad_weight, grad_bias)
+
+
+def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    return _row_backward(grad_output, input, stats, normalized_shape, weight, True)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+    x = _wide(input)
+    eps = np.finfo(np.asarray(input).dtype).eps if eps is None else eps
+    axes = _trailing(x, normalized_shape)
+    rstd = _rstd((x * x).mean(axis=axes, keepdims=True), eps)
+    y = x * rstd * (1.0 if weight is None else _wide(weight))
+    lead = x.shape[:x.ndim - len(axes)]
+    return _result(y, NormStats(np.zeros(lead), rstd.reshape(lead), True, False, eps), return_stats, out)
+
+
+def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    return _row_backward(grad_output, input, stats, normalized_shape, weight, False)
+
+
+# -- switchable norm: a softmax mixture of instance, layer and batch statistics --------------------
+
+def _softmax(z):
+    e = np.exp(_wide(z) - np.max(z))
+    return e / e.sum()
+
+
+def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None, bias=None,
+                    training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True, return_stats=False,
+                    out=None, num_batches_tracked=None):
+    x = _wide(input)
+    ca = channel_axis % x.ndim
+    cells = np.moveaxis(x, ca, 1).reshape(x.shape[0], x.shape[ca], -1)  # (N, C, spatial)
+    n, c, _ = cells.shape
+    instance, layer, batch = (tuple(a[..., 0] for a in _mean_and_var(cells, axes)) for axes in ((2,), (1, 2), (0, 2)))
+    terms = [instance, layer]
+    if using_bn:
+        if training:
+            mean_bn, var_bn = batch[0][0], batch[1][0]
+            if running_mean is not None:
+                if num_batches_tracked is not None:
+                    num_batches_tracked += 1
+                count = n * cells.shape[2]
+                _update_running(running_mean, mean_bn, momentum, num_batches_tracked)
+                _update_running(running_var, var_bn * count / (count - 1), momentum, num_batches_tracked)
         else:
-            stats.append((np.asarray(running_mean, np.float64)[None, :, None],
-                          np.asarray(running_var, np.float64)[None, :, None]))
-    mean = sum(ak * m for ak, (m, _) in zip(a, stats))
-    var = sum(bk * v for bk, (_, v) in zip(b, stats))
-    y = _from_nc((xnc - mean) / np.sqrt(var + eps), x.shape, channel_axis)
-    return y * _channel_param(weight, x, channel_axis % x.ndim, 1) + _channel_param(bias, x, channel_axis % x.ndim, 0)
+            mean_bn, var_bn = _wide(running_mean), _wide(running_var)
+        terms.append((mean_bn[None, :], var_bn[None, :]))
+    means = np.stack([np.broadcast_to(m, (n, c)) for m, _ in terms])
+    variances = np.stack([np.broadcast_to(v, (n, c)) for _, v in terms])
+    mean = np.tensordot(_softmax(mean_weight), means, 1)
+    rstd = _rstd(np.tensordot(_softmax(var_weight), variances, 1), eps)
+    y = np.moveaxis(((cells - mean[..., None]) * rstd[..., None]).reshape(np.moveaxis(x, ca, 1).shape), 1, ca)
+    y = y * _per_channel(weight, x, ca, 1.0) + _per_channel(bias, x, ca, 0.0)
+    stats = SwitchableStats(mean, rstd, bool(training), bias is not None, means, variances)
+    return _result(y, stats, return_stats, out)
+
+
+def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight, weight=None, *, channel_axis=1):
+    """By the chain rule through each term's statistic: term k's mean and variance are means
+    over its group of cells (instance: the cell, layer: the sample, batch: the channel)."""
+    x, dy = _wide(input), _wide(grad_output)
+    ca = channel_axis % x.ndim
+    to_cells = lambda a: np.moveaxis(a, ca, 1).reshape(x.shape[0], x.shape[ca], -1)
+    cells, dy_cells = to_cells(x), to_cells(dy)
+    n, c, spatial = cells.shape
+    mix_mean, mix_var = _softmax(mean_weight), _softmax(var_weight)
+    mean, rstd = stats.mean[..., None], stats.rstd[..., None]
+    dxhat = dy_cells * (np.ones((c, 1)) if weight is None else _wide(weight)[:, None])
+    d_mean = -(dxhat * rstd).sum(axis=2)  # dL/d(mixed mean), (N, C)
+    d_var = -0.5 * (dxhat * (cells - mean) * rstd ** 3).sum(axis=2)  # dL/d(mixed variance)
+    groups = [(), (1,), (0,)]  # the axes of (N, C) each term's statistic is shared over
+    dx = dxhat * rstd
+    for k in range(len(stats.means)):
+        if k == 2 and not stats.batch_stats:
+            continue  # running statistics are constants
+        size = spatial * int(np.prod([(n, c)[a] for a in groups[k]]))
+        d_mean_k = d_mean.sum(axis=groups[k], keepdims=True) * mix_mean[k]
+        d_var_k = d_var.sum(axis=groups[k], keepdims=True) * mix_var[k]
+        dx = dx + (d_mean_k[..., None] + 2.0 * d_var_k[..., None] * (cells - stats.means[k][..., None])) / size
+    g_mean = np.array([(d_mean * m).sum() for m in stats.means])
+    g_var = np.array([(d_var * v).sum() for v in stats.variances])
+    others = (0, 2)
+    y_hat = (cells - mean) * rstd
+    return SwitchableGrads(
+        np.moveaxis(dx.reshape(np.moveaxis(x, ca, 1).shape), 1, ca),
+        None if weight is None else (dy_cells * y_hat).sum(axis=others),
+        dy_cells.sum(axis=others) if stats.has_bias else None,
+        mix_mean * (g_mean - mix_mean @ g_mean),  # softmax's Jacobian
+        mix_var * (g_var - mix_var @ g_var))
+
+
+# -- weight standardization ------------------------------------------------------------------------
+
+def weight_standardization(weight, eps=1e-5):
+    w = _wide(weight)
+    mean, var = _mean_and_var(w, tuple(range(1, w.ndim)))
+    return (w - mean) * _rstd(var, eps)
+
+
+def weight_standardization_backward(grad_output, weight, eps=1e-5):
+    w, dy = _wide(weight), _wide(grad_output)
+    axes = tuple(range(1, w.ndim))
+    mean, var = _mean_and_var(w, axes)
+    rstd = _rstd(var, eps)
+    what = (w - mean) * rstd
+    return rstd * (dy - dy.mean(axis=axes, keepdims=True) - what * (dy * what).mean(axis=axes, keepdims=True))
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+def _axes(axes, ndim):
+    return tuple(sorted(a % ndim for a in ((axes,) if np.isscalar(axes) else axes)))
+
+
+def moments(x, axes, keepdims=False):
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    mean, var = _mean_and_var(x, axes)
+    if not keepdims:
+        mean, var = mean.squeeze(axes), var.squeeze(axes)
+    return mean, var
+
+
+def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
+    y = (_wide(x) - _wide(mean)) / np.sqrt(_wide(variance) + variance_epsilon)
+    if scale is not None:
+        y = y * _wide(scale)
+    return y if offset is None else y + _wide(offset)
+
+
+def welford(x, axes, keepdims=False):
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    count = np.full([1 if i in axes else x.shape[i] for i in range(x.ndim)], float(np.prod([x.shape[a] for a in axes])))
+    if x.size == 0:
+        mean, m2 = np.zeros(count.shape), np.zeros(count.shape)
+    else:
+        mean, var = moments(x, axes, keepdims=True)
+        m2 = var * count
+    if not keepdims:
+        count, mean, m2 = (a.squeeze(axes) for a in (count, mean, m2))
+    return Moments(count, mean, m2)
+
+
+def merge(a, b):
+    count = a.count + b.count
+    safe = np.where(count > 0, count, 1)
+    mean = np.where(count > 0, (a.count * a.mean + b.count * b.mean) / safe, 0.0)
+    m2 = a.m2 + b.m2 + (b.mean - a.mean) ** 2 * a.count * b.count / safe
+    return Moments(count, mean, m2)

@@ -11,39 +11,36 @@ import pytest
 
 import numbanorm as nn
 from numbanorm import reference as ref
+from numbanorm._ops import OPS, of_kind
 
 
 class Op:
-    """Uniform access to one normalization for the tests: forward, backward and reference."""
+    """A grid op of the registry (``numbanorm._ops``) with the tests' choice of groups, beside
+    its reference: the same calls with ``numbanorm.reference`` in place of numbanorm."""
 
-    def __init__(self, name, groups=None):
-        self.name, self.groups = name, groups
+    def __init__(self, name, groups=2):
+        self.spec, self.groups = OPS[name], groups
+        self.name = name
 
     def __repr__(self):
         return self.name
 
-    def forward(self, x, w, b, ca, **kw):
-        if self.name == "batch":
-            return nn.batch_norm(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True, **kw)
-        if self.name == "instance":
-            return nn.instance_norm(x, None, None, w, b, channel_axis=ca, return_stats=True, **kw)
-        return nn.group_norm(x, self.groups, w, b, channel_axis=ca, return_stats=True, **kw)
+    def forward(self, x, w, b, ca, **options):
+        return self.spec.run_forward(nn, x, w, b, ca, self.groups, **options)
 
     def backward(self, dy, x, stats, w, ca):
-        if self.name == "batch":
-            return nn.batch_norm_backward(dy, x, stats, w, channel_axis=ca)
-        if self.name == "instance":
-            return nn.instance_norm_backward(dy, x, stats, w, channel_axis=ca)
-        return nn.group_norm_backward(dy, x, stats, self.groups, w, channel_axis=ca)
+        return self.spec.run_backward(nn, dy, x, stats, w, ca, self.groups)
 
     def reference(self, x, w, b, ca):
-        return ref.grid_forward(x, self.name, w, b, groups=self.groups, channel_axis=ca)
+        return self.spec.run_forward(ref, x, w, b, ca, self.groups)[0]
 
     def reference_backward(self, dy, x, w, ca):
-        return ref.grid_backward(dy, x, self.name, w, groups=self.groups, channel_axis=ca)
+        """(dx, dweight, dbias), the bias gradient as if the forward had a bias."""
+        _, stats = self.spec.run_forward(ref, x, w, np.zeros(x.shape[ca]), ca, self.groups)
+        return self.spec.run_backward(ref, dy, x, stats, w, ca, self.groups)[:3]
 
 
-GRID_OPS = [Op("batch"), Op("instance"), Op("group", 2)]
+GRID_OPS = [Op(op.name) for op in of_kind("grid")]
 
 
 @pytest.fixture

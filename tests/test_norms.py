@@ -21,7 +21,7 @@ def _layout(x, ca):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("ca", [1, -1])
 @pytest.mark.parametrize("op,shape", [(op, s) for op in GRID_OPS for s in SHAPES
-                                      if not (op.name == "instance" and len(s) == 2)], ids=repr)
+                                      if not (op.name in ("instance_norm", "switchable_norm") and len(s) == 2)], ids=repr)
 def test_grid_forward_backward(op, shape, ca, dtype, rng):
     x = _layout(rng.normal(1.5, 2.0, shape), ca).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
@@ -57,9 +57,10 @@ def test_layer_norm_forward_backward(shape, k, dtype, rng):
     w, b = rng.normal(size=ns).astype(dtype), rng.normal(size=ns).astype(dtype)
     y, stats = nn.layer_norm(x, ns, w, b, return_stats=True)
     assert y.dtype == dtype
-    assert_close(y, ref.layer_forward(x, k, w, b), TOL[dtype], what="forward")
+    y_ref, st_ref = ref.layer_norm(x, ns, w, b, return_stats=True)
+    assert_close(y, y_ref, TOL[dtype], what="forward")
     g = nn.layer_norm_backward(dy, x, stats, ns, w)
-    dx, dw, db = ref.layer_backward(dy, x, k, w)
+    dx, dw, db = ref.layer_norm_backward(dy, x, st_ref, ns, w)
     assert_close(g.input, dx, TOL[dtype], what="dx")
     assert_close(g.weight, dw, TOL[dtype] * 10, what="dweight")
     assert_close(g.bias, db, TOL[dtype] * 10, what="dbias")
@@ -70,15 +71,16 @@ def test_layer_norm_weight_only_and_bias_only(rng):
     dy = rng.normal(size=x.shape)
     w = rng.normal(size=8)
     y, st = nn.layer_norm(x, 8, w, None, return_stats=True)
-    assert_close(y, ref.layer_forward(x, 1, w, None), 1e-10)
+    y_ref, st_ref = ref.layer_norm(x, 8, w, None, return_stats=True)
+    assert_close(y, y_ref, 1e-10)
     g = nn.layer_norm_backward(dy, x, st, 8, w)
     assert g.bias is None
-    assert_close(g.weight, ref.layer_backward(dy, x, 1, w)[1], 1e-10)
+    assert_close(g.weight, ref.layer_norm_backward(dy, x, st_ref, 8, w).weight, 1e-10)
     y, st = nn.layer_norm(x, 8, None, w, return_stats=True)
     g = nn.layer_norm_backward(dy, x, st, 8)
     assert g.weight is None
     assert_close(g.bias, dy.sum(0), 1e-10)
-    assert_close(g.input, ref.layer_backward(dy, x, 1)[0], 1e-10)
+    assert_close(g.input, ref.layer_norm_backward(dy, x, st_ref, 8).input, 1e-10)
 
 
 def test_float16_in_float16_out(rng):
@@ -94,7 +96,7 @@ def test_float16_in_float16_out(rng):
         assert_close(g.input, op.reference_backward(dy, x, w, 1)[0], 2e-2)
     y = nn.layer_norm(x, (5, 5))
     assert y.dtype == np.float16
-    assert_close(y, ref.layer_forward(x, 2), TOL[np.float16])
+    assert_close(y, ref.layer_norm(x, (5, 5)), TOL[np.float16])
 
 
 def _finite_difference(f, x, direction, h=1e-6):
@@ -140,10 +142,11 @@ def test_eval_batch_norm_backward_treats_running_stats_as_constants(rng):
     w, b = rng.normal(size=3), rng.normal(size=3)
     y, st = nn.batch_norm(x, rm, rv, w, b, training=False, return_stats=True)
     assert not st.batch_stats
-    assert_close(y, ref.grid_forward(x, "batch", w, b, mean=rm, var=rv), 1e-12)
+    y_ref, st_ref = ref.batch_norm(x, rm, rv, w, b, training=False, return_stats=True)
+    assert_close(y, y_ref, 1e-12)
     dy = rng.normal(size=x.shape)
     g = nn.batch_norm_backward(dy, x, st, w)
-    dx, dw, db = ref.grid_backward(dy, x, "batch", w, mean=rm, var=rv)
+    dx, dw, db = ref.batch_norm_backward(dy, x, st_ref._replace(has_bias=True), w)
     assert_close(g.input, dx, 1e-12)
     assert_close(g.weight, dw, 1e-12)
     assert_close(g.bias, db, 1e-12)
@@ -153,9 +156,10 @@ def test_instance_norm_with_running_stats_in_eval(rng):
     x = rng.normal(size=(4, 3, 5))
     rm, rv = rng.normal(size=3), rng.uniform(0.5, 2, 3)
     y, st = nn.instance_norm(x, rm, rv, use_input_stats=False, return_stats=True)
-    assert_close(y, ref.grid_forward(x, "instance", mean=rm, var=rv), 1e-12)
+    y_ref, st_ref = ref.instance_norm(x, rm, rv, use_input_stats=False, return_stats=True)
+    assert_close(y, y_ref, 1e-12)
     g = nn.instance_norm_backward(np.ones_like(x), x, st)
-    assert_close(g.input, ref.grid_backward(np.ones_like(x), x, "instance", mean=rm, var=rv)[0], 1e-12)
+    assert_close(g.input, ref.instance_norm_backward(np.ones_like(x), x, st_ref).input, 1e-12)
 
 
 @pytest.mark.parametrize("op", GRID_OPS, ids=repr)
@@ -171,12 +175,12 @@ def test_out_argument(op, rng):
     assert_close(strided, op.reference(x, None, None, 1), 2e-5)
     y = nn.layer_norm(x, 6, out=out)
     assert y is out
-    assert_close(out, ref.layer_forward(x, 1), 2e-5)
+    assert_close(out, ref.layer_norm(x, 6), 2e-5)
 
 
 def test_in_place_out_is_input(rng):
     x = rng.normal(size=(8, 4, 6))
-    expected = ref.layer_forward(x, 1)
+    expected = ref.layer_norm(x, 6)
     y = nn.layer_norm(x, 6, out=x)
     assert y is x
     assert_close(x, expected, 1e-10)
