@@ -12,19 +12,23 @@ import numpy as np
 
 from numbanorm import bench
 
-OPS = list(bench.GRID_OPS + bench.ROW_OPS)
+OPS = list(bench.OPS)
 LAYOUTS = ["nchw", "nhwc"]
 DTYPES = ["float32", "float64"]
 # small stays in L2, medium in the last-level cache, large streams from memory on most machines
 GRID_SIZES = {"small": (8, 32, 16, 16), "medium": (32, 64, 28, 28), "large": (32, 64, 56, 56)}
 ROW_SIZES = {"small": (256, 256), "medium": (4096, 512), "large": (8192, 1024)}
+WEIGHT_SIZES = {"small": (64, 32, 3, 3), "medium": (256, 256, 3, 3), "large": (1024, 512, 3, 3)}
 
 
 def make_case(op, layout, size):
-    if op in bench.ROW_OPS:
-        if layout != "nchw":
-            raise NotImplementedError("row ops have one layout")  # asv skips the case
+    kind = bench.OPS[op].kind
+    if kind != "grid" and layout != "nchw":
+        raise NotImplementedError(f"{kind} ops have one layout")  # asv skips the case
+    if kind == "rows":
         return bench.Case(op, ROW_SIZES[size], "rows")
+    if kind == "weight":
+        return bench.Case(op, WEIGHT_SIZES[size], "weight")
     n, c, h, w = GRID_SIZES[size]
     return bench.Case(op, (n, c, h, w) if layout == "nchw" else (n, h, w, c), layout)
 

@@ -1,62 +1,14 @@
 """numbanorm: normalization layers and their statistics for NumPy, compiled with Numba.
 
-Forward and hand-derived backward of batch, instance, layer and group normalization, plus
-one-pass mergeable statistics, on float16/32/64 arrays of any layout.
+Forward and hand-derived backward of batch, instance, layer, group, RMS and switchable
+normalization and weight standardization, plus one-pass mergeable statistics, on float16/32/64
+arrays of any layout.
 """
 
-from ._functional import (
-    Grads,
-    NormStats,
-    batch_norm,
-    batch_norm_backward,
-    batch_normalization,
-    group_norm,
-    group_norm_backward,
-    instance_norm,
-    instance_norm_backward,
-    layer_norm,
-    layer_norm_backward,
-    merge,
-    moments,
-    Moments,
-    rms_norm,
-    rms_norm_backward,
-    switchable_norm,
-    switchable_norm_backward,
-    SwitchableGrads,
-    SwitchableStats,
-    welford,
-)
+from ._functional import *  # noqa: F401,F403 -- the public functions, listed in _functional.__all__
+from ._functional import __all__ as _functions
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BatchNorm",
-    "GroupNorm",
-    "InstanceNorm",
-    "LayerNorm",
-    "RMSNorm",
-    "SwitchableNorm",
-    "Grads",
-    "NormStats",
-    "batch_norm",
-    "batch_norm_backward",
-    "batch_normalization",
-    "group_norm",
-    "group_norm_backward",
-    "instance_norm",
-    "instance_norm_backward",
-    "layer_norm",
-    "layer_norm_backward",
-    "merge",
-    "moments",
-    "Moments",
-    "rms_norm",
-    "rms_norm_backward",
-    "switchable_norm",
-    "switchable_norm_backward",
-    "SwitchableGrads",
-    "SwitchableStats",
-    "welford",
-]
+__all__ = ["BatchNorm", "GroupNorm", "InstanceNorm", "LayerNorm", "RMSNorm", "SwitchableNorm", *_functions]

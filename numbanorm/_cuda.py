@@ -25,6 +25,7 @@ from . import _checks as chk
 from . import _engine
 from . import _functional as F
 from ._dispatch import backend_of
+from ._ops import STATS_TYPES
 
 _FULL_SIZE = {"input", "x", "grad_output", "out"}
 _WRITTEN = {"running_mean", "running_var"}
@@ -70,7 +71,7 @@ def _is_host_array(value):
 
 def _back_to(cuda, value, family):
     """Results in the input's family; forward stats stay on the host."""
-    if isinstance(value, (F.NormStats, F.SwitchableStats)) or value is None or isinstance(value, (bool, float)):
+    if isinstance(value, STATS_TYPES) or value is None or isinstance(value, (bool, float)):
         return value
     if isinstance(value, tuple):
         converted = [_back_to(cuda, v, family) for v in value]

@@ -414,9 +414,3 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
 def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
     return _row_backward(grad_output, input, stats, normalized_shape, weight, False)
 
-
-def switchable_norm(*args, **kwargs):
-    raise NotImplementedError("switchable_norm does not take Dask arrays yet; compute the array first")
-
-
-switchable_norm_backward = switchable_norm

@@ -97,8 +97,11 @@ def dispatch(fn):
             backend = backend_of(args[0] if args else kwargs.get(first))
             _refuse_mixed(signature, args, kwargs, backend)
         if backend is not None:
-            module = importlib.import_module(_BACKENDS[backend])
-            return getattr(module, name)(*args, **kwargs)
+            implementation = getattr(importlib.import_module(_BACKENDS[backend]), name, None)
+            if implementation is None:
+                raise NotImplementedError(f"{name} does not take {backend} arrays yet; compute the array first "
+                                          "(or call it on NumPy arrays)")
+            return implementation(*args, **kwargs)
         guard = launch_guard()
         if guard is _NO_GUARD:
             return fn(*args, **kwargs)

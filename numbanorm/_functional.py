@@ -21,6 +21,15 @@ from ._dispatch import dispatch
 from ._plan import Plan, fold_for
 
 
+__all__ = [
+    "Grads", "Moments", "NormStats", "SwitchableGrads", "SwitchableStats",
+    "batch_norm", "batch_norm_backward", "batch_normalization", "group_norm", "group_norm_backward",
+    "instance_norm", "instance_norm_backward", "layer_norm", "layer_norm_backward", "merge", "moments",
+    "rms_norm", "rms_norm_backward", "switchable_norm", "switchable_norm_backward",
+    "weight_standardization", "weight_standardization_backward", "welford",
+]
+
+
 class NormStats(NamedTuple):
     """What a forward keeps for its backward (float64, whatever the input's dtype).
 
@@ -767,6 +776,30 @@ def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=Fal
 def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
     """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`."""
     return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, False)
+
+
+# -- weight standardization: a layer norm over a weight tensor's trailing axes ------------------------
+
+def _weight_arrays(weight, grad_output=None):
+    w = chk.float_array("weight", weight, 2)
+    return w, None if grad_output is None else chk.same_array("grad_output", grad_output, w, "weight")
+
+
+@dispatch
+def weight_standardization(weight, eps=1e-5):
+    """Weight standardization (Qiao et al. 2019): ``(w - mean) / sqrt(var + eps)`` over every axis
+    of ``weight`` but the first (the output channels), with the biased variance."""
+    w, _ = _weight_arrays(weight)
+    return _row_norm(w, w.shape[1:], None, None, eps, True, None)[0]
+
+
+@dispatch
+def weight_standardization_backward(grad_output, weight, eps=1e-5):
+    """Gradient of `weight_standardization` with respect to ``weight`` (its statistics
+    recomputed, as the forward returns none)."""
+    w, dy = _weight_arrays(weight, grad_output)
+    _, stats = _row_norm(w, w.shape[1:], None, None, eps, True, None)
+    return _row_norm_backward(dy, w, stats, w.shape[1:], None, True).input
 
 
 # -- statistics -----------------------------------------------------------------------------------

@@ -16,25 +16,27 @@ import json
 import time
 from typing import NamedTuple
 
+import inspect
+
 import numba
 import numpy as np
 
+import numbanorm
 from . import reference as ref
-from ._functional import (batch_norm, batch_norm_backward, group_norm, group_norm_backward,
-                          instance_norm, instance_norm_backward, layer_norm, layer_norm_backward,
-                          rms_norm, rms_norm_backward, switchable_norm, switchable_norm_backward)
+from ._ops import GROUPS, OPS, of_kind
 
 GRID_SHAPE = (32, 64, 56, 56)
 LAYER_SHAPES = ((8192, 1024), (65536, 128))
-GROUPS = 32
-GRID_OPS = ("batch_norm", "instance_norm", "group_norm", "switchable_norm")
-ROW_OPS = ("layer_norm", "rms_norm")
+WEIGHT_SHAPE = (1024, 512, 3, 3)
+GRID_OPS = tuple(op.name for op in of_kind("grid"))
+ROW_OPS = tuple(op.name for op in of_kind("rows"))
+WEIGHT_OPS = tuple(op.name for op in of_kind("weight"))
 
 
 class Case(NamedTuple):
     op: str
     shape: tuple
-    layout: str  # "nchw" / "nhwc" for grid ops, "rows" for layer norm
+    layout: str  # "nchw" / "nhwc" for grid ops, "rows" for row ops, "weight" for weight ops
 
 
 def _median_times(fns, repeats, lead_in=0.05):
@@ -62,31 +64,11 @@ def _median_times(fns, repeats, lead_in=0.05):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def _ours(case, x, dy, w, b, logits=None):
+def _ours(case, x, dy, w, b):
     """(forward, forward+backward) callables of numbanorm for ``case``."""
-    ca = 1 if case.layout == "nchw" else -1
-    if case.op == "layer_norm":
-        ns = x.shape[-1:]
-        fwd = lambda: layer_norm(x, ns, w, b, return_stats=True)
-        bwd = lambda stats: layer_norm_backward(dy, x, stats, ns, w)
-    elif case.op == "rms_norm":
-        ns = x.shape[-1:]
-        fwd = lambda: rms_norm(x, ns, w, return_stats=True)
-        bwd = lambda stats: rms_norm_backward(dy, x, stats, ns, w)
-    elif case.op == "switchable_norm":
-        logits = np.zeros(3) if logits is None else logits
-        fwd = lambda: switchable_norm(x, logits, logits, None, None, w, b, training=True, channel_axis=ca,
-                                      return_stats=True)
-        bwd = lambda stats: switchable_norm_backward(dy, x, stats, logits, logits, w, channel_axis=ca)
-    elif case.op == "batch_norm":
-        fwd = lambda: batch_norm(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True)
-        bwd = lambda stats: batch_norm_backward(dy, x, stats, w, channel_axis=ca)
-    elif case.op == "instance_norm":
-        fwd = lambda: instance_norm(x, None, None, w, b, channel_axis=ca, return_stats=True)
-        bwd = lambda stats: instance_norm_backward(dy, x, stats, w, channel_axis=ca)
-    else:
-        fwd = lambda: group_norm(x, GROUPS, w, b, channel_axis=ca, return_stats=True)
-        bwd = lambda stats: group_norm_backward(dy, x, stats, GROUPS, w, channel_axis=ca)
+    op, ca = OPS[case.op], _channel_axis(case)
+    fwd = lambda: op.run_forward(numbanorm, x, w, b, ca)
+    bwd = lambda stats: op.run_backward(numbanorm, dy, x, stats, w, ca)
 
     def both():
         # the output stays alive through the backward, as in training (it is the next layer's
@@ -98,52 +80,37 @@ def _ours(case, x, dy, w, b, logits=None):
     return fwd, both
 
 
+def _channel_axis(case):
+    return -1 if case.layout == "nhwc" else 1
+
+
 def _reference(case, x, w, b):
-    if case.op == "layer_norm":
-        return ref.layer_forward(x, 1, w, b)
-    if case.op == "rms_norm":
-        return ref.rms_forward(x, 1, w, np.finfo(x.dtype).eps)
-    if case.op == "switchable_norm":
-        return ref.switchable_forward(x, np.zeros(3), np.zeros(3), w, b, channel_axis=1 if case.layout == "nchw" else -1)
-    kind = case.op.split("_")[0]
-    ca = 1 if case.layout == "nchw" else -1
-    return ref.grid_forward(x, kind, w, b, groups=GROUPS, channel_axis=ca)
+    return OPS[case.op].run_forward(ref, x, w, b, _channel_axis(case))[0]
 
 
 def _torch(case, x, dy, w, b, to=None):
     """(forward, forward+backward) callables of PyTorch (CPU, or where ``to`` puts the tensors),
-    or None without torch."""
+    or None without torch or without a PyTorch peer."""
+    peer = OPS[case.op].torch
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return None
+    if peer is None:
+        return None
     as_nchw = (lambda a: a) if case.layout != "nhwc" else (lambda a: a.permute(0, 3, 1, 2))
     to = to or torch.from_numpy
     tx, tdy = as_nchw(to(x)), as_nchw(to(dy))
-    tw, tb = to(w), to(b)
-
-    if case.op == "switchable_norm":
-        return None  # no framework has it
-
-    def run(X, W, B):
-        if case.op == "layer_norm":
-            return F.layer_norm(X, X.shape[-1:], W, B)
-        if case.op == "rms_norm":
-            return F.rms_norm(X, X.shape[-1:], W)
-        if case.op == "batch_norm":
-            return F.batch_norm(X, None, None, W, B, training=True)
-        if case.op == "instance_norm":
-            return F.instance_norm(X, None, None, W, B)
-        return F.group_norm(X, GROUPS, W, B)
+    params = [None if p is None else to(p) for p in (w, b)]
 
     def both():
-        X, W, B = (t.detach().requires_grad_(True) for t in (tx, tw, tb))
-        run(X, W, B).backward(tdy)
+        X, W, B = (None if t is None else t.detach().requires_grad_(True) for t in (tx, *params))
+        peer(F, X, W, B, GROUPS).backward(tdy)
 
     def forward():
         with torch.no_grad():
-            run(tx, tw, tb)
+            peer(F, tx, *params, GROUPS)
 
     return forward, both
 
@@ -153,10 +120,13 @@ def cases(ops, layouts, shapes=None):
     row_shapes = [s for s in shapes if len(s) == 2] if shapes else list(LAYER_SHAPES)
     out = []
     for op in ops:
-        if op not in GRID_OPS + ROW_OPS:
-            raise SystemExit(f"unknown op {op!r}; choose from {', '.join(GRID_OPS + ROW_OPS)}")
+        if op not in OPS:
+            raise SystemExit(f"unknown op {op!r}; choose from {', '.join(OPS)}")
         if op in ROW_OPS:
             out += [Case(op, s, "rows") for s in row_shapes]
+            continue
+        if op in WEIGHT_OPS:
+            out.append(Case(op, WEIGHT_SHAPE, "weight"))
             continue
         for n, c, h, w in grid_shapes:
             for layout in layouts:
@@ -169,8 +139,10 @@ def inputs(case, dtype, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
     dy = rng.standard_normal(case.shape, dtype=np.float64).astype(dtype)
-    width = case.shape[-1] if case.op in ROW_OPS else case.shape[1 if case.layout == "nchw" else -1]
-    return x, dy, rng.standard_normal(width).astype(dtype), rng.standard_normal(width).astype(dtype)
+    shape = OPS[case.op].param_shape(case.shape, case.layout)
+    if shape is None:
+        return x, dy, None, None
+    return x, dy, rng.standard_normal(shape).astype(dtype), rng.standard_normal(shape).astype(dtype)
 
 
 def contenders(case, dtype, peers=("torch",)):
@@ -230,19 +202,18 @@ def _device_contenders(case, dtype, peers, device):
         raise SystemExit("--device cuda: Numba finds no usable GPU (see python -m numbanorm info)")
     torch = _torch_cuda_module()
     if torch is not None:  # PyTorch tensors when it can: the usual GPU arrays, with a caching allocator
-        x, dy, w, b = (torch.as_tensor(a, device="cuda") for a in inputs(case, dtype))
-        logits = torch.zeros(3, dtype=torch.float64, device="cuda")
-        copy = x.clone
+        to_device = lambda a: torch.as_tensor(a, device="cuda")
+        copy = lambda: x.clone()
     else:
-        x, dy, w, b = (cuda.to_device(a) for a in inputs(case, dtype))
-        logits = cuda.to_device(np.zeros(3))
+        to_device = cuda.to_device
 
         def copy():
             out = cuda.device_array_like(x)
             out.copy_to_device(x)
             return out
 
-    fwd, both = _ours(case, x, dy, w, b, logits=logits)
+    x, dy, w, b = (None if a is None else to_device(a) for a in inputs(case, dtype))
+    fwd, both = _ours(case, x, dy, w, b)
     fns = {"copy": copy, "forward": fwd, "forward_backward": both}
     peer = _torch(case, x, dy, w, b, to=lambda a: a) if "torch" in peers and torch is not None else None
     if peer is not None:
@@ -338,6 +309,8 @@ def _case_of_size(op, size):
     """A case of about ``size`` elements: rows of 1024 (row ops) or (N, 64, 16, 16) blocks."""
     if op in ROW_OPS:
         return Case(op, (max(1, size // 1024), 1024), "rows")
+    if op in WEIGHT_OPS:
+        return Case(op, (max(1, size // (512 * 9)), 512, 3, 3), "weight")
     return Case(op, (max(1, size // (64 * 256)), 64, 16, 16), "nchw")
 
 
@@ -395,36 +368,34 @@ def _max_error(y, expected):
     return float(np.abs(np.asarray(y, np.longdouble) - expected).max())
 
 
+def _accuracy_ops():
+    """The ops with a PyTorch peer whose eps does not depend on the dtype (``eps=None`` would
+    give a long-double reference another eps than the float32 input)."""
+    return [op for op in OPS.values() if op.torch is not None
+            and inspect.signature(op.functions(numbanorm)[0]).parameters["eps"].default is not None]
+
+
 def accuracy_rows(shape=ACCURACY_SHAPE, groups=8, seed=0):
-    """Max error of numbanorm's (and PyTorch's, if installed) batch/instance/group/layer norm
-    forward on N(0, 1) and offset data, against a long-double reference: a float64 reference
-    errs by up to half an ulp of the mean itself, as much as the float64 results it would judge."""
+    """Max error of each op's forward (numbanorm's and, if installed, PyTorch's) on N(0, 1) and
+    offset data, against a long-double reference: a float64 reference errs by up to half an ulp
+    of the mean itself, as much as the float64 results it would judge.  Row ops normalize each
+    sample's ``shape[1:]`` as one row."""
     rng = np.random.default_rng(seed)
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         torch = None
-    ops = {
-        "batch_norm": (lambda x: batch_norm(x, None, None, training=True),
-                       lambda t: F.batch_norm(t, None, None, training=True),
-                       lambda x: ref.grid_forward(x, "batch", precision=np.longdouble)),
-        "instance_norm": (lambda x: instance_norm(x), lambda t: F.instance_norm(t),
-                          lambda x: ref.grid_forward(x, "instance", precision=np.longdouble)),
-        "group_norm": (lambda x: group_norm(x, groups), lambda t: F.group_norm(t, groups),
-                       lambda x: ref.grid_forward(x, "group", groups=groups, precision=np.longdouble)),
-        "layer_norm": (lambda x: layer_norm(x, x.shape[1:]), lambda t: F.layer_norm(t, t.shape[1:]),
-                       lambda x: ref.layer_forward(x, len(shape) - 1, precision=np.longdouble)),
-    }
     rows = []
     for dtype, offset in ACCURACY_DATA:
         x = (offset + rng.normal(size=shape)).astype(dtype)
-        for op, (ours, theirs, exact) in ops.items():
-            expected = exact(x)
-            row = {"data": f"{dtype} {offset:.0e} + N(0,1)" if offset else f"{dtype} N(0,1)", "op": op,
-                   "numbanorm": _max_error(ours(x), expected)}
+        for op in _accuracy_ops():
+            xo = x.reshape(shape[0], -1) if op.kind == "rows" else x
+            expected = op.run_forward(ref, xo.astype(np.longdouble), groups=groups)[0]
+            row = {"data": f"{dtype} {offset:.0e} + N(0,1)" if offset else f"{dtype} N(0,1)", "op": op.name,
+                   "numbanorm": _max_error(op.run_forward(numbanorm, xo, groups=groups)[0], expected)}
             if torch is not None:
-                row["torch"] = _max_error(theirs(torch.from_numpy(x)).numpy(), expected)
+                row["torch"] = _max_error(op.torch(F, torch.from_numpy(xo), None, None, groups).numpy(), expected)
             rows.append(row)
     return rows
 
@@ -441,7 +412,7 @@ def accuracy_main(argv=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m numbanorm bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", default=",".join(GRID_OPS + ROW_OPS), help="comma-separated ops (default: all)")
+    parser.add_argument("--ops", default=",".join(OPS), help="comma-separated ops (default: all)")
     parser.add_argument("--layouts", default="nchw,nhwc", help="grid-op layouts: nchw,nhwc")
     parser.add_argument("--shapes", type=_shapes_arg, default=None,
                         help="shapes like 32x64x56x56,8192x1024 instead of the defaults: 4-D ones go to "

@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 
+import numbanorm
+
 from numbanorm import bench
 from numbanorm.__main__ import main
 
@@ -12,6 +14,7 @@ from numbanorm.__main__ import main
 def _small(monkeypatch):
     monkeypatch.setattr(bench, "GRID_SHAPE", (4, 64, 6, 6))
     monkeypatch.setattr(bench, "LAYER_SHAPES", ((64, 32),))
+    monkeypatch.setattr(bench, "WEIGHT_SHAPE", (16, 8, 3, 3))
 
 
 def test_bench_command_small(tmp_path, monkeypatch, capsys):
@@ -20,7 +23,8 @@ def test_bench_command_small(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--repeats", "2", "--compare", "numpy,torch", "--json", str(out),
                  "--plot", str(picture), "--threads", "1"]) == 0
     rows = json.loads(out.read_text())
-    assert len(rows) == 10  # 4 grid ops x 2 layouts + layer and RMS norm
+    assert len(rows) == 2 * len(bench.GRID_OPS) + len(bench.ROW_OPS) + len(bench.WEIGHT_OPS)  # a row per case
+    assert {r["op"] for r in rows} == set(bench.OPS)
     for row in rows:
         assert row["forward_s"] > 0 and row["copy_s"] > 0 and row["numpy_forward_s"] > 0
         assert row["forward_gbs"] > 0 and row["threads"] == 1
@@ -58,7 +62,9 @@ def test_accuracy_command_and_offsets(monkeypatch, capsys):
     """The accuracy table: numbanorm's error on offset data is at the data's precision and, where
     PyTorch is installed, no worse than PyTorch's."""
     rows = bench.accuracy_rows(shape=(4, 8, 6, 6), groups=2)
-    assert len(rows) == 16
+    ops = bench._accuracy_ops()
+    assert {"batch_norm", "instance_norm", "group_norm", "layer_norm"} <= {op.name for op in ops}
+    assert len(rows) == 4 * len(ops)
     for r in rows:
         precision = 1e-6 if r["data"].startswith("float32") else 1e-8
         assert r["numbanorm"] < 4 * precision, r
@@ -96,7 +102,7 @@ def test_forward_backward_keeps_the_output_alive_through_the_backward(monkeypatc
     and flatter numbanorm's time."""
     import weakref
     outputs = []
-    forward, backward = bench.group_norm, bench.group_norm_backward
+    forward, backward = numbanorm.group_norm, numbanorm.group_norm_backward
 
     def watched_forward(*args, **kwargs):
         y, stats = forward(*args, **kwargs)
@@ -107,8 +113,8 @@ def test_forward_backward_keeps_the_output_alive_through_the_backward(monkeypatc
         assert outputs[-1]() is not None, "the forward's output was freed before the backward"
         return backward(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "group_norm", watched_forward)
-    monkeypatch.setattr(bench, "group_norm_backward", checked_backward)
+    monkeypatch.setattr(numbanorm, "group_norm", watched_forward)
+    monkeypatch.setattr(numbanorm, "group_norm_backward", checked_backward)
     case = bench.Case("group_norm", (2, 64, 4, 4), "nchw")
     _, both = bench._ours(case, *bench.inputs(case, np.float32))
     grads, y = both()
