@@ -27,6 +27,14 @@ from ._functional import (
     SwitchableStats,
     welford,
 )
+from ._tfstats import (
+    BatchNormalizationGrads,
+    batch_normalization_backward,
+    moments_backward,
+    normalize_moments,
+    sufficient_statistics,
+    weighted_moments,
+)
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
 
 __version__ = "0.1.0"
@@ -43,6 +51,8 @@ __all__ = [
     "batch_norm",
     "batch_norm_backward",
     "batch_normalization",
+    "batch_normalization_backward",
+    "BatchNormalizationGrads",
     "group_norm",
     "group_norm_backward",
     "instance_norm",
@@ -51,6 +61,10 @@ __all__ = [
     "layer_norm_backward",
     "merge",
     "moments",
+    "moments_backward",
+    "normalize_moments",
+    "sufficient_statistics",
+    "weighted_moments",
     "Moments",
     "rms_norm",
     "rms_norm_backward",

@@ -851,11 +851,16 @@ class Moments(NamedTuple):
 
 
 @dispatch
-def welford(x, axes, keepdims=False):
+def welford(x, axes, keepdims=False, *, weights=None):
     """The `Moments` of ``x`` over ``axes`` (one pass, the kernels of `moments`).
 
     Merge states of blocks, files, streams or MPI ranks with `merge`; an empty block gives count
-    0, which merges as nothing."""
+    0, which merges as nothing.  ``weights`` (frequency weights >= 0 broadcasting against x, see
+    `weighted_moments`) make the count the sum of the weights; such states merge the same way."""
+    if weights is not None:
+        from ._tfstats import weighted_welford
+
+        return weighted_welford(x, axes, weights, keepdims)
     arr, xc = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]
