@@ -35,6 +35,7 @@ from ._tfstats import (
     sufficient_statistics,
     weighted_moments,
 )
+from ._normalize import NormalizeStats, normalize, normalize_backward
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
 
 __version__ = "0.1.0"
@@ -62,6 +63,9 @@ __all__ = [
     "merge",
     "moments",
     "moments_backward",
+    "normalize",
+    "normalize_backward",
+    "NormalizeStats",
     "normalize_moments",
     "sufficient_statistics",
     "weighted_moments",
