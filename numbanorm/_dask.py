@@ -86,7 +86,11 @@ def _states(x, axes, keepdims):
     return state["count"], state["mean"], state["m2"]
 
 
-def welford(x, axes, keepdims=False):
+def welford(x, axes, keepdims=False, *, weights=None):
+    if weights is not None:
+        from ._dask_more import weighted_welford
+
+        return weighted_welford(x, axes, weights, keepdims)
     x = _dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
     return F.Moments(*_states(x, axes, keepdims))
@@ -425,3 +429,15 @@ def switchable_norm(*args, **kwargs):
 
 
 switchable_norm_backward = switchable_norm
+
+
+# the functions of issue #16 (TensorFlow's statistics API, normalize): numbanorm/_dask_more.py
+from ._dask_more import (  # noqa: E402
+    batch_normalization_backward,
+    moments_backward,
+    normalize,
+    normalize_backward,
+    normalize_moments,
+    sufficient_statistics,
+    weighted_moments,
+)

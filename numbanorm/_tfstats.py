@@ -29,16 +29,24 @@ from ._plan import Plan
 
 # -- routing ------------------------------------------------------------------------------------
 
-def public(fn):
+def public(fn=None, *, route_by=None):
     """`dispatch` for functions added after the CUDA backend: CUDA arrays, and Dask arrays where
-    ``_dask`` has no twin yet, are a clear NotImplementedError instead of an AttributeError."""
+    ``_dask`` has no twin yet, are a clear NotImplementedError instead of an AttributeError.
+    ``route_by`` names the argument that decides the backend when it is not the first."""
+    if fn is None:
+        return lambda f: public(f, route_by=route_by)
     routed = dispatch(fn)
     name = fn.__name__
-    first = next(iter(inspect.signature(fn).parameters))
+    signature = inspect.signature(fn)
+    first = route_by or next(iter(signature.parameters))
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        backend = backend_of(args[0] if args else kwargs.get(first))
+        if route_by is None:
+            decider = args[0] if args else kwargs.get(first)
+        else:
+            decider = signature.bind_partial(*args, **kwargs).arguments.get(route_by)
+        backend = backend_of(decider)
         if backend == "cuda":
             raise NotImplementedError(f"{name} does not take CUDA arrays yet: copy {first} to the host "
                                       "(a NumPy array) first")
@@ -47,6 +55,8 @@ def public(fn):
 
             if not hasattr(_dask, name):
                 raise NotImplementedError(f"{name} does not take Dask arrays yet: compute {first} first")
+            if route_by is not None:
+                return getattr(_dask, name)(*args, **kwargs)
         return routed(*args, **kwargs)
 
     call.cpu = fn
@@ -221,7 +231,7 @@ def _real_array(name, value):
     return chk.float_array(name, value)
 
 
-@public
+@public(route_by="mean_ss")
 def normalize_moments(counts, mean_ss, variance_ss, shift):
     """Mean and variance from sufficient statistics (``tf.nn.normalize_moments``).
 
@@ -284,7 +294,7 @@ def _grad_of_stat(name, value, shape, axes):
     return np.asarray(value, np.float64).reshape(keep)
 
 
-@public
+@public(route_by="x")
 def moments_backward(grad_mean, grad_variance, x, axes):
     """Gradient with respect to ``x`` of `moments` (mean and biased variance over ``axes``).
 
