@@ -33,7 +33,8 @@ def refuse_masked(name, value):
     """Masked arrays are refused: the kernels would read the masked-out values as data."""
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError(f"{name} must be a plain array, got a masked array (numbanorm does not honour "
-                        f"masks): fill it ({name}.filled(value)) or select the values first")
+                        f"masks): pass {name}.filled(np.nan) with nan_policy='omit' (moments, welford, "
+                        "weighted_moments, normalize), fill it otherwise, or select the values first")
 
 
 def float_array(name, value, min_ndim=0):

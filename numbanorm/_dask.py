@@ -86,17 +86,21 @@ def _states(x, axes, keepdims):
     return state["count"], state["mean"], state["m2"]
 
 
-def welford(x, axes, keepdims=False, *, weights=None):
-    if weights is not None:
+def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
+    if weights is not None or nan_policy != "propagate":
         from ._dask_more import weighted_welford
 
-        return weighted_welford(x, axes, weights, keepdims)
+        return weighted_welford(x, axes, weights, keepdims, nan_policy)
     x = _dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
     return F.Moments(*_states(x, axes, keepdims))
 
 
-def moments(x, axes, keepdims=False):
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
+    if nan_policy != "propagate":
+        from ._dask_more import omit_moments
+
+        return omit_moments(x, axes, keepdims, nan_policy)
     x = _dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
     if x.size == 0:

@@ -59,17 +59,51 @@ def _weighted_states(x, w, axes, keepdims):
     return state["count"], state["mean"], state["m2"]
 
 
-def weighted_welford(x, axes, weights, keepdims=False):
-    x = D._dask_input("x", x, 0)
-    axes = chk.axes_tuple("axes", axes, x.ndim)
-    return F.Moments(*_weighted_states(x, _weights("weights", weights, x), axes, keepdims))
+def _omit(x, w):
+    """x with its NaN replaced by 0, the weights with 0 there, and the count of values present."""
+    present = ~da.isnan(x)
+    return da.where(present, x, 0), da.where(present, w, 0.0), present.astype(np.float64)
 
 
-def weighted_moments(x, axes, frequency_weights, keepdims=False):
+def _present_count(present, axes, keepdims):
+    return present.sum(axis=axes, keepdims=keepdims)
+
+
+def weighted_welford(x, axes, weights, keepdims=False, nan_policy="propagate"):
     x = D._dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
-    total, mean, m2 = _weighted_states(x, _weights("frequency_weights", frequency_weights, x), axes, keepdims)
+    w = da.ones(x.shape, chunks=x.chunks) if weights is None else _weights("weights", weights, x)
+    if T.nan_policy_value(nan_policy) == "omit":
+        x, w, _ = _omit(x, w)
+    return F.Moments(*_weighted_states(x, w, axes, keepdims))
+
+
+def omit_moments(x, axes, keepdims, nan_policy):
+    x = D._dask_input("x", x, 0)
+    axes = chk.axes_tuple("axes", axes, x.ndim)
+    T.nan_policy_value(nan_policy)
+    if x.size == 0:
+        raise ValueError(f"x must not be empty, got shape {x.shape}")
+    xf, w, present = _omit(x, da.ones(x.shape, chunks=x.chunks))
+    total, mean, m2 = _weighted_states(xf, w, axes, keepdims)
+    none = total == 0
+    return (da.where(none, np.nan, mean).astype(x.dtype),
+            da.where(none, np.nan, m2 / da.where(none, 1.0, total)).astype(x.dtype))
+
+
+def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="propagate"):
+    x = D._dask_input("x", x, 0)
+    axes = chk.axes_tuple("axes", axes, x.ndim)
+    w = _weights("frequency_weights", frequency_weights, x)
+    omit = T.nan_policy_value(nan_policy) == "omit"
+    if omit:
+        x0 = x
+        x, w, present = _omit(x, w)
+    total, mean, m2 = _weighted_states(x, w, axes, keepdims)
     var = m2 / da.where(total > 0, total, 1.0)
+    if omit:
+        none = _present_count(present, axes, keepdims) == 0
+        mean, var, x = da.where(none, np.nan, mean), da.where(none, np.nan, var), x0
     return mean.astype(x.dtype), var.astype(x.dtype)
 
 
@@ -154,7 +188,7 @@ def batch_normalization_backward(grad_output, x, mean, variance, offset, scale, 
                                      out.get("offset"), out.get("scale"))
 
 
-def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None, nan_policy="propagate"):
     x = D._dask_input("x", x, 0)
     axes = N._check_axes(x, axes)
     cdt = chk.compute_dtype(x.dtype)
@@ -162,13 +196,18 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
     b_shape, b = N._param("bias", bias, x.shape, cdt, "x")
     eps = chk.eps_value("eps", eps)
     D._no_out(out)
-    count, mean, m2 = D._states(x, axes, True)
-    var = m2 / count
+    policy = T.nan_policy_value(nan_policy)
+    if policy == "omit":
+        mean, var = omit_moments(x, axes, True, policy)
+        mean, var = mean.astype(np.float64), var.astype(np.float64)
+    else:
+        count, mean, m2 = D._states(x, axes, True)
+        var = m2 / count
     params = D._broadcast_params(x, mean, var, b, w)
     y = da.map_blocks(F.batch_normalization, x, *params, eps, dtype=x.dtype)
     if not return_stats:
         return y
-    return y, N.NormalizeStats(mean, 1.0 / (var + eps) ** 0.5, True, b is not None, eps, b_shape)
+    return y, N.NormalizeStats(mean, 1.0 / (var + eps) ** 0.5, True, b is not None, eps, b_shape, policy)
 
 
 def normalize_backward(grad_output, input, stats, axes, weight=None):
@@ -179,6 +218,9 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
                          f"got {dy.shape} {dy.dtype}")
     axes = N._check_axes(x, axes)
     w_shape, w = N._param("weight", weight, x.shape, np.float64, "input")
+    if getattr(stats, "nan_policy", "propagate") != "propagate":
+        raise NotImplementedError("normalize_backward of a forward with nan_policy='omit' does not take Dask "
+                                  "arrays yet; compute the arrays first")
     keep = _keep(x.shape, axes)
     mean, rstd = stats.mean, stats.rstd
     if tuple(mean.shape) != keep or tuple(rstd.shape) != keep:

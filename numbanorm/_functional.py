@@ -787,11 +787,17 @@ def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
 # -- statistics -----------------------------------------------------------------------------------
 
 @dispatch
-def moments(x, axes, keepdims=False):
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
     """Mean and (biased) variance of ``x`` over ``axes`` in one pass (``tf.nn.moments``).
 
     ``axes``: an integer or a sequence of distinct integers, negative allowed.  The results
-    have x's dtype (computed in float64 from float32 chunk sums)."""
+    have x's dtype (computed in float64 from float32 chunk sums).  ``nan_policy="omit"`` takes
+    the statistics of the values that are not NaN (NaN for a group without any)."""
+    if nan_policy != "propagate":
+        from ._tfstats import nan_policy_value, omit_moments
+
+        nan_policy_value(nan_policy)
+        return omit_moments(x, axes, keepdims)
     arr, xc = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]
@@ -851,16 +857,17 @@ class Moments(NamedTuple):
 
 
 @dispatch
-def welford(x, axes, keepdims=False, *, weights=None):
+def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
     """The `Moments` of ``x`` over ``axes`` (one pass, the kernels of `moments`).
 
     Merge states of blocks, files, streams or MPI ranks with `merge`; an empty block gives count
     0, which merges as nothing.  ``weights`` (frequency weights >= 0 broadcasting against x, see
-    `weighted_moments`) make the count the sum of the weights; such states merge the same way."""
-    if weights is not None:
+    `weighted_moments`) make the count the sum of the weights; such states merge the same way.
+    ``nan_policy="omit"`` counts only the values that are not NaN (count 0 where none are)."""
+    if weights is not None or nan_policy != "propagate":
         from ._tfstats import weighted_welford
 
-        return weighted_welford(x, axes, weights, keepdims)
+        return weighted_welford(x, axes, weights, keepdims, nan_policy)
     arr, xc = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]

@@ -15,7 +15,7 @@ import numpy as np
 from . import _checks as chk
 from . import _functional as F
 from ._plan import Plan
-from ._tfstats import broadcast_param, public, reduce_to
+from ._tfstats import broadcast_param, nan_policy_value, omit_states, public, reduce_to
 
 
 class NormalizeStats(NamedTuple):
@@ -29,6 +29,8 @@ class NormalizeStats(NamedTuple):
         As the forward had them.
     bias_shape
         The bias's own shape (the backward returns its gradient in it), None without a bias.
+    nan_policy
+        The forward's: with "omit" the backward, too, leaves out the NaN inputs.
     """
 
     mean: np.ndarray
@@ -37,6 +39,7 @@ class NormalizeStats(NamedTuple):
     has_bias: bool = False
     eps: float = 1e-5
     bias_shape: Optional[tuple] = None
+    nan_policy: str = "propagate"
 
 
 def _param(name, value, shape, dtype, like_name):
@@ -64,7 +67,7 @@ def _check_axes(arr, axes):
 
 
 @public
-def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None, nan_policy="propagate"):
     """Normalize ``x`` by its mean and (biased) variance over ``axes``:
     ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
@@ -86,6 +89,9 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
         Also return a `NormalizeStats` for `normalize_backward`.
     out : ndarray, optional
         Where to write the result (x's shape and dtype).
+    nan_policy : {"propagate", "omit"}, keyword-only
+        "omit": statistics of the values that are not NaN (NaN where a group has none); NaN
+        inputs stay NaN in the output.
 
     Returns
     -------
@@ -97,13 +103,19 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
     b_shape, b = _param("bias", bias, arr.shape, xc.dtype, "x")
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, arr.shape, arr.dtype)
+    policy = nan_policy_value(nan_policy)
     kept = [i not in axes for i in range(arr.ndim)]
     keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
     if arr.size == 0:
         y = np.empty_like(arr) if out is None else out
-        stats = NormalizeStats(np.zeros(keep), np.zeros(keep), True, b is not None, eps, b_shape)
+        stats = NormalizeStats(np.zeros(keep), np.zeros(keep), True, b is not None, eps, b_shape, policy)
         return (y, stats) if return_stats else y
-    count, mean, m2 = F._eng().moments(xc, kept)
+    if policy == "omit":
+        count, mean, m2, present = omit_states(xc, np.ones((1,) * arr.ndim), axes)
+        none = present == 0  # a group of NaN only: NaN statistics
+        mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
+    else:
+        count, mean, m2 = F._eng().moments(xc, kept)
     rstd = F._rstd(m2 / count, eps)
     plan = Plan.of(xc, _union_kept(arr.shape, axes, w_shape, b_shape))
     alpha = rstd if w is None else rstd * w.astype(np.float64)
@@ -111,7 +123,7 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
     direct_out = out if out is not None and out.dtype == xc.dtype else None
     y = F._deliver(F._eng().affine(xc, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
     stats = NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
-                           b is not None, eps, b_shape)
+                           b is not None, eps, b_shape, policy)
     return (y, stats) if return_stats else y
 
 
@@ -152,6 +164,8 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
     if arr.size == 0:
         zeros = lambda own: None if own is None else np.zeros(own, arr.dtype)
         return F.Grads(np.empty_like(arr), zeros(w_shape), zeros(b_shape) if has_bias else None)
+    if getattr(stats, "nan_policy", "propagate") == "omit":
+        return _omit_backward(arr, xc, dy, axes, mean, rstd, w, w_shape, b_shape if has_bias else None)
     kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
     plan = Plan.of(xc, kept_u)
     s1, s2 = F._eng().grad_sums(dy, xc, plan, mean)
@@ -169,3 +183,19 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
     grad_weight = None if w is None else reduce_to(s2 * rstd, w_shape, arr.ndim).astype(arr.dtype)
     grad_bias = reduce_to(s1, b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
     return F._grads(arr, dx, grad_weight, grad_bias)
+
+
+def _omit_backward(arr, xc, dy, axes, mean, rstd, w, w_shape, b_shape):
+    """The backward of ``nan_policy="omit"``: each statistic is over its present (non-NaN) values
+    only, so the sums are too; a NaN input gets gradient 0 and its ``grad_output`` is left out."""
+    present = ~np.isnan(xc)
+    n = present.sum(axis=axes, keepdims=True)
+    xhat = np.where(present, (xc.astype(np.float64) - mean) * rstd, 0.0)
+    dyf = np.where(present, dy, 0.0)
+    g = dyf if w is None else dyf * w.astype(np.float64)
+    safe = np.where(n > 0, n, 1)
+    dx = rstd * (g - g.sum(axis=axes, keepdims=True) / safe - xhat * (g * xhat).sum(axis=axes, keepdims=True) / safe)
+    dx = np.where(present, dx, 0.0)
+    grad_weight = None if w is None else reduce_to(dyf * xhat, w_shape, arr.ndim).astype(arr.dtype)
+    grad_bias = None if b_shape is None else reduce_to(dyf, b_shape, arr.ndim).astype(arr.dtype)
+    return F.Grads(dx.astype(arr.dtype), grad_weight, grad_bias)

@@ -148,17 +148,53 @@ def weighted_states(x, w, axes):
     return np.array(total), mean, m2
 
 
-def weighted_welford(x, axes, weights, keepdims=False):
-    """`welford` with ``weights``: a `Moments` whose count is the sum of the weights."""
+NAN_POLICIES = ("propagate", "omit")
+
+
+def nan_policy_value(value):
+    """``"propagate"`` (NaN in, NaN statistics out) or ``"omit"`` (statistics of the values present)."""
+    if not isinstance(value, str) or value not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be 'propagate' or 'omit', got {chk._describe(value)}")
+    return value
+
+
+def omit_states(arr, w, axes):
+    """`weighted_states` over the values that are not NaN, and how many there are per group:
+    (W, mean, m2, present), keepdims-shaped float64."""
+    present = ~np.isnan(arr)
+    total, mean, m2 = weighted_states(np.where(present, arr, 0.0), np.where(present, w, 0.0), axes)
+    return total, mean, m2, present.sum(axis=axes, keepdims=True)
+
+
+def weighted_welford(x, axes, weights, keepdims=False, nan_policy="propagate"):
+    """`welford` with ``weights`` (None: 1 each): a `Moments` whose count is the sum of the
+    weights; with ``nan_policy="omit"`` of the values that are not NaN (a group without any is
+    the empty state, count 0, which merges as nothing)."""
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
-    w = _weights("weights", weights, arr.shape)
-    total, mean, m2 = weighted_states(arr, w, axes)
+    w = np.ones((1,) * arr.ndim) if weights is None else _weights("weights", weights, arr.shape)
+    if nan_policy_value(nan_policy) == "omit":
+        total, mean, m2, _ = omit_states(arr, w, axes)
+    else:
+        total, mean, m2 = weighted_states(arr, w, axes)
     return F.Moments(*(_squeeze(a, arr.shape, axes, keepdims) for a in (total, mean, m2)))
 
 
+def omit_moments(x, axes, keepdims=False):
+    """`moments` over the values that are not NaN; NaN where a group has none."""
+    arr = chk.float_array("x", x)
+    axes = chk.axes_tuple("axes", axes, arr.ndim)
+    if arr.size == 0:
+        raise ValueError(f"x must not be empty, got shape {arr.shape}")
+    total, mean, m2, present = omit_states(arr, np.ones((1,) * arr.ndim), axes)
+    none = present == 0
+    mean = np.where(none, np.nan, mean)
+    var = np.where(none, np.nan, m2 / np.where(none, 1.0, total))
+    return tuple(_squeeze(a, arr.shape, axes, keepdims).astype(arr.dtype) for a in (mean, var))
+
+
 @public
-def weighted_moments(x, axes, frequency_weights, keepdims=False):
+def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="propagate"):
     """Weighted mean and (biased) variance of ``x`` over ``axes`` (``tf.nn.weighted_moments``).
 
     Parameters
@@ -171,6 +207,9 @@ def weighted_moments(x, axes, frequency_weights, keepdims=False):
         element, ...); integer counts, bools and floats are taken.
     keepdims : bool
         Keep the reduced axes with length 1.
+    nan_policy : {"propagate", "omit"}, keyword-only
+        "omit" takes the statistics of the values that are not NaN (with their weights); a
+        group without any gets NaN statistics.
 
     Returns
     -------
@@ -182,7 +221,12 @@ def weighted_moments(x, axes, frequency_weights, keepdims=False):
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     w = _weights("frequency_weights", frequency_weights, arr.shape)
-    total, mean, m2 = weighted_states(arr, w, axes)
+    if nan_policy_value(nan_policy) == "omit":
+        total, mean, m2, present = omit_states(arr, w, axes)
+        mean = np.where(present == 0, np.nan, mean)
+        m2 = np.where(present == 0, np.nan, m2)
+    else:
+        total, mean, m2 = weighted_states(arr, w, axes)
     var = m2 / np.where(total > 0, total, 1.0)
     return tuple(_squeeze(a, arr.shape, axes, keepdims).astype(arr.dtype) for a in (mean, var))
 
