@@ -158,6 +158,11 @@ def nan_policy_value(value):
     return value
 
 
+def _host_only(what, x):
+    if chk.is_device_array(x):  # reached through the CUDA backend of moments/welford
+        raise NotImplementedError(f"{what} does not take CUDA arrays yet: copy x to the host (a NumPy array) first")
+
+
 def omit_states(arr, w, axes):
     """`weighted_states` over the values that are not NaN, and how many there are per group:
     (W, mean, m2, present), keepdims-shaped float64."""
@@ -170,6 +175,7 @@ def weighted_welford(x, axes, weights, keepdims=False, nan_policy="propagate"):
     """`welford` with ``weights`` (None: 1 each): a `Moments` whose count is the sum of the
     weights; with ``nan_policy="omit"`` of the values that are not NaN (a group without any is
     the empty state, count 0, which merges as nothing)."""
+    _host_only("welford with weights or nan_policy='omit'", x)
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     w = np.ones((1,) * arr.ndim) if weights is None else _weights("weights", weights, arr.shape)
@@ -182,6 +188,7 @@ def weighted_welford(x, axes, weights, keepdims=False, nan_policy="propagate"):
 
 def omit_moments(x, axes, keepdims=False):
     """`moments` over the values that are not NaN; NaN where a group has none."""
+    _host_only("moments with nan_policy='omit'", x)
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     if arr.size == 0:

@@ -335,3 +335,11 @@ def test_cuda_arrays_are_not_implemented_yet():
     x = cuda.to_device(np.ones((3, 4)))
     with pytest.raises(NotImplementedError, match="weighted_moments does not take CUDA arrays"):
         nn.weighted_moments(x, 0, 1.0)
+    with pytest.raises(NotImplementedError, match="moments_backward does not take CUDA arrays"):
+        nn.moments_backward(None, None, x, 0)
+    with pytest.raises(NotImplementedError, match="normalize does not take CUDA arrays"):
+        nn.normalize(x, 0)
+    with pytest.raises(NotImplementedError, match="welford with weights or nan_policy='omit' does not take CUDA"):
+        nn.welford(x, 0, weights=cuda.to_device(np.ones((3, 4))))
+    with pytest.raises(NotImplementedError, match="moments with nan_policy='omit' does not take CUDA"):
+        nn.moments(x, 0, nan_policy="omit")
