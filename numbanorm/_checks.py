@@ -29,14 +29,32 @@ def is_device_array(value):
     return type(value).__module__.startswith("numba.cuda")
 
 
+def refuse_masked(name, value):
+    """Masked arrays are refused: the kernels would read the masked-out values as data."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{name} must be a plain array, got a masked array (numbanorm does not honour "
+                        f"masks): pass {name}.filled(np.nan) with nan_policy='omit' (moments, welford, "
+                        "weighted_moments, normalize), fill it otherwise, or select the values first")
+
+
 def float_array(name, value, min_ndim=0):
-    """``value`` as an ndarray of float16/32/64 with at least ``min_ndim`` dimensions."""
-    if not isinstance(value, np.ndarray) and not is_device_array(value):
-        if value is None or isinstance(value, (str, bytes, dict)):
-            raise TypeError(f"{name} must be an array of floating point numbers, got {_describe(value)}")
-        value = np.asarray(value)
+    """``value`` as an ndarray of float16/32/64 with at least ``min_ndim`` dimensions.
+
+    What the kernels cannot take directly is converted once here: a non-native byte order
+    (``x.astype('>f4')``) to the native one, an ndarray subclass (``np.matrix``, ``np.memmap``)
+    to a plain ndarray view.  Masked arrays are refused (see `refuse_masked`)."""
+    if type(value) is not np.ndarray:
+        refuse_masked(name, value)
+        if not isinstance(value, np.ndarray) and not is_device_array(value):
+            if value is None or isinstance(value, (str, bytes, dict)):
+                raise TypeError(f"{name} must be an array of floating point numbers, got {_describe(value)}")
+            value = np.asarray(value)
+        elif isinstance(value, np.ndarray):
+            value = np.asarray(value)
     if value.dtype.type not in FLOATS:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got dtype {value.dtype}")
+    if not value.dtype.isnative:
+        value = value.astype(value.dtype.newbyteorder("="))
     if len(value.shape) < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {value.shape}")
     return value
@@ -88,11 +106,12 @@ def same_array(name, value, like, like_name="input"):
 def out_array(out, shape, dtype):
     if out is None:
         return None
+    refuse_masked("out", out)
     if not isinstance(out, np.ndarray) and not is_device_array(out):
         raise TypeError(f"out must be an array like the input, got {_describe(out)}")
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"out must have shape {tuple(shape)}, got shape {out.shape}")
-    if out.dtype != dtype:
+    if out.dtype.newbyteorder("=") != np.dtype(dtype).newbyteorder("="):  # either byte order
         raise TypeError(f"out must have dtype {dtype}, got dtype {out.dtype}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out must be writable, got a read-only array")
@@ -107,6 +126,13 @@ def eps_value(name, eps):
     if not (eps >= 0 and np.isfinite(eps)):
         raise ValueError(f"{name} must be finite and >= 0, got {eps}")
     return float(eps)
+
+
+def flag(name, value):
+    """A yes/no option: a bool (NumPy's included), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
 
 
 def momentum_value(momentum):
@@ -154,7 +180,7 @@ def channel_axis(value, ndim):
 
 def normalized_shape_of(normalized_shape, shape):
     if type(normalized_shape) is tuple and shape[len(shape) - len(normalized_shape):] == normalized_shape \
-            and normalized_shape and all(type(d) is int for d in normalized_shape):
+            and normalized_shape and all(type(d) is int and d > 0 for d in normalized_shape):
         return normalized_shape  # the common case, quickly
     if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, (bool, np.bool_)):
         normalized_shape = (normalized_shape,)
@@ -170,4 +196,7 @@ def normalized_shape_of(normalized_shape, shape):
     if not normalized or len(normalized) > len(shape) or tuple(shape[len(shape) - len(normalized):]) != normalized:
         raise ValueError(f"normalized_shape {normalized} must be non-empty and match the trailing "
                          f"dimensions of input of shape {tuple(shape)}")
+    if 0 in normalized:  # no values to normalize over: no mean, no variance
+        raise ValueError(f"normalized_shape {normalized} must not contain 0: each row would have no values "
+                         "to take statistics of")
     return normalized

@@ -24,6 +24,7 @@ import numpy as np
 from . import _checks as chk
 from . import _engine
 from . import _functional as F
+from . import _normalize
 from ._dispatch import backend_of
 from ._ops import STATS_TYPES
 
@@ -89,9 +90,19 @@ def _back_to(cuda, value, family):
     return value
 
 
+def _served(name):
+    """The CPU-side code of the public function ``name`` where it runs on CUDA arrays: the named
+    norms and statistics, and `normalize` (the TensorFlow statistics API does not yet)."""
+    for module in (F, _normalize):
+        fn = getattr(module, name, None)
+        if callable(fn) and hasattr(fn, "cpu"):
+            return fn.cpu
+    return None
+
+
 def _call(name, args, kwargs):
     cuda = _cuda()
-    fn = getattr(F, name).cpu
+    fn = _served(name)
     signature = inspect.signature(fn)
     bound = signature.bind(*args, **kwargs)
     first = next(iter(signature.parameters))
@@ -126,6 +137,6 @@ def _call(name, args, kwargs):
 
 
 def __getattr__(name):
-    if name.startswith("_") or not callable(getattr(F, name, None)) or not hasattr(getattr(F, name), "cpu"):
+    if name.startswith("_") or _served(name) is None:
         raise AttributeError(name)
     return lambda *args, **kwargs: _call(name, args, kwargs)

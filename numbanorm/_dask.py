@@ -35,6 +35,8 @@ _STATE = np.dtype([("count", "f8"), ("mean", "f8"), ("m2", "f8")])
 def _dask_input(name, value, min_ndim):
     if not isinstance(value, da.Array):
         raise TypeError(f"{name} must be a Dask array like the input, got {chk._describe(value)}")
+    if isinstance(getattr(value, "_meta", None), np.ma.MaskedArray):
+        chk.refuse_masked(name, value._meta)
     if value.dtype.type not in chk.FLOATS:
         raise TypeError(f"{name} must have dtype float16, float32 or float64, got dtype {value.dtype}")
     if value.ndim < min_ndim:
@@ -84,13 +86,21 @@ def _states(x, axes, keepdims):
     return state["count"], state["mean"], state["m2"]
 
 
-def welford(x, axes, keepdims=False):
+def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
+    if weights is not None or nan_policy != "propagate":
+        from ._dask_more import weighted_welford
+
+        return weighted_welford(x, axes, weights, keepdims, nan_policy)
     x = _dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
     return F.Moments(*_states(x, axes, keepdims))
 
 
-def moments(x, axes, keepdims=False):
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
+    if nan_policy != "propagate":
+        from ._dask_more import omit_moments
+
+        return omit_moments(x, axes, keepdims, nan_policy)
     x = _dask_input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, x.ndim)
     if x.size == 0:
@@ -128,7 +138,8 @@ def _channel_shape(x, ch):
 # -- batch norm: a global reduction, then blockwise --------------------------------------------------
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None):
+               eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+               running_var_unbiased=True):
     x = _dask_input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -137,6 +148,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     bias = chk.parameter("bias", bias, (c,), cdt)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
+    unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     _no_out(out)
     if training:
         rm, rv = F._running_pair(running_mean, running_var, c)
@@ -150,7 +162,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             if nbt is not None:
                 nbt += 1
             F._update_running(rm, mean, momentum, nbt)
-            F._update_running(rv, var * count / (count - 1), momentum, nbt)
+            F._update_running(rv, var * F._bessel(count, unbiased), momentum, nbt)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when training=False, got None")
@@ -233,7 +245,7 @@ def _grid_param_grads(dy, xhat, ch, weight, has_bias):
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
-                  num_batches_tracked=None):
+                  num_batches_tracked=None, running_var_unbiased=True):
     x = _dask_input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -241,13 +253,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     _no_out(out)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
+    unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     spatial = [i for i in range(1, x.ndim) if i != ch]
     if use_input_stats:
         rm, rv = F._running_pair(running_mean, running_var, c)
         nbt = F._batch_counter(num_batches_tracked, momentum is None and rm is not None)
         if rm is not None:  # the running update needs every instance's statistics now: one pass
             count, mean, m2 = dask.compute(*_states(_whole(x, spatial), tuple(spatial), True))
-            _running_from_instances(rm, rv, count, mean, m2, ch, momentum, nbt)
+            _running_from_instances(rm, rv, count, mean, m2, ch, momentum, nbt, unbiased)
         stats = _lazy_stats(x, ch, c, eps, bias is not None) if return_stats else None
         rm = rv = None
     else:
@@ -264,14 +277,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     return (y, stats) if return_stats else y
 
 
-def _running_from_instances(running_mean, running_var, count, mean, m2, ch, momentum, nbt):
+def _running_from_instances(running_mean, running_var, count, mean, m2, ch, momentum, nbt, unbiased=True):
     n_axes = tuple(i for i in range(mean.ndim) if i not in (0, ch))
     mean = mean.squeeze(axis=n_axes).reshape(mean.shape[0], -1)
-    unbiased = (m2 / (count - 1)).squeeze(axis=n_axes).reshape(mean.shape)
+    stored = (m2 / count * F._bessel(count, unbiased)).squeeze(axis=n_axes).reshape(mean.shape)
     if nbt is not None:
         nbt += 1
     F._update_running(running_mean, mean.mean(axis=0), momentum, nbt)
-    F._update_running(running_var, unbiased.mean(axis=0), momentum, nbt)
+    F._update_running(running_var, stored.mean(axis=0), momentum, nbt)
 
 
 def _lazy_stats(x, ch, groups, eps, has_bias):
@@ -414,3 +427,14 @@ def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None
 def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
     return _row_backward(grad_output, input, stats, normalized_shape, weight, False)
 
+
+# the functions of issue #16 (TensorFlow's statistics API, normalize): numbanorm/_dask_more.py
+from ._dask_more import (  # noqa: E402
+    batch_normalization_backward,
+    moments_backward,
+    normalize,
+    normalize_backward,
+    normalize_moments,
+    sufficient_statistics,
+    weighted_moments,
+)

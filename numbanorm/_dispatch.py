@@ -69,7 +69,7 @@ def launch_guard():
 _NO_GUARD = contextlib.nullcontext()
 
 
-def _refuse_mixed(signature, args, kwargs, backend):
+def _refuse_mixed(signature, args, kwargs, backend, first):
     """A Dask or CUDA argument where the first argument chose another backend: no silent copies."""
     values = list(args) + list(kwargs.values())
     if all(backend_of(value) in (None, backend) for value in values):
@@ -77,30 +77,41 @@ def _refuse_mixed(signature, args, kwargs, backend):
     for name, value in signature.bind_partial(*args, **kwargs).arguments.items():
         other = backend_of(value)
         if other is not None and other != backend:
-            first = next(iter(signature.parameters))
             raise TypeError(f"{name} is a {other} array but {first} is "
                             f"{'a ' + backend + ' array' if backend else 'a NumPy array'}: "
                             "arrays of one call must live in one place")
 
 
-def dispatch(fn):
-    """Route a public function by the type of its first argument; guard the CPU kernels."""
+_NAMES = {"dask": "Dask", "cuda": "CUDA"}
+
+
+def dispatch(fn=None, *, route_by=None):
+    """Route a public function by the type of its first argument (or of the argument named
+    ``route_by``); guard the CPU kernels.  A backend without the function is a NotImplementedError
+    naming both."""
+    if fn is None:
+        return lambda f: dispatch(f, route_by=route_by)
     name = fn.__name__
     signature = inspect.signature(fn)
-    first = next(iter(signature.parameters))
+    first = route_by or next(iter(signature.parameters))
+
+    def decider(args, kwargs):
+        if route_by is None:
+            return args[0] if args else kwargs.get(first)
+        return signature.bind_partial(*args, **kwargs).arguments.get(first)
 
     @functools.wraps(fn)
     def routed(*args, **kwargs):
         if all(type(v) in _HOST_TYPES for v in args) and all(type(v) in _HOST_TYPES for v in kwargs.values()):
             backend = None  # NumPy and plain values only: the common case, at a glance
         else:
-            backend = backend_of(args[0] if args else kwargs.get(first))
-            _refuse_mixed(signature, args, kwargs, backend)
+            backend = backend_of(decider(args, kwargs))
+            _refuse_mixed(signature, args, kwargs, backend, first)
         if backend is not None:
             implementation = getattr(importlib.import_module(_BACKENDS[backend]), name, None)
             if implementation is None:
-                raise NotImplementedError(f"{name} does not take {backend} arrays yet; compute the array first "
-                                          "(or call it on NumPy arrays)")
+                raise NotImplementedError(f"{name} does not take {_NAMES[backend]} arrays yet: compute {first} "
+                                          "into a NumPy array first")
             return implementation(*args, **kwargs)
         guard = launch_guard()
         if guard is _NO_GUARD:

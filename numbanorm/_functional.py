@@ -91,7 +91,10 @@ def _deliver(y, dtype, out):
 
 
 def _rstd(var, eps):
-    return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    """``1/sqrt(var + eps)``; a constant group with eps=0 gives inf (NaN output), as in NumPy and
+    PyTorch, without a divide-by-zero warning."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
 
 
 def _update_running(running, batch_value, momentum, num_batches_tracked):
@@ -101,6 +104,12 @@ def _update_running(running, batch_value, momentum, num_batches_tracked):
     if momentum is None:
         momentum = 1.0 / float(num_batches_tracked.reshape(-1)[0])
     running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * batch_value
+
+
+def _bessel(count, unbiased):
+    """The factor from the biased variance of ``count`` values to the stored running variance:
+    ``count / (count - 1)`` (``running_var_unbiased=True``, PyTorch) or 1 (Keras, Flax, ONNX)."""
+    return count / (count - 1) if unbiased else 1.0
 
 
 def _batch_counter(num_batches_tracked, required):
@@ -321,7 +330,7 @@ def _maybe_stats(y, stats, return_stats):
 @dispatch
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
-               num_batches_tracked=None):
+               num_batches_tracked=None, running_var_unbiased=True):
     """Batch normalization (``torch.nn.functional.batch_norm``), statistics over every axis but
     ``channel_axis``.
 
@@ -346,19 +355,24 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     num_batches_tracked : integer ndarray of one element, optional
         Incremented in place by each training call that updates running statistics (as the
         PyTorch module's buffer); required when ``momentum`` is None.
+    running_var_unbiased : bool, keyword-only
+        True (PyTorch): ``running_var`` is updated with the unbiased (n - 1) batch variance.
+        False: with the biased one that normalizes, as Keras, Flax and ONNX store it (with
+        ``momentum = 1 - their momentum``).
 
     Returns
     -------
     y, or ``(y, stats)`` with ``return_stats=True``.
     """
     return _tracked_grid_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                              channel_axis, return_stats, out, num_batches_tracked, over_batch=True)
+                              channel_axis, return_stats, out, num_batches_tracked, over_batch=True,
+                              running_var_unbiased=running_var_unbiased)
 
 
 @dispatch
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
                   use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
-                  return_stats=False, out=None, num_batches_tracked=None):
+                  return_stats=False, out=None, num_batches_tracked=None, running_var_unbiased=True):
     """Instance normalization (``torch.nn.functional.instance_norm``): statistics per sample and
     channel over the spatial axes.
 
@@ -368,11 +382,13 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     as `batch_norm`.
     """
     return _tracked_grid_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                              channel_axis, return_stats, out, num_batches_tracked, over_batch=False)
+                              channel_axis, return_stats, out, num_batches_tracked, over_batch=False,
+                              running_var_unbiased=running_var_unbiased)
 
 
 def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps,
-                       channel_axis, return_stats, out, num_batches_tracked, over_batch):
+                       channel_axis, return_stats, out, num_batches_tracked, over_batch,
+                       running_var_unbiased=True):
     """Batch norm (``over_batch``) or instance norm: batch statistics, which update the running
     ones when given, or the running statistics themselves."""
     x, xc = _input("input", input, 2)
@@ -381,6 +397,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
     weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
+    unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(c, over_batch)
     if n == 0 and not over_batch:  # no instances: nothing to normalize, no statistics to track
@@ -399,7 +416,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             if nbt is not None:
                 nbt += 1
             _update_running(rm, mean.mean(axis=0), momentum, nbt)
-            _update_running(rv, (var * count / (count - 1)).mean(axis=0), momentum, nbt)
+            _update_running(rv, (var * _bessel(count, unbiased)).mean(axis=0), momentum, nbt)
     else:
         if running_mean is None or running_var is None:
             flag = "training=False" if over_batch else "use_input_stats=False"
@@ -533,7 +550,7 @@ def _softmax_logits(name, logits, terms):
 @dispatch
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None,
                     bias=None, training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True,
-                    return_stats=False, out=None, num_batches_tracked=None):
+                    return_stats=False, out=None, num_batches_tracked=None, running_var_unbiased=True):
     """Switchable normalization (Luo et al. 2018): normalize by a softmax mixture of the instance,
     layer and batch statistics, ``mean = sum_k softmax(mean_weight)_k * mean_k`` and likewise the
     (biased) variances with ``var_weight``.
@@ -548,6 +565,7 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
     terms = 3 if using_bn else 2
+    unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
     mix_var = _softmax_logits("var_weight", var_weight, terms)
     weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
@@ -587,7 +605,7 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
         if nbt is not None:
             nbt += 1
         _update_running(rm, mean_bn[0], momentum, nbt)
-        _update_running(rv, (var_bn * count_bn / (count_bn - 1))[0], momentum, nbt)
+        _update_running(rv, (var_bn * _bessel(count_bn, unbiased))[0], momentum, nbt)
     stats = SwitchableStats(mean, rstd, bool(training), bias is not None, means, variances)
     return _maybe_stats(y, stats, return_stats)
 
@@ -805,11 +823,17 @@ def weight_standardization_backward(grad_output, weight, eps=1e-5):
 # -- statistics -----------------------------------------------------------------------------------
 
 @dispatch
-def moments(x, axes, keepdims=False):
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
     """Mean and (biased) variance of ``x`` over ``axes`` in one pass (``tf.nn.moments``).
 
     ``axes``: an integer or a sequence of distinct integers, negative allowed.  The results
-    have x's dtype (computed in float64 from float32 chunk sums)."""
+    have x's dtype (computed in float64 from float32 chunk sums).  ``nan_policy="omit"`` takes
+    the statistics of the values that are not NaN (NaN for a group without any)."""
+    if nan_policy != "propagate":
+        from ._tfstats import nan_policy_value, omit_moments
+
+        nan_policy_value(nan_policy)
+        return omit_moments(x, axes, keepdims)
     arr, xc = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]
@@ -869,11 +893,17 @@ class Moments(NamedTuple):
 
 
 @dispatch
-def welford(x, axes, keepdims=False):
+def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
     """The `Moments` of ``x`` over ``axes`` (one pass, the kernels of `moments`).
 
     Merge states of blocks, files, streams or MPI ranks with `merge`; an empty block gives count
-    0, which merges as nothing."""
+    0, which merges as nothing.  ``weights`` (frequency weights >= 0 broadcasting against x, see
+    `weighted_moments`) make the count the sum of the weights; such states merge the same way.
+    ``nan_policy="omit"`` counts only the values that are not NaN (count 0 where none are)."""
+    if weights is not None or nan_policy != "propagate":
+        from ._tfstats import weighted_welford
+
+        return weighted_welford(x, axes, weights, keepdims, nan_policy)
     arr, xc = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]

@@ -104,9 +104,11 @@ def _running(layer, num_features):
 class _Tracked(_Layer):
     """Per-channel parameters and, when tracked, running statistics."""
 
-    def __init__(self, num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype):
+    def __init__(self, num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
+                 running_var_unbiased=True):
         super().__init__(dtype)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.running_var_unbiased = running_var_unbiased
         self.channel_axis, self.track_running_stats = channel_axis, track_running_stats
         _affine(self, (num_features,), affine)
         if track_running_stats:
@@ -117,11 +119,15 @@ class _Tracked(_Layer):
 
 
 class BatchNorm(_Tracked):
-    """``torch.nn.BatchNorm{1,2,3}d``: running statistics in eval mode when tracked."""
+    """``torch.nn.BatchNorm{1,2,3}d``: running statistics in eval mode when tracked.
+
+    ``running_var_unbiased=False`` stores the biased batch variance (Keras, Flax: with
+    ``momentum = 1 - their momentum``)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True,
-                 channel_axis=1, dtype=np.float32):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype)
+                 channel_axis=1, dtype=np.float32, running_var_unbiased=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
+                         running_var_unbiased)
 
     def _forward(self, x):
         tracked = self.track_running_stats
@@ -129,7 +135,8 @@ class BatchNorm(_Tracked):
         return F.batch_norm(x, self.buffers.get("running_mean"), self.buffers.get("running_var"),
                             self._param("weight"), self._param("bias"), training=batch,
                             momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
-                            return_stats=True, num_batches_tracked=self._counter())
+                            return_stats=True, num_batches_tracked=self._counter(),
+                            running_var_unbiased=self.running_var_unbiased)
 
     def _backward(self, dy, x, stats):
         return F.batch_norm_backward(dy, x, stats, self._param("weight"), channel_axis=self.channel_axis)
@@ -139,15 +146,17 @@ class InstanceNorm(_Tracked):
     """``torch.nn.InstanceNorm{1,2,3}d`` (affine and running statistics off by default)."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=False, track_running_stats=False,
-                 channel_axis=1, dtype=np.float32):
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype)
+                 channel_axis=1, dtype=np.float32, running_var_unbiased=True):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, channel_axis, dtype,
+                         running_var_unbiased)
 
     def _forward(self, x):
         use_input = self.training or not self.track_running_stats
         return F.instance_norm(x, self.buffers.get("running_mean"), self.buffers.get("running_var"),
                                self._param("weight"), self._param("bias"), use_input_stats=use_input,
                                momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
-                               return_stats=True, num_batches_tracked=self._counter())
+                               return_stats=True, num_batches_tracked=self._counter(),
+                               running_var_unbiased=self.running_var_unbiased)
 
     def _backward(self, dy, x, stats):
         return F.instance_norm_backward(dy, x, stats, self._param("weight"), channel_axis=self.channel_axis)
@@ -209,9 +218,10 @@ class SwitchableNorm(_Layer):
     (start equal: every statistic weighs the same) and batch-norm running statistics."""
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, using_bn=True, channel_axis=1,
-                 dtype=np.float32):
+                 dtype=np.float32, running_var_unbiased=True):
         super().__init__(dtype)
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.running_var_unbiased = running_var_unbiased
         self.channel_axis, self.using_bn = channel_axis, using_bn
         _affine(self, (num_features,), affine)
         terms = 3 if using_bn else 2
@@ -226,7 +236,8 @@ class SwitchableNorm(_Layer):
                                  self._param("weight"), self._param("bias"), training=self.training,
                                  momentum=self.momentum, eps=self.eps, channel_axis=self.channel_axis,
                                  using_bn=self.using_bn, return_stats=True,
-                                 num_batches_tracked=self.buffers.get("num_batches_tracked") if self.training else None)
+                                 num_batches_tracked=self.buffers.get("num_batches_tracked") if self.training else None,
+                                 running_var_unbiased=self.running_var_unbiased)
 
     def _backward(self, dy, x, stats):
         return F.switchable_norm_backward(dy, x, stats, self.params["mean_weight"], self.params["var_weight"],

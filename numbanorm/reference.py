@@ -10,9 +10,13 @@ peer (and error yardstick) of ``python -m numbanorm bench``, not a second implem
 argument checks.
 """
 
+import warnings
+
 import numpy as np
 
 from ._functional import Grads, Moments, NormStats, SwitchableGrads, SwitchableStats
+from ._normalize import NormalizeStats
+from ._tfstats import BatchNormalizationGrads
 
 
 def _wide(a):
@@ -308,13 +312,62 @@ def _axes(axes, ndim):
     return tuple(sorted(a % ndim for a in ((axes,) if np.isscalar(axes) else axes)))
 
 
-def moments(x, axes, keepdims=False):
+def _squeezed(arrays, axes, keepdims):
+    return arrays if keepdims else tuple(np.squeeze(a, axes) for a in arrays)
+
+
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
     x = _wide(x)
     axes = _axes(axes, x.ndim)
-    mean, var = _mean_and_var(x, axes)
-    if not keepdims:
-        mean, var = mean.squeeze(axes), var.squeeze(axes)
-    return mean, var
+    if nan_policy == "omit":  # statistics of the values present; NaN where there are none
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # NumPy's "mean of empty slice"
+            mean = np.nanmean(x, axis=axes, keepdims=True)
+            return _squeezed((mean, np.nanmean((x - mean) ** 2, axis=axes, keepdims=True)), axes, keepdims)
+    return _squeezed(_mean_and_var(x, axes), axes, keepdims)
+
+
+def moments_backward(grad_mean, grad_variance, x, axes):
+    """Through ``mean = sum(x)/n`` and ``var = sum((x - mean)**2)/n``."""
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    keep = [1 if i in axes else d for i, d in enumerate(x.shape)]
+    n = np.prod([x.shape[a] for a in axes])
+    mean, _ = _mean_and_var(x, axes)
+    gm = 0.0 if grad_mean is None else _wide(grad_mean).reshape(keep)
+    gv = 0.0 if grad_variance is None else _wide(grad_variance).reshape(keep)
+    return gm / n + gv * 2.0 * (x - mean) / n
+
+
+def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="propagate"):
+    """``sum(w x)/sum(w)`` and ``sum(w (x - mean)**2)/sum(w)``; 0 where ``sum(w) == 0``, as
+    TensorFlow's ``div_no_nan``.  "omit" leaves out the NaN values and their weights."""
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    w = np.broadcast_to(_wide(frequency_weights), x.shape)
+    if nan_policy == "omit":
+        w = np.where(np.isnan(x), 0.0, w)
+        x = np.where(np.isnan(x), 0.0, x)
+    total = w.sum(axis=axes, keepdims=True)
+    safe = np.where(total > 0, total, 1.0)
+    mean = (w * x).sum(axis=axes, keepdims=True) / safe
+    mean = mean + (w * (x - mean)).sum(axis=axes, keepdims=True) / safe  # one refinement step
+    var = (w * (x - mean) ** 2).sum(axis=axes, keepdims=True) / safe
+    return _squeezed((np.where(total > 0, mean, 0.0), np.where(total > 0, var, 0.0)), axes, keepdims)
+
+
+def sufficient_statistics(x, axes, shift=None, keepdims=False):
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    d = x if shift is None else x - _wide(shift)
+    count = np.array(np.prod([x.shape[a] for a in axes]), np.float64)
+    return count, d.sum(axis=axes, keepdims=keepdims), (d * d).sum(axis=axes, keepdims=keepdims), shift
+
+
+def normalize_moments(counts, mean_ss, variance_ss, shift):
+    shifted_mean = _wide(mean_ss) / _wide(counts)
+    mean = shifted_mean if shift is None else shifted_mean + _wide(shift)
+    return mean, _wide(variance_ss) / _wide(counts) - shifted_mean ** 2
 
 
 def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
@@ -324,18 +377,68 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     return y if offset is None else y + _wide(offset)
 
 
-def welford(x, axes, keepdims=False):
+def _sum_to(g, shape):
+    """``g`` summed down to the shape of an operand that was broadcast to it."""
+    g = g.sum(axis=tuple(range(g.ndim - len(shape))))
+    return g.sum(axis=tuple(i for i, d in enumerate(shape) if d == 1), keepdims=True).reshape(shape)
+
+
+def batch_normalization_backward(grad_output, x, mean, variance, offset, scale, variance_epsilon):
+    """``mean`` and ``variance`` as independent inputs, as TensorFlow's autograd takes them."""
+    x, dy = _wide(x), _wide(grad_output)
+    mean, variance = _wide(mean), _wide(variance)
+    rstd = 1.0 / np.sqrt(variance + variance_epsilon)
+    s = 1.0 if scale is None else _wide(scale)
+    return BatchNormalizationGrads(
+        dy * s * rstd,
+        _sum_to(-dy * s * rstd, np.shape(mean)),
+        _sum_to(-0.5 * dy * s * (x - mean) * rstd ** 3, np.shape(variance)),
+        None if offset is None else _sum_to(dy, np.shape(offset)),
+        None if scale is None else _sum_to(dy * (x - mean) * rstd, np.shape(scale)))
+
+
+# -- normalization over any axes --------------------------------------------------------------------
+
+def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None, nan_policy="propagate"):
     x = _wide(x)
     axes = _axes(axes, x.ndim)
-    count = np.full([1 if i in axes else x.shape[i] for i in range(x.ndim)], float(np.prod([x.shape[a] for a in axes])))
+    mean, var = moments(x, axes, keepdims=True, nan_policy=nan_policy)
+    rstd = _rstd(var, eps)
+    y = (x - mean) * rstd * (1.0 if weight is None else _wide(weight)) + (0.0 if bias is None else _wide(bias))
+    stats = NormalizeStats(mean, rstd, True, bias is not None, eps, None if bias is None else np.shape(bias),
+                           nan_policy)
+    return _result(y, stats, return_stats, out)
+
+
+def normalize_backward(grad_output, input, stats, axes, weight=None):
+    """As layer norm's, over ``axes``; with "omit" the NaN inputs take no part (gradient 0)."""
+    x, dy = _wide(input), _wide(grad_output)
+    axes = _axes(axes, x.ndim)
+    present = ~np.isnan(x) if stats.nan_policy == "omit" else np.ones(x.shape, bool)
+    n = present.sum(axis=axes, keepdims=True)
+    xhat = np.where(present, (x - stats.mean) * stats.rstd, 0.0)
+    dy = np.where(present, dy, 0.0)
+    dxhat = dy * (1.0 if weight is None else _wide(weight))
+    dx = stats.rstd * (dxhat - dxhat.sum(axis=axes, keepdims=True) / n
+                       - xhat * (dxhat * xhat).sum(axis=axes, keepdims=True) / n)
+    return Grads(np.where(present, dx, 0.0),
+                 None if weight is None else _sum_to(dy * xhat, np.shape(weight)),
+                 _sum_to(dy, stats.bias_shape) if stats.has_bias else None)
+
+
+def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
+    """The count is the number of values (the sum of their weights, with ``weights``)."""
+    x = _wide(x)
+    axes = _axes(axes, x.ndim)
+    w = np.ones(x.shape) if weights is None else np.broadcast_to(_wide(weights), x.shape)
+    if nan_policy == "omit":
+        w = np.where(np.isnan(x), 0.0, w)
+    count = w.sum(axis=axes, keepdims=True)
     if x.size == 0:
-        mean, m2 = np.zeros(count.shape), np.zeros(count.shape)
+        mean, var = np.zeros(count.shape), np.zeros(count.shape)
     else:
-        mean, var = moments(x, axes, keepdims=True)
-        m2 = var * count
-    if not keepdims:
-        count, mean, m2 = (a.squeeze(axes) for a in (count, mean, m2))
-    return Moments(count, mean, m2)
+        mean, var = weighted_moments(x, axes, w, keepdims=True, nan_policy=nan_policy)
+    return Moments(*_squeezed((count, mean, var * count), axes, keepdims))
 
 
 def merge(a, b):

@@ -88,7 +88,7 @@ def test_op_on_dask_matches_the_cpu_or_refuses_clearly(op):
     x, dy, w, b, ca = _inputs(op, layout, "float64")
     X = da.from_array(x, chunks=2)
     if "dask" not in op.backends:
-        with pytest.raises(NotImplementedError, match=f"{op.name} does not take dask arrays"):
+        with pytest.raises(NotImplementedError, match=f"{op.name} does not take Dask arrays"):
             op.run_forward(nn, X, w, b, ca, 2)
         return
     y, stats = op.run_forward(nn, x, w, b, ca, 2)
