@@ -7,7 +7,8 @@ Every normalization is planned in Python (see ``_plan.py``) onto one of two C-co
 * cols ``(A, B, C)``: statistics or coefficients per ``(a, c)``, the reduction runs across
   the ``B`` rows while the vector loop runs along the contiguous ``C`` (channels-last).
 
-Each view has four kernels: moments, affine apply, gradient sums and input gradient.  Work is
+Each view has four kernels: moments, affine apply, gradient sums and input gradient (rows: with
+or without layer norm's weight, whose gradient that pass also sums).  Work is
 split into ``pieces`` along the reduced extent so that a few long rows still keep every thread
 busy; partial results come back per piece and are merged by the caller.  Between the passes,
 small serial loops (``merge_groups``, ``grid_coefficients``, ``grid_backward_coefficients``) turn
@@ -267,8 +268,8 @@ def row_moments(x, pieces, count, mean, m2):
     """Per-(row, piece) Welford states of ``x`` (R, L) into float64 arrays of shape (R, pieces)."""
     rows, length = x.shape
     for task in prange(rows * pieces):
-        r, p, lo, hi = _piece(task, pieces, length)
-        n, base, offset, q = _span_moments(x[r, lo:hi])
+        r, p, start, stop = _piece(task, pieces, length)
+        n, base, offset, q = _span_moments(x[r, start:stop])
         count[r, p], mean[r, p], m2[r, p] = n, base + offset, q
 
 
@@ -307,50 +308,77 @@ def row_grad_sums(dy, x, hi, lo, weight, pieces, sum_dy, sum_dy_xc):
 
 
 @njit(parallel=True, **_ew)
-def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, bias_grad):
-    """``out = dy*w*ka[r] + (x - center[r])*kb[r] + kc[r]`` per row.
-
-    With ``weight`` given (layer norm), ``ka`` is the row's rstd and the weight/bias gradient
-    partial sums ``sum_r dy*(x-center)*ka`` and ``sum_r dy`` are fused into the same pass, while
-    x and dy are in cache, one float64 buffer row per task (``weight_grad``, ``bias_grad`` of
-    shape (pieces, L)); ``pieces`` then counts blocks of whole rows, not pieces of one row.
-    """
+def row_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
+    """``out = dy*ka[r] + (x - center[r])*kb[r] + kc[r]`` per row."""
     rows, length = x.shape
-    if weight is None:
-        for task in prange(rows * pieces):
-            r, p, start, stop = _piece(task, pieces, length)
-            xs = x[r, start:stop]
-            gs = dy[r, start:stop]
-            ys = out[r, start:stop]
+    for task in prange(rows * pieces):
+        r, p, start, stop = _piece(task, pieces, length)
+        xs = x[r, start:stop]
+        gs = dy[r, start:stop]
+        ys = out[r, start:stop]
+        h = hi[r]
+        l = lo[r]
+        a = ka[r]
+        b = kb[r]
+        c = kc[r]
+        for i in range(xs.shape[0]):
+            ys[i] = gs[i] * a + ((xs[i] - h) - l) * b + c
+
+
+@njit(inline="always", **_ew)
+def _flush_param_grads(r, first, last, part_dy, part_dyx, acc_dy, acc_dyx):
+    """Layer norm's weight and bias gradients, one numerical policy on every path: a block's rows
+    are summed in the input precision, and every FLUSH_ROWS rows (and at the block's end) that
+    partial sum is added into the float64 accumulators.  Per-element float64 accumulation would
+    cost a conversion and a wide load/store per value."""
+    if (r - first) % FLUSH_ROWS == FLUSH_ROWS - 1 or r == last - 1:
+        for i in range(part_dy.shape[0]):
+            acc_dy[i] += part_dy[i]
+            acc_dyx[i] += part_dyx[i]
+        part_dy[:] = 0
+        part_dyx[:] = 0
+
+
+@njit(inline="always", **_ew)
+def _start_param_grads(task, acc_dy, acc_dyx, scratch):
+    """The block's float64 accumulators zeroed, and its input-precision partial sums (``scratch``
+    (blocks, 2, L), handed in by the caller: buffers allocated inside the parallel loop came back
+    unzeroed on a first call with Numba 0.68)."""
+    acc_dy[:] = 0.0
+    acc_dyx[:] = 0.0
+    part_dy = scratch[task, 0]
+    part_dyx = scratch[task, 1]
+    part_dy[:] = 0
+    part_dyx[:] = 0
+    return part_dy, part_dyx
+
+
+@njit(parallel=True, **_ew)
+def row_input_grad_params(dy, x, hi, lo, ka, kb, kc, weight, blocks, out, weight_grad, bias_grad, scratch):
+    """``out = dy*w*ka[r] + (x - center[r])*kb[r] + kc[r]`` per row (layer norm, ``ka`` the row's
+    rstd), ``blocks`` tasks taking runs of rows, and in the same pass, while x and dy are in
+    cache, the weight and bias gradients' partial sums ``sum_r dy*(x - center)*ka`` and
+    ``sum_r dy``: one float64 row per block in ``weight_grad``/``bias_grad`` (blocks, L)."""
+    rows, length = x.shape
+    for task in prange(blocks):
+        _, _, first, last = _piece(task, blocks, rows)
+        part_dy, part_dyx = _start_param_grads(task, bias_grad[task], weight_grad[task], scratch)
+        for r in range(first, last):
+            xs = x[r]
+            gs = dy[r]
+            ys = out[r]
             h = hi[r]
             l = lo[r]
             a = ka[r]
             b = kb[r]
             c = kc[r]
-            for i in range(xs.shape[0]):
-                ys[i] = gs[i] * a + ((xs[i] - h) - l) * b + c
-    else:
-        for task in prange(pieces):
-            _, _, first, last = _piece(task, pieces, rows)
-            wg = weight_grad[task]
-            bg = bias_grad[task]
-            wg[:] = 0
-            bg[:] = 0
-            for r in range(first, last):
-                xs = x[r]
-                gs = dy[r]
-                ys = out[r]
-                h = hi[r]
-                l = lo[r]
-                a = ka[r]
-                b = kb[r]
-                c = kc[r]
-                for i in range(length):
-                    g = gs[i]
-                    xc = (xs[i] - h) - l
-                    ys[i] = g * weight[i] * a + xc * b + c
-                    wg[i] += g * xc * a
-                    bg[i] += g
+            for i in range(length):
+                g = gs[i]
+                xc = (xs[i] - h) - l
+                ys[i] = g * weight[i] * a + xc * b + c
+                part_dy[i] += g
+                part_dyx[i] += g * xc * a
+            _flush_param_grads(r, first, last, part_dy, part_dyx, bias_grad[task], weight_grad[task])
 
 
 # -- fused row kernels: a whole statistics row is normalized while it is still in cache ----------
@@ -496,110 +524,96 @@ def _segment_input_grad(dy, x, out, a, hi, lo, kb, kc):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize_backward(dy, x, weight, seg, mean, rstd, centered, blocks, out, seg_dy, seg_dy_xhat,
-                           scratch):
-    """Input gradient of ``row_normalize``, ``blocks`` tasks taking runs of rows, with each
-    row's two reductions ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row is in cache.
+def segment_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_dy, seg_dy_xhat):
+    """Input gradient of ``row_normalize`` on segmented rows (NCHW instance/group norm: a row is
+    a (sample, group), a segment a channel's ``seg`` values), ``blocks`` tasks taking runs of
+    rows, with each row's two reductions ``sum(dy*W)`` and ``sum(dy*W*xhat)`` done while the row
+    is in cache.  Per-segment sums of ``dy`` and ``dy*xhat`` (the bias and weight gradient pieces)
+    go to ``seg_dy``/``seg_dy_xhat`` (rows, L // seg).
 
-    Per-segment sums of ``dy`` and ``dy*xhat`` (the bias and weight gradient pieces) go to
-    ``seg_dy``/``seg_dy_xhat``: shape (rows, L // seg) when ``seg > 1``; for ``seg == 1`` (layer
-    norm) one float64 buffer row of shape (L,) per block of rows, and ``scratch`` (blocks, 2, L)
-    of the input dtype.
-
-    Long segmented rows (NCHW instance/group norm) are pipelined: while a row's gradient is written
-    chunk by chunk, the next row's sums are taken over the same chunk, so the stream that reads
-    the next row runs beside the one that writes this one instead of after it (measured on (1024,
-    6272) float32 at 2 threads: 1.65-1.70 ms instead of 1.93-1.95; the forward takes about 1.05).
-    Its sums use ``_chunk_dot_sums`` on one chunk at a time: through ``_weighted_dot_sums`` the
-    same loop lost the gain.
-    """
+    The rows are pipelined: while a row's gradient is written chunk by chunk, the next row's sums
+    are taken over the same chunk, so the stream that reads the next row runs beside the one that
+    writes this one instead of after it.  Its sums take one chunk at a time (``_chunk_dot_sums``):
+    through ``_weighted_dot_sums`` the same loop lost the gain."""
     rows, length = x.shape
     kinds = weight.shape[0]
     dtype = x.dtype.type
-    if seg > 1:
-        for task in prange(blocks):
-            _, _, first, last = _piece(task, blocks, rows)
-            if first < last:  # the first row's sums; each later row's come with the row before
-                seg_dy[first, :] = 0.0
-                seg_dy_xhat[first, :] = 0.0
-                h, l = _split(mean[first], 0.0, dtype)
-                c0 = 0
-                while c0 < length:
-                    c1 = _chunk_end(c0, seg)
-                    _add_chunk_sums(dy[first], x[first], c0, c1, seg, h, l, seg_dy[first], seg_dy_xhat[first])
-                    c0 = c1
-            for r in range(first, last):
-                w = weight[r % kinds]
-                inv = rstd[r]
-                sd = seg_dy[r]
-                sx = seg_dy_xhat[r]
-                s1 = 0.0
-                s2 = 0.0
-                for j in range(w.shape[0]):
-                    s1 += sd[j] * w[j]
-                    s2 += sx[j] * w[j]
-                    sx[j] *= inv
-                # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
-                kb = dtype(-inv * inv * inv * s2 / length)
-                kc = dtype(-inv * s1 / length) if centered else dtype(0)
-                h, l = _split(mean[r], 0.0, dtype)
-                ahead = r + 1 < last
+    for task in prange(blocks):
+        _, _, first, last = _piece(task, blocks, rows)
+        if first < last:  # the first row's sums; each later row's come with the row before
+            seg_dy[first, :] = 0.0
+            seg_dy_xhat[first, :] = 0.0
+            h, l = _split(mean[first], 0.0, dtype)
+            c0 = 0
+            while c0 < length:
+                c1 = _chunk_end(c0, seg)
+                _add_chunk_sums(dy[first], x[first], c0, c1, seg, h, l, seg_dy[first], seg_dy_xhat[first])
+                c0 = c1
+        for r in range(first, last):
+            w = weight[r % kinds]
+            inv = rstd[r]
+            sd = seg_dy[r]
+            sx = seg_dy_xhat[r]
+            s1 = 0.0
+            s2 = 0.0
+            for j in range(w.shape[0]):
+                s1 += sd[j] * w[j]
+                s2 += sx[j] * w[j]
+                sx[j] *= inv
+            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))
+            kb = dtype(-inv * inv * inv * s2 / length)
+            kc = dtype(-inv * s1 / length)
+            h, l = _split(mean[r], 0.0, dtype)
+            ahead = r + 1 < last
+            if ahead:
+                seg_dy[r + 1, :] = 0.0
+                seg_dy_xhat[r + 1, :] = 0.0
+                hn, ln = _split(mean[r + 1], 0.0, dtype)
+            c0 = 0
+            while c0 < length:
+                c1 = _chunk_end(c0, seg)
+                a = dtype(inv * w[c0 // seg])
+                _segment_input_grad(dy[r, c0:c1], x[r, c0:c1], out[r, c0:c1], a, h, l, kb, kc)
                 if ahead:
-                    seg_dy[r + 1, :] = 0.0
-                    seg_dy_xhat[r + 1, :] = 0.0
-                    hn, ln = _split(mean[r + 1], 0.0, dtype)
-                c0 = 0
-                while c0 < length:
-                    c1 = _chunk_end(c0, seg)
-                    a = dtype(inv * w[c0 // seg])
-                    _segment_input_grad(dy[r, c0:c1], x[r, c0:c1], out[r, c0:c1], a, h, l, kb, kc)
-                    if ahead:
-                        _add_chunk_sums(dy[r + 1], x[r + 1], c0, c1, seg, hn, ln, seg_dy[r + 1], seg_dy_xhat[r + 1])
-                    c0 = c1
-    else:
-        for task in prange(blocks):
-            _, _, first, last = _piece(task, blocks, rows)
-            acc_dy = seg_dy[task]
-            acc_dyx = seg_dy_xhat[task]
-            acc_dy[:] = 0.0
-            acc_dyx[:] = 0.0
-            # per-element float64 accumulation costs a conversion and a wide load/store per value;
-            # sum FLUSH_ROWS rows in the input precision, then add that into float64
-            # (buffers allocated in this loop came back unzeroed on a first call with Numba 0.68, so
-            # the caller hands them in)
-            part_dy = scratch[task, 0]
-            part_dyx = scratch[task, 1]
-            part_dy[:] = 0
-            part_dyx[:] = 0
-            for r in range(first, last):
-                xs = x[r]
-                gs = dy[r]
-                ys = out[r]
-                w = weight[r % kinds]
-                h, l = _split(mean[r], 0.0, dtype)
-                inv = rstd[r]
-                s1, s2 = _weighted_dot_sums(gs, xs, w, h, l)
-                # as above; RMS norm has no mean(w*dy) term
-                kb = dtype(-inv * inv * inv * s2 / length)
-                kc = dtype(-inv * s1 / length) if centered else dtype(0)
-                a = dtype(inv)
-                for i in range(length):
-                    g = gs[i]
-                    xc = (xs[i] - h) - l
-                    ys[i] = g * w[i] * a + xc * kb + kc
-                    part_dy[i] += g
-                    part_dyx[i] += g * xc * a
-                if (r - first) % FLUSH_ROWS == FLUSH_ROWS - 1 or r == last - 1:
-                    for i in range(length):
-                        acc_dy[i] += part_dy[i]
-                        acc_dyx[i] += part_dyx[i]
-                    part_dy[:] = 0
-                    part_dyx[:] = 0
+                    _add_chunk_sums(dy[r + 1], x[r + 1], c0, c1, seg, hn, ln, seg_dy[r + 1], seg_dy_xhat[r + 1])
+                c0 = c1
+
+
+@njit(parallel=True, **_ew)
+def row_normalize_backward(dy, x, weight, mean, rstd, centered, blocks, out, sum_dy, sum_dy_xhat, scratch):
+    """Input gradient of ``row_normalize`` for layer norm (``centered``) or RMS norm rows with a
+    per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows, each row's two reductions
+    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache; the weight and bias
+    gradients' partial sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks,
+    L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype)."""
+    rows, length = x.shape
+    dtype = x.dtype.type
+    for task in prange(blocks):
+        _, _, first, last = _piece(task, blocks, rows)
+        part_dy, part_dyx = _start_param_grads(task, sum_dy[task], sum_dy_xhat[task], scratch)
+        for r in range(first, last):
+            xs = x[r]
+            gs = dy[r]
+            ys = out[r]
+            h, l = _split(mean[r], 0.0, dtype)
+            inv = rstd[r]
+            s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
+            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
+            kb = dtype(-inv * inv * inv * s2 / length)
+            kc = dtype(-inv * s1 / length) if centered else dtype(0)
+            a = dtype(inv)
+            for i in range(length):
+                g = gs[i]
+                xc = (xs[i] - h) - l
+                ys[i] = g * weight[i] * a + xc * kb + kc
+                part_dy[i] += g
+                part_dyx[i] += g * xc * a
+            _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy[task], sum_dy_xhat[task])
 
 
 # -- cols view: per-slab helpers and the kernels built from them --------------------------------
 #
-# A slab is ``x[a, lo:hi]``, a C-contiguous (rows, C) block; every loop runs along C, so it
+# A slab is ``x[a, start:stop]``, a C-contiguous (rows, C) block; every loop runs along C, so it
 # vectorises across channels.  Rows are taken in blocks of about COL_CHUNK elements, small enough
 # that the exact two-pass chunk statistics re-read the block from L1.
 
@@ -745,8 +759,8 @@ def col_moments(x, pieces, count, mean, m2):
     """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
     outer, length, width = x.shape
     for task in prange(outer * pieces):
-        a, p, lo, hi = _piece(task, pieces, length)
-        count[a, p, :] = _slab_moments(x[a, lo:hi], mean[a, p], m2[a, p])
+        a, p, start, stop = _piece(task, pieces, length)
+        count[a, p, :] = _slab_moments(x[a, start:stop], mean[a, p], m2[a, p])
 
 
 @njit(parallel=True, **_ew)

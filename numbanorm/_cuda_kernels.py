@@ -111,9 +111,9 @@ def _col_block(pieces, extent):
 
 @cuda.jit
 def _row_moments(x, pieces, states):
-    r, p, lo, hi = _piece(cuda.blockIdx.x, pieces, x.shape[1])
+    r, p, start, stop = _piece(cuda.blockIdx.x, pieces, x.shape[1])
     t = cuda.threadIdx.x
-    n, mu, q = _thread_state(x[r], lo + t, hi, TPB)
+    n, mu, q = _thread_state(x[r], start + t, stop, TPB)
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
@@ -130,12 +130,12 @@ def _row_moments(x, pieces, states):
 
 @cuda.jit
 def _col_moments(x, pieces, states):
-    a, p, lo, hi, tx, ty, c = _col_block(pieces, x.shape[1])
+    a, p, start, stop, tx, ty, c = _col_block(pieces, x.shape[1])
     n = 0.0
     mu = 0.0
     q = 0.0
     if c < x.shape[2]:
-        n, mu, q = _thread_state(x[a, :, c], lo + ty, hi, COL_Y)
+        n, mu, q = _thread_state(x[a, :, c], start + ty, stop, COL_Y)
     sn = cuda.shared.array(TPB, float64)
     sm = cuda.shared.array(TPB, float64)
     sq = cuda.shared.array(TPB, float64)
@@ -245,7 +245,9 @@ def _row_input_grad(dy, x, coef, params, has_weight, out):
 
 @cuda.jit
 def _row_param_grads(dy, x, coef, blocks, grads):
-    """Per block of rows, column sums ``sum(dy*(x - centre)*ka)`` and ``sum(dy)``."""
+    """Per block of rows, column sums ``sum(dy*(x - centre)*ka)`` and ``sum(dy)`` in float64 (a
+    thread's sum runs down one column, so the CPU's input-precision partial sums would save no
+    memory traffic here)."""
     hi, lo, ka = coef[0], coef[1], coef[2]
     block = cuda.blockIdx.x
     j = cuda.blockIdx.y * TPB + cuda.threadIdx.x
@@ -347,13 +349,17 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
     _download(sums, sum_dy, sum_dy_xc)
 
 
-def row_input_grad(dy, x, hi, lo, ka, kb, kc, weight, pieces, out, weight_grad, bias_grad):
+def row_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
     coef = _upload(hi, lo, ka, kb, kc)
-    _row_input_grad[_grid(x.size), TPB](dy, x, coef, _params(x.dtype, weight), weight is not None, out)
-    if weight is not None:  # the weight/bias gradient pieces: one partial row per block of rows
-        grads = _scratch(2, weight_grad)
-        _row_param_grads[(pieces, math.ceil(x.shape[1] / TPB)), TPB](dy, x, coef, pieces, grads)
-        _download(grads, weight_grad, bias_grad)
+    _row_input_grad[_grid(x.size), TPB](dy, x, coef, _params(x.dtype, None), False, out)
+
+
+def row_input_grad_params(dy, x, hi, lo, ka, kb, kc, weight, blocks, out, weight_grad, bias_grad, scratch):
+    coef = _upload(hi, lo, ka, kb, kc)
+    _row_input_grad[_grid(x.size), TPB](dy, x, coef, _params(x.dtype, weight), True, out)
+    grads = _scratch(2, weight_grad)  # the weight/bias gradient pieces: one partial row per block of rows
+    _row_param_grads[(blocks, math.ceil(x.shape[1] / TPB)), TPB](dy, x, coef, blocks, grads)
+    _download(grads, weight_grad, bias_grad)
 
 
 def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):

@@ -197,17 +197,15 @@ class Engine:
             dev.kernels.col_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k,
                                        dev.pieces(plan), out_view)
             return user, None, None
-        rows, length = plan.view_shape
         if weight is None:
-            blocks, buffers = dev.pieces(plan), (1, 1)
-        else:
-            blocks = dev.row_blocks(rows)
-            buffers = (blocks, length)
-        wg, bg = np.empty(buffers), np.empty(buffers)
-        dev.kernels.row_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k, weight, blocks,
-                                   out_view, wg, bg)
-        if weight is None:
+            dev.kernels.row_input_grad(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k, dev.pieces(plan),
+                                       out_view)
             return user, None, None
+        rows, length = plan.view_shape
+        blocks = dev.row_blocks(rows)
+        wg, bg = np.empty((2, blocks, length))
+        dev.kernels.row_input_grad_params(dev.view(plan, dy), dev.view(plan, x), hi, lo, a, b, k, weight, blocks,
+                                          out_view, wg, bg, np.empty((blocks, 2, length), x.dtype))
         return user, wg.sum(axis=0), bg.sum(axis=0)
 
 
