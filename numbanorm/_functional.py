@@ -76,7 +76,8 @@ def _is_c(a):
 
 
 def _input(name, value, min_ndim):
-    """The checked input and the array the kernels compute on (float16 widened to float32)."""
+    """The checked input ``x`` and ``xk``, x as the kernels take it (float16 widened to float32).
+    (In the kernels ``xc`` is a centred value, ``x - mean``.)"""
     x = chk.float_array(name, value, min_ndim)
     return x, (x.astype(np.float32) if x.dtype == np.float16 else x)
 
@@ -215,15 +216,15 @@ def _grid_sums(dy, x, plan, ch, center):
     return s1.reshape(-1, c), s2.reshape(-1, c)
 
 
-def _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan):
+def _grid_forward(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan):
     """Normalize with per-group ``mean``/``var`` of shape (1 or N, G); returns (y, mean, rstd)."""
     rstd = _rstd(var, eps)
     samples, channels = plan.kernel_cells(ch)
-    coef = np.empty((4, samples.size), xc.dtype)
+    coef = np.empty((4, samples.size), xk.dtype)
     _cpu.grid_coefficients(samples.reshape(-1), channels.reshape(-1), x.shape[ch] // grouping.groups,
                            mean, rstd, weight, bias, coef)
-    direct_out = out if out is not None and out.dtype == xc.dtype else None
-    return _deliver(_eng().affine_coef(xc, plan, coef, out=direct_out), x.dtype, out), mean, rstd
+    direct_out = out if out is not None and out.dtype == xk.dtype else None
+    return _deliver(_eng().affine_coef(xk, plan, coef, out=direct_out), x.dtype, out), mean, rstd
 
 
 def _grid_rows(x, ch, grouping):
@@ -248,31 +249,31 @@ def _grid_slabs(x, ch, grouping):
     return rows.reshape(n, spatial // fold, c * fold), fold
 
 
-def _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out):
+def _grid_batch_forward(x, xk, ch, grouping, weight, bias, eps, out):
     """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group
     (``count`` a number where every group has the same)."""
     n, c = x.shape[0], x.shape[ch]
-    x2 = _grid_rows(xc, ch, grouping)
+    x2 = _grid_rows(xk, ch, grouping)
     if x2 is not None:
         shape = (grouping.groups, c // grouping.groups)
-        w, b = _fused_params(weight, bias, shape, xc.dtype)
+        w, b = _fused_params(weight, bias, shape, xk.dtype)
         y, mean, var, rstd = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
         mean, var, rstd = mean.reshape(n, -1), var.reshape(n, -1), rstd.reshape(n, -1)
         return y, float(x2.shape[1]), mean, var, rstd
-    x3, fold = _grid_slabs(xc, ch, grouping)
+    x3, fold = _grid_slabs(xk, ch, grouping)
     if x3 is not None:
         mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
-        direct = out is not None and out.dtype == xc.dtype and _is_c(out)
+        direct = out is not None and out.dtype == xk.dtype and _is_c(out)
         y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
-        w, b = _fused_params(weight, bias, (c,), xc.dtype)
+        w, b = _fused_params(weight, bias, (c,), xk.dtype)
         _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
         count = float(x.size // (n * grouping.groups))
         return y, count, mean, var, _rstd(var, eps)
-    plan = _grid_plan(xc, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    count, mean, m2 = grouping.merge_states(_eng().states(xc, plan), plan, ch, n)
+    plan = _grid_plan(xk, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
+    count, mean, m2 = grouping.merge_states(_eng().states(xk, plan), plan, ch, n)
     var = m2 / count
-    y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out, plan)
+    y, mean, rstd = _grid_forward(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan)
     return y, count, mean, var, rstd
 
 
@@ -287,10 +288,10 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
         cg = c // grouping.groups
         w, _ = _fused_params(weight, None, (grouping.groups, cg), x.dtype)
         dx2 = np.empty_like(x2)
-        seg_dy, seg_dy_xhat = np.empty((x2.shape[0], cg)), np.empty((x2.shape[0], cg))
+        seg_dy, seg_dy_xhat = np.empty((2, x2.shape[0], cg))
         blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(), rstd.ravel(),
-                                    True, blocks, dx2, seg_dy, seg_dy_xhat, np.empty((1, 2, 1), x.dtype))
+        _cpu.segment_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(), rstd.ravel(),
+                                        blocks, dx2, seg_dy, seg_dy_xhat)
         grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
         grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
         return dx2.reshape(x.shape), grad_weight, grad_bias
@@ -391,10 +392,10 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
                        running_var_unbiased=True):
     """Batch norm (``over_batch``) or instance norm: batch statistics, which update the running
     ones when given, or the running statistics themselves."""
-    x, xc = _input("input", input, 2)
+    x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
-    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
+    weight, bias = _grid_affine_params(weight, bias, c, xk.dtype)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
     unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
@@ -411,7 +412,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
         if not over_batch and n and math.prod(x.shape) // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
-        y, count, mean, var, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out)
+        y, count, mean, var, rstd = _grid_batch_forward(x, xk, ch, grouping, weight, bias, eps, out)
         if rm is not None:  # instance norm: the mean over samples of the per-instance values
             if nbt is not None:
                 nbt += 1
@@ -424,8 +425,8 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
         shape = (1 if over_batch else n, c)
         mean = np.broadcast_to(chk.parameter("running_mean", running_mean, (c,), np.float64), shape)
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), shape)
-        y, mean, rstd = _grid_forward(x, xc, ch, grouping, mean, var, weight, bias, eps, out,
-                                      _grid_plan(xc, ch, over_batch))
+        y, mean, rstd = _grid_forward(x, xk, ch, grouping, mean, var, weight, bias, eps, out,
+                                      _grid_plan(xk, ch, over_batch))
     mean, rstd = (mean[0], rstd[0]) if over_batch else (np.array(mean), np.array(rstd))
     return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
 
@@ -435,15 +436,15 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
                return_stats=False, out=None):
     """Group normalization (``torch.nn.functional.group_norm``): statistics per sample over each
     of ``num_groups`` groups of consecutive channels and the spatial axes."""
-    x, xc = _input("input", input, 2)
+    x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
     groups = _num_groups(num_groups, c)
-    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
+    weight, bias = _grid_affine_params(weight, bias, c, xk.dtype)
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = _Grouping(groups, False)
-    y, _, mean, _, rstd = _grid_batch_forward(x, xc, ch, grouping, weight, bias, eps, out)
+    y, _, mean, _, rstd = _grid_batch_forward(x, xk, ch, grouping, weight, bias, eps, out)
     return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None, eps), return_stats)
 
 
@@ -469,9 +470,9 @@ def _stats_arg(stats, shape):
 
 
 def _backward_inputs(grad_output, input, min_ndim=2):
-    x, xc = _input("input", input, min_ndim)
+    x, xk = _input("input", input, min_ndim)
     dy = chk.same_array("grad_output", grad_output, x)
-    return x, xc, (dy.astype(np.float32) if dy.dtype == np.float16 else dy)
+    return x, xk, (dy.astype(np.float32) if dy.dtype == np.float16 else dy)
 
 
 def _grads(x, dx, grad_weight, grad_bias):
@@ -484,12 +485,12 @@ def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=
 
     Training statistics (``stats.batch_stats``) depend on the input; running statistics are
     constants."""
-    x, xc, dy = _backward_inputs(grad_output, input)
+    x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
-    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    weight = chk.parameter("weight", weight, (c,), xk.dtype)
     mean, rstd, batch_stats, has_bias = _stats_arg(stats, (c,))
-    grads = _grid_backward(dy, xc, ch, _Grouping(c, True), mean[None], rstd[None], weight,
+    grads = _grid_backward(dy, xk, ch, _Grouping(c, True), mean[None], rstd[None], weight,
                            batch_stats, has_bias)
     return _grads(x, *grads)
 
@@ -497,25 +498,25 @@ def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=
 @dispatch
 def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
     """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
-    x, xc, dy = _backward_inputs(grad_output, input)
+    x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
-    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    weight = chk.parameter("weight", weight, (c,), xk.dtype)
     mean, rstd, batch_stats, has_bias = _stats_arg(stats, (n, c))
-    grads = _grid_backward(dy, xc, ch, _Grouping(c, False), mean, rstd, weight, batch_stats, has_bias)
+    grads = _grid_backward(dy, xk, ch, _Grouping(c, False), mean, rstd, weight, batch_stats, has_bias)
     return _grads(x, *grads)
 
 
 @dispatch
 def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
     """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
-    x, xc, dy = _backward_inputs(grad_output, input)
+    x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
     groups = _num_groups(num_groups, c)
-    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    weight = chk.parameter("weight", weight, (c,), xk.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, (n, groups))
-    grads = _grid_backward(dy, xc, ch, _Grouping(groups, False), mean, rstd, weight, True, has_bias)
+    grads = _grid_backward(dy, xk, ch, _Grouping(groups, False), mean, rstd, weight, True, has_bias)
     return _grads(x, *grads)
 
 
@@ -561,14 +562,14 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     batch term: the logits then have length 2.  Other arguments as `batch_norm`; the stats for
     `switchable_norm_backward` are a `SwitchableStats`.
     """
-    x, xc = _input("input", input, 2)
+    x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
     terms = 3 if using_bn else 2
     unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
     mix_var = _softmax_logits("var_weight", var_weight, terms)
-    weight, bias = _grid_affine_params(weight, bias, c, xc.dtype)
+    weight, bias = _grid_affine_params(weight, bias, c, xk.dtype)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
     out = chk.out_array(out, x.shape, x.dtype)
@@ -583,8 +584,8 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
             raise ValueError("running_mean and running_var are required when training=False, got None")
         eval_mean = chk.parameter("running_mean", running_mean, (c,), np.float64)
         eval_var = chk.parameter("running_var", running_var, (c,), np.float64)
-    plan = _grid_plan(xc, ch)
-    states = _eng().states(xc, plan)  # one statistics pass, merged three ways: IN, LN, BN
+    plan = _grid_plan(xk, ch)
+    states = _eng().states(xk, plan)  # one statistics pass, merged three ways: IN, LN, BN
     count_in, mean_in, m2_in = _Grouping(c, False).merge_states(states, plan, ch, n)
     count_ln, mean_ln, m2_ln = _Grouping(1, False).merge_states(states, plan, ch, n)
     means = [mean_in, np.broadcast_to(mean_ln, (n, c))]
@@ -600,7 +601,7 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     means, variances = np.stack(means), np.stack(variances)
     mean = (mix_mean @ means.reshape(terms, -1)).reshape(n, c)
     var = (mix_var @ variances.reshape(terms, -1)).reshape(n, c)
-    y, mean, rstd = _grid_forward(x, xc, ch, _Grouping(c, False), mean, var, weight, bias, eps, out, plan)
+    y, mean, rstd = _grid_forward(x, xk, ch, _Grouping(c, False), mean, var, weight, bias, eps, out, plan)
     if rm is not None:
         if nbt is not None:
             nbt += 1
@@ -616,7 +617,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     """Gradients of `switchable_norm` given its `SwitchableStats`: returns
     `Grads(input, weight, bias, mean_weight, var_weight)`, the last two with respect to the logits.
     """
-    x, xc, dy = _backward_inputs(grad_output, input)
+    x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
     if not isinstance(stats, SwitchableStats):
@@ -628,11 +629,11 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
                          f"{stats.mean.shape} and stats.means of shape {stats.means.shape}")
     mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
     mix_var = _softmax_logits("var_weight", var_weight, terms)
-    weight = chk.parameter("weight", weight, (c,), xc.dtype)
+    weight = chk.parameter("weight", weight, (c,), xk.dtype)
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     mean, rstd = stats.mean, stats.rstd
-    plan = _grid_plan(xc, ch)
-    sum_dy, sum_dy_xc = _grid_sums(dy, xc, plan, ch, _on_grid(mean, xc, ch))
+    plan = _grid_plan(xk, ch)
+    sum_dy, sum_dy_xc = _grid_sums(dy, xk, plan, ch, _on_grid(mean, xk, ch))
     d_mean = -rstd * w * sum_dy  # dL/dmean per (sample, channel)
     d_var = -0.5 * rstd ** 3 * w * sum_dy_xc  # dL/dvar
     spatial = x.size // (n * c)
@@ -653,7 +654,7 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
         var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
         kb = kb + var_coef
         kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (centre - stats.means[k])
-    dx, _, _ = _eng().input_grad(dy, xc, plan, *(_on_grid(a, xc, ch) for a in (centre, rstd * w, kb, kc)))
+    dx, _, _ = _eng().input_grad(dy, xk, plan, *(_on_grid(a, xk, ch) for a in (centre, rstd * w, kb, kc)))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
     var_mix = (mix_var @ stats.variances.reshape(terms, -1)).reshape(n, c)
@@ -661,8 +662,8 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     g_var = np.array([(d_var * (stats.variances[k] - var_mix)).sum() for k in range(terms)])
     grad_mean_weight = mix_mean * (g_mean - mix_mean @ g_mean)
     grad_var_weight = mix_var * (g_var - mix_var @ g_var)
-    grad_weight = None if weight is None else (sum_dy_xc * rstd).sum(axis=0).astype(xc.dtype)
-    grad_bias = sum_dy.sum(axis=0).astype(xc.dtype) if stats.has_bias else None
+    grad_weight = None if weight is None else (sum_dy_xc * rstd).sum(axis=0).astype(xk.dtype)
+    grad_bias = sum_dy.sum(axis=0).astype(xk.dtype) if stats.has_bias else None
     return SwitchableGrads(dx if dx.dtype == x.dtype else dx.astype(x.dtype), grad_weight, grad_bias, grad_mean_weight,
                            grad_var_weight)
 
@@ -704,64 +705,64 @@ def _row_params(weight, bias, length, dtype):
 
 def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions."""
-    x, xc = _input("input", input, 1)
+    x, xk = _input("input", input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     k = len(shape)
-    weight = chk.parameter("weight", weight, shape, xc.dtype)
-    bias = chk.parameter("bias", bias, shape, xc.dtype)
+    weight = chk.parameter("weight", weight, shape, xk.dtype)
+    bias = chk.parameter("bias", bias, shape, xk.dtype)
     eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - k]
     length = math.prod(shape)
-    x2 = _fused_rows(xc, math.prod(lead), 1)
+    x2 = _fused_rows(xk, math.prod(lead), 1)
     if x2 is not None:
-        w, b = _fused_params(weight, bias, (1, length), xc.dtype)
+        w, b = _fused_params(weight, bias, (1, length), xk.dtype)
         y, mean, _, rstd = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
-        xc, plan = _row_plan(xc, k, weight is not None or bias is not None)
-        count, mean, m2 = _eng().moments(xc, [i < x.ndim - k for i in range(x.ndim)], plan)
+        xk, plan = _row_plan(xk, k, weight is not None or bias is not None)
+        count, mean, m2 = _eng().moments(xk, [i < x.ndim - k for i in range(x.ndim)], plan)
         spread = m2 / count
         if not centered:
             spread, mean = spread + mean * mean, np.zeros_like(mean)
-        w, b = _row_params(weight, bias, length, xc.dtype)
-        direct_out = out if out is not None and out.dtype == xc.dtype else None
+        w, b = _row_params(weight, bias, length, xk.dtype)
+        direct_out = out if out is not None and out.dtype == xk.dtype else None
         rstd = _rstd(spread, eps)
-        y = _deliver(_eng().affine(xc, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
+        y = _deliver(_eng().affine(xk, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
     return y, NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None, eps)
 
 
 def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, centered):
-    x, xc, dy = _backward_inputs(grad_output, input, 1)
+    x, xk, dy = _backward_inputs(grad_output, input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     k = len(shape)
     lead = x.shape[: x.ndim - k]
-    weight = chk.parameter("weight", weight, shape, xc.dtype)
+    weight = chk.parameter("weight", weight, shape, xk.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, lead)
     length = math.prod(shape)
-    x2 = _fused_rows(xc, mean.size, 1) if _is_c(dy) else None
+    x2 = _fused_rows(xk, mean.size, 1) if _is_c(dy) else None
     if x2 is not None:
-        w, _ = _fused_params(weight, None, (1, length), xc.dtype)
+        w = np.ones(length, xk.dtype) if weight is None else weight.reshape(length)
         blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
         dx2 = np.empty_like(x2)
-        sum_dy, sum_dy_xhat = np.empty((blocks, length)), np.empty((blocks, length))
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, 1, mean.ravel(), rstd.ravel(), centered,
-                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xc.dtype))
-        grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).reshape(shape).astype(xc.dtype)
-        grad_bias = sum_dy.sum(axis=0).reshape(shape).astype(xc.dtype) if has_bias else None
+        sum_dy, sum_dy_xhat = np.empty((2, blocks, length))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered,
+                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xk.dtype))
+        grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).reshape(shape).astype(xk.dtype)
+        grad_bias = sum_dy.sum(axis=0).reshape(shape).astype(xk.dtype) if has_bias else None
         return _grads(x, dx2.reshape(x.shape), grad_weight, grad_bias)
-    w, _ = _row_params(weight, np.zeros(shape, xc.dtype) if has_bias else None, length, xc.dtype)
-    xc, plan = _row_plan(xc, k, w is not None)
+    w, _ = _row_params(weight, np.zeros(shape, xk.dtype) if has_bias else None, length, xk.dtype)
+    xk, plan = _row_plan(xk, k, w is not None)
     keep = lead + (1,) * k
     mean, rstd = mean.reshape(keep), rstd.reshape(keep)
-    sum_wdy, sum_wdy_xc = _eng().grad_sums(dy, xc, plan, mean, weight=w)
+    sum_wdy, sum_wdy_xc = _eng().grad_sums(dy, xk, plan, mean, weight=w)
     # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
     ka = rstd
     kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
     kc = -rstd * (sum_wdy / length) if centered else np.zeros_like(rstd)
-    dx, grad_w, grad_b = _eng().input_grad(dy, xc, plan, mean, ka, kb, kc, weight=w)
+    dx, grad_w, grad_b = _eng().input_grad(dy, xk, plan, mean, ka, kb, kc, weight=w)
     grad_weight = None if weight is None else grad_w.reshape(shape).astype(weight.dtype)
-    grad_bias = grad_b.reshape(shape).astype(xc.dtype) if has_bias else None
+    grad_bias = grad_b.reshape(shape).astype(xk.dtype) if has_bias else None
     return _grads(x, dx, grad_weight, grad_bias)
 
 
@@ -834,12 +835,12 @@ def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
 
         nan_policy_value(nan_policy)
         return omit_moments(x, axes, keepdims)
-    arr, xc = _input("x", x, 0)
+    arr, xk = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]
     if arr.size == 0:
         raise ValueError(f"x must not be empty, got shape {arr.shape}")
-    count, mean, m2 = _eng().moments(xc, kept)
+    count, mean, m2 = _eng().moments(xk, kept)
     var = m2 / count
     if not keepdims:
         mean, var = mean.reshape([arr.shape[i] for i in range(arr.ndim) if kept[i]]), var.reshape(
@@ -851,7 +852,7 @@ def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
 def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     """``(x - mean) * scale / sqrt(variance + variance_epsilon) + offset`` with broadcasting
     (``tf.nn.batch_normalization``); ``offset``/``scale`` may be None."""
-    arr, xc = _input("x", x, 0)
+    arr, xk = _input("x", x, 0)
     eps = chk.eps_value("variance_epsilon", variance_epsilon)
     params = {}
     for name, value in (("mean", mean), ("variance", variance), ("offset", offset), ("scale", scale)):
@@ -870,9 +871,10 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
         alpha = alpha * params["scale"]
     beta = params.get("offset", np.zeros(()))
     kept = [any(p.shape[i] != 1 for p in params.values()) for i in range(arr.ndim)]
-    plan = Plan.of(xc, kept)
+    plan = Plan.of(xk, kept)
     full = lambda a: np.broadcast_to(a, [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)])
-    y = _eng().affine(xc, plan, full(params["mean"]), full(alpha), full(beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)))
+    beta = beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)
+    y = _eng().affine(xk, plan, full(params["mean"]), full(alpha), full(beta))
     return _deliver(y, arr.dtype, None)
 
 
@@ -904,14 +906,14 @@ def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
         from ._tfstats import weighted_welford
 
         return weighted_welford(x, axes, weights, keepdims, nan_policy)
-    arr, xc = _input("x", x, 0)
+    arr, xk = _input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     kept = [i not in axes for i in range(arr.ndim)]
     shape = [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)]
     if arr.size == 0:
         count, mean, m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     else:
-        count, mean, m2 = _eng().moments(xc, kept)
+        count, mean, m2 = _eng().moments(xk, kept)
     if not keepdims:
         out_shape = [arr.shape[i] for i in range(arr.ndim) if kept[i]]
         count, mean, m2 = (a.reshape(out_shape) for a in (count, mean, m2))

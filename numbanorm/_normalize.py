@@ -98,10 +98,10 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
     -------
     y, or ``(y, stats)`` with ``return_stats=True``.
     """
-    arr, xc = F._input("x", x, 0)
+    arr, xk = F._input("x", x, 0)
     axes = _check_axes(arr, axes)
-    w_shape, w = _param("weight", weight, arr.shape, xc.dtype, "x")
-    b_shape, b = _param("bias", bias, arr.shape, xc.dtype, "x")
+    w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "x")
+    b_shape, b = _param("bias", bias, arr.shape, xk.dtype, "x")
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, arr.shape, arr.dtype)
     policy = nan_policy_value(nan_policy)
@@ -113,17 +113,17 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
         return (y, stats) if return_stats else y
     if policy == "omit":
         _host_only("normalize with nan_policy='omit'", arr)
-        count, mean, m2, present = omit_states(xc, np.ones((1,) * arr.ndim), axes)
+        count, mean, m2, present = omit_states(xk, np.ones((1,) * arr.ndim), axes)
         none = present == 0  # a group of NaN only: NaN statistics
         mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
     else:
-        count, mean, m2 = F._eng().moments(xc, kept)
+        count, mean, m2 = F._eng().moments(xk, kept)
     rstd = F._rstd(m2 / count, eps)
-    plan = Plan.of(xc, _union_kept(arr.shape, axes, w_shape, b_shape))
+    plan = Plan.of(xk, _union_kept(arr.shape, axes, w_shape, b_shape))
     alpha = rstd if w is None else rstd * w.astype(np.float64)
     beta = np.zeros(()) if b is None else b
-    direct_out = out if out is not None and out.dtype == xc.dtype else None
-    y = F._deliver(F._eng().affine(xc, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
+    direct_out = out if out is not None and out.dtype == xk.dtype else None
+    y = F._deliver(F._eng().affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
     stats = NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
                            b is not None, eps, b_shape, policy)
     return (y, stats) if return_stats else y
@@ -147,9 +147,9 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
         ``weight``/``bias`` gradients summed over the axes they were broadcast along, in their own
         shapes (None where the forward had none), in the input's dtype.
     """
-    arr, xc, dy = F._backward_inputs(grad_output, input, 0)
+    arr, xk, dy = F._backward_inputs(grad_output, input, 0)
     axes = _check_axes(arr, axes)
-    w_shape, w = _param("weight", weight, arr.shape, xc.dtype, "input")
+    w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "input")
     keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
     if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
         raise TypeError(f"stats must be the NormalizeStats returned by normalize with return_stats=True, "
@@ -167,10 +167,10 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
         zeros = lambda own: None if own is None else np.zeros(own, arr.dtype)
         return F.Grads(np.empty_like(arr), zeros(w_shape), zeros(b_shape) if has_bias else None)
     if getattr(stats, "nan_policy", "propagate") == "omit":
-        return _omit_backward(arr, xc, dy, axes, mean, rstd, w, w_shape, b_shape if has_bias else None)
+        return _omit_backward(arr, xk, dy, axes, mean, rstd, w, w_shape, b_shape if has_bias else None)
     kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
-    plan = Plan.of(xc, kept_u)
-    s1, s2 = F._eng().grad_sums(dy, xc, plan, mean)
+    plan = Plan.of(xk, kept_u)
+    s1, s2 = F._eng().grad_sums(dy, xk, plan, mean)
     # per union cell: sum(dy) and sum(dy*(x - mean)); the weight is constant on each cell
     wf = np.ones((1,) * arr.ndim) if w is None else w.astype(np.float64)
     inner = tuple(i for i in axes if kept_u[i])  # reduced axes the weight varies along
@@ -178,18 +178,18 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
     sum_g_xhat = (wf * s2 * rstd).sum(axis=inner, keepdims=True) if inner else wf * s2 * rstd
     n = math.prod(arr.shape[a] for a in axes)
     # dx = rstd*(dy*w - mean(dy*w) - xhat*mean(dy*w*xhat)), xhat = (x - mean)*rstd
-    dx, _, _ = F._eng().input_grad(dy, xc, plan, mean, rstd * wf, -rstd * rstd * sum_g_xhat / n, -rstd * sum_g / n)
+    dx, _, _ = F._eng().input_grad(dy, xk, plan, mean, rstd * wf, -rstd * rstd * sum_g_xhat / n, -rstd * sum_g / n)
     grad_weight = None if w is None else reduce_to(s2 * rstd, w_shape, arr.ndim).astype(arr.dtype)
     grad_bias = reduce_to(s1, b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
     return F._grads(arr, dx, grad_weight, grad_bias)
 
 
-def _omit_backward(arr, xc, dy, axes, mean, rstd, w, w_shape, b_shape):
+def _omit_backward(arr, xk, dy, axes, mean, rstd, w, w_shape, b_shape):
     """The backward of ``nan_policy="omit"``: each statistic is over its present (non-NaN) values
     only, so the sums are too; a NaN input gets gradient 0 and its ``grad_output`` is left out."""
-    present = ~np.isnan(xc)
+    present = ~np.isnan(xk)
     n = present.sum(axis=axes, keepdims=True)
-    xhat = np.where(present, (xc.astype(np.float64) - mean) * rstd, 0.0)
+    xhat = np.where(present, (xk.astype(np.float64) - mean) * rstd, 0.0)
     dyf = np.where(present, dy, 0.0)
     g = dyf if w is None else dyf * w.astype(np.float64)
     safe = np.where(n > 0, n, 1)

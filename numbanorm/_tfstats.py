@@ -283,12 +283,12 @@ def normalize_moments(counts, mean_ss, variance_ss, shift):
 
 # -- backwards of moments and batch_normalization ---------------------------------------------------
 
-def _sums(dy, xc, kept, center):
+def _sums(dy, xk, kept, center):
     """``sum(dy)`` and ``sum(dy*(x - center))`` over the axes not ``kept``, keepdims-shaped float64;
     and the plan (over ``kept``) that computed them."""
-    plan = Plan.of(xc, kept)
-    s1, s2 = F._eng().grad_sums(dy, xc, plan, center)
-    rest = tuple(i for i in range(xc.ndim) if not kept[i] and i not in plan.reduced_axes)
+    plan = Plan.of(xk, kept)
+    s1, s2 = F._eng().grad_sums(dy, xk, plan, center)
+    rest = tuple(i for i in range(xk.ndim) if not kept[i] and i not in plan.reduced_axes)
     if rest:
         s1, s2 = s1.sum(axis=rest, keepdims=True), s2.sum(axis=rest, keepdims=True)
     return s1, s2, plan
@@ -326,7 +326,7 @@ def moments_backward(grad_mean, grad_variance, x, axes):
         ``grad_mean/n + grad_variance*2*(x - mean)/n`` with ``n`` the number of values per
         statistic, what TensorFlow's autograd gives through ``tf.nn.moments``.
     """
-    arr, xc = F._input("x", x, 0)
+    arr, xk = F._input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     gm = _grad_of_stat("grad_mean", grad_mean, arr.shape, axes)
     gv = _grad_of_stat("grad_variance", grad_variance, arr.shape, axes)
@@ -334,8 +334,8 @@ def moments_backward(grad_mean, grad_variance, x, axes):
     if arr.size == 0:
         return np.empty_like(arr)
     kept = [i not in axes for i in range(arr.ndim)]
-    count, mean, _ = F._eng().moments(xc, kept)
-    dx = F._eng().affine(xc, Plan.of(xc, kept), mean, 2.0 * gv / n, gm / n)
+    count, mean, _ = F._eng().moments(xk, kept)
+    dx = F._eng().affine(xk, Plan.of(xk, kept), mean, 2.0 * gv / n, gm / n)
     return F._deliver(dx, arr.dtype, None)
 
 
@@ -369,7 +369,7 @@ def batch_normalization_backward(grad_output, x, mean, variance, offset, scale, 
         Each gradient in x's dtype; a parameter's summed over the axes it was broadcast along,
         in its own shape (None for a None ``offset``/``scale``).
     """
-    arr, xc = F._input("x", x, 0)
+    arr, xk = F._input("x", x, 0)
     dy = chk.same_array("grad_output", grad_output, arr, "x")
     dy = dy.astype(np.float32) if dy.dtype == np.float16 else dy
     eps = chk.eps_value("variance_epsilon", variance_epsilon)
@@ -387,8 +387,8 @@ def batch_normalization_backward(grad_output, x, mean, variance, offset, scale, 
         s1 = s2 = np.zeros([d if k else 1 for d, k in zip(arr.shape, kept)])
         dx = np.empty_like(arr)
     else:
-        s1, s2, plan = _sums(dy, xc, kept, m)
-        dx, _, _ = F._eng().input_grad(dy, xc, plan, m, scale_v * rstd, np.zeros(()), np.zeros(()))
+        s1, s2, plan = _sums(dy, xk, kept, m)
+        dx, _, _ = F._eng().input_grad(dy, xk, plan, m, scale_v * rstd, np.zeros(()), np.zeros(()))
     grads = {
         "mean": -s1 * scale_v * rstd,
         "variance": -0.5 * s2 * scale_v * rstd ** 3,
