@@ -8,7 +8,7 @@ on those small arrays.  Layer norm is the same engine with statistics per row an
 parameters along the row.
 """
 
-from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, Sequence, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, Protocol, Sequence, TypeVar, Union, overload
 
 import math
 import threading
@@ -32,6 +32,18 @@ else:
 #: An array of the input's family: a NumPy array for NumPy (and array-like) input; Dask and CUDA
 #: inputs return a Dask array or an array of the input's CUDA family (not described statically).
 Array = NDArray[Any]
+
+
+class _CUDAArray(Protocol):
+    """A CUDA array (Numba device array, CuPy array, PyTorch CUDA tensor): what the CUDA backend takes."""
+
+    @property
+    def __cuda_array_interface__(self) -> Any: ...
+
+
+#: An array written in place (running statistics, ``out``): a NumPy array, or a CUDA array when
+#: the input is one.
+InPlace = Union[NDArray[Any], _CUDAArray]
 #: ``normalized_shape``: the trailing dimensions of a layer or RMS norm.
 ShapeLike = Union[int, Sequence[int]]
 #: ``axes`` of `moments` and `welford`.
@@ -366,28 +378,28 @@ def _maybe_stats(y, stats, return_stats):
 
 
 @overload
-def batch_norm(input: ArrayLike, running_mean: Optional[Array], running_var: Optional[Array],
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-               return_stats: Literal[False] = ..., out: Optional[Array] = ...,
+               return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
                num_batches_tracked: Optional[Array] = ...) -> Array: ...
 @overload
-def batch_norm(input: ArrayLike, running_mean: Optional[Array], running_var: Optional[Array],
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-               return_stats: Literal[True], out: Optional[Array] = ...,
+               return_stats: Literal[True], out: Optional[InPlace] = ...,
                num_batches_tracked: Optional[Array] = ...) -> tuple[Array, NormStats]: ...
 @overload
-def batch_norm(input: ArrayLike, running_mean: Optional[Array], running_var: Optional[Array],
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-               return_stats: bool = ..., out: Optional[Array] = ...,
+               return_stats: bool = ..., out: Optional[InPlace] = ...,
                num_batches_tracked: Optional[Array] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def batch_norm(input: ArrayLike, running_mean: Optional[Array], running_var: Optional[Array],
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
-               return_stats: bool = False, out: Optional[Array] = None,
+               return_stats: bool = False, out: Optional[InPlace] = None,
                num_batches_tracked: Optional[Array] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Batch normalization (``torch.nn.functional.batch_norm``), statistics over every axis but
     ``channel_axis``.
@@ -500,28 +512,28 @@ def batch_norm(input: ArrayLike, running_mean: Optional[Array], running_var: Opt
 
 
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                   weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
                   momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                  return_stats: Literal[False] = ..., out: Optional[Array] = ...,
+                  return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
                   num_batches_tracked: Optional[Array] = ...) -> Array: ...
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                   weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
                   momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                  return_stats: Literal[True], out: Optional[Array] = ...,
+                  return_stats: Literal[True], out: Optional[InPlace] = ...,
                   num_batches_tracked: Optional[Array] = ...) -> tuple[Array, NormStats]: ...
 @overload
-def instance_norm(input: ArrayLike, running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                   weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
                   momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                  return_stats: bool = ..., out: Optional[Array] = ...,
+                  return_stats: bool = ..., out: Optional[InPlace] = ...,
                   num_batches_tracked: Optional[Array] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def instance_norm(input: ArrayLike, running_mean: Optional[Array] = None, running_var: Optional[Array] = None,
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = None, running_var: Optional[InPlace] = None,
                   weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, use_input_stats: bool = True,
                   momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
-                  return_stats: bool = False, out: Optional[Array] = None,
+                  return_stats: bool = False, out: Optional[InPlace] = None,
                   num_batches_tracked: Optional[Array] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Instance normalization (``torch.nn.functional.instance_norm``): statistics per sample and
     channel over the spatial axes.
@@ -650,19 +662,19 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
 @overload
 def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
                eps: float = ..., *, channel_axis: int = ..., return_stats: Literal[False] = ...,
-               out: Optional[Array] = ...) -> Array: ...
+               out: Optional[InPlace] = ...) -> Array: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
                eps: float = ..., *, channel_axis: int = ..., return_stats: Literal[True],
-               out: Optional[Array] = ...) -> tuple[Array, NormStats]: ...
+               out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
 @overload
 def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
                eps: float = ..., *, channel_axis: int = ..., return_stats: bool = ...,
-               out: Optional[Array] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
+               out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
 def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: int = 1,
-               return_stats: bool = False, out: Optional[Array] = None) -> Union[Array, tuple[Array, NormStats]]:
+               return_stats: bool = False, out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Group normalization (``torch.nn.functional.group_norm``): statistics per sample over each
     of ``num_groups`` groups of consecutive channels and the spatial axes.
 
@@ -1011,31 +1023,31 @@ def _softmax_logits(name, logits, terms):
 
 @overload
 def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
-                    running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                     weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                     momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                    using_bn: bool = ..., return_stats: Literal[False] = ..., out: Optional[Array] = ...,
+                    using_bn: bool = ..., return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
                     num_batches_tracked: Optional[Array] = ...) -> Array: ...
 @overload
 def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
-                    running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                     weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                     momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                    using_bn: bool = ..., return_stats: Literal[True], out: Optional[Array] = ...,
+                    using_bn: bool = ..., return_stats: Literal[True], out: Optional[InPlace] = ...,
                     num_batches_tracked: Optional[Array] = ...) -> tuple[Array, SwitchableStats]: ...
 @overload
 def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
-                    running_mean: Optional[Array] = ..., running_var: Optional[Array] = ...,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
                     weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
                     momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
-                    using_bn: bool = ..., return_stats: bool = ..., out: Optional[Array] = ...,
+                    using_bn: bool = ..., return_stats: bool = ..., out: Optional[InPlace] = ...,
                     num_batches_tracked: Optional[Array] = ...) -> Union[Array, tuple[Array, SwitchableStats]]: ...
 @dispatch
 def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
-                    running_mean: Optional[Array] = None, running_var: Optional[Array] = None,
+                    running_mean: Optional[InPlace] = None, running_var: Optional[InPlace] = None,
                     weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                     momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
-                    using_bn: bool = True, return_stats: bool = False, out: Optional[Array] = None,
+                    using_bn: bool = True, return_stats: bool = False, out: Optional[InPlace] = None,
                     num_batches_tracked: Optional[Array] = None) -> Union[Array, tuple[Array, SwitchableStats]]:
     """Switchable normalization (Luo et al. 2018): normalize by a softmax mixture of the instance,
     layer and batch statistics, ``mean = sum_k softmax(mean_weight)_k * mean_k`` and likewise the
@@ -1412,19 +1424,19 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
-               out: Optional[Array] = ...) -> Array: ...
+               out: Optional[InPlace] = ...) -> Array: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[True],
-               out: Optional[Array] = ...) -> tuple[Array, NormStats]: ...
+               out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: bool = ...,
-               out: Optional[Array] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
+               out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, return_stats: bool = False,
-               out: Optional[Array] = None) -> Union[Array, tuple[Array, NormStats]]:
+               out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
     ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape.
 
@@ -1555,19 +1567,19 @@ def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormSta
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, return_stats: Literal[False] = ...,
-             out: Optional[Array] = ...) -> Array: ...
+             out: Optional[InPlace] = ...) -> Array: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, return_stats: Literal[True],
-             out: Optional[Array] = ...) -> tuple[Array, NormStats]: ...
+             out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
 @overload
 def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
              eps: Optional[float] = ..., *, return_stats: bool = ...,
-             out: Optional[Array] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
+             out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
 def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, return_stats: bool = False,
-             out: Optional[Array] = None) -> Union[Array, tuple[Array, NormStats]]:
+             out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """RMS normalization (``torch.nn.functional.rms_norm``): ``x / sqrt(mean(x**2) + eps) * weight``
     over the trailing ``normalized_shape`` dimensions; ``eps=None`` is the machine epsilon of the
     input's dtype.  The stats' ``mean`` is zero.
