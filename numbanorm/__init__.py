@@ -1,8 +1,22 @@
 """numbanorm: normalization layers and their statistics for NumPy, compiled with Numba.
 
 Forward and hand-derived backward of batch, instance, layer, group, RMS and switchable
-normalization and weight standardization, normalization over any set of axes, plus one-pass
-mergeable statistics and TensorFlow's statistics API, on float16/32/64 arrays of any layout.
+normalization and weight standardization, normalization over any set of axes (`normalize`), plus
+one-pass mergeable statistics (`moments`, `batch_normalization`, `welford`/`merge`) and
+TensorFlow's statistics API, on float16/32/64 arrays of any layout.  NumPy arrays run on the CPU,
+CUDA arrays on the GPU, Dask arrays lazily on a cluster.  The layer classes (`BatchNorm`,
+`LayerNorm`, ...) keep parameters, running statistics and gradients for hand-written training
+loops.
+
+Examples
+--------
+>>> import numpy as np
+>>> import numbanorm as nn
+>>> x = np.random.default_rng(0).standard_normal((4, 8, 5, 5)).astype(np.float32)
+>>> y, stats = nn.group_norm(x, 4, return_stats=True)
+>>> grads = nn.group_norm_backward(np.ones_like(y), x, stats, 4)
+>>> grads.input.shape, grads.input.dtype
+((4, 8, 5, 5), dtype('float32'))
 """
 
 from ._functional import *  # noqa: F401,F403 -- the named norms and statistics, see _functional.__all__

@@ -8,17 +8,46 @@ on those small arrays.  Layer norm is the same engine with statistics per row an
 parameters along the row.
 """
 
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, Protocol, Sequence, TypeVar, Union, overload
 
 import math
 import threading
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as chk
 from . import _cpu, _engine
-from ._dispatch import dispatch
 from ._plan import Plan, fold_for
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def dispatch(fn: _F) -> _F:
+        """``_dispatch.dispatch`` wraps with ``functools.wraps``: the signature stays the function's."""
+        return fn
+else:
+    from ._dispatch import dispatch
+
+#: An array of the input's family: a NumPy array for NumPy (and array-like) input; Dask and CUDA
+#: inputs return a Dask array or an array of the input's CUDA family (not described statically).
+Array = NDArray[Any]
+
+
+class _CUDAArray(Protocol):
+    """A CUDA array (Numba device array, CuPy array, PyTorch CUDA tensor): what the CUDA backend takes."""
+
+    @property
+    def __cuda_array_interface__(self) -> Any: ...
+
+
+#: An array written in place (running statistics, ``out``): a NumPy array, or a CUDA array when
+#: the input is one.
+InPlace = Union[NDArray[Any], _CUDAArray]
+#: ``normalized_shape``: the trailing dimensions of a layer or RMS norm.
+ShapeLike = Union[int, Sequence[int]]
+#: ``axes`` of `moments` and `welford`.
+AxesLike = Union[int, Sequence[int]]
 
 
 __all__ = [
@@ -33,31 +62,70 @@ __all__ = [
 class NormStats(NamedTuple):
     """What a forward keeps for its backward (float64, whatever the input's dtype).
 
-    mean, rstd
+    Returned by the forwards called with ``return_stats=True`` (`batch_norm`, `instance_norm`,
+    `group_norm`, `layer_norm`, `rms_norm`) and passed to the matching backward.
+
+    Attributes
+    ----------
+    mean, rstd : ndarray of float64
         Per group: ``(C,)`` for batch norm, ``(N, C)`` for instance norm, ``(N, G)`` for group
-        norm, the leading shape of the input for layer norm.
-    batch_stats
+        norm, the leading shape of the input for layer norm and RMS norm (whose ``mean`` is
+        zero).  ``rstd`` is ``1 / sqrt(var + eps)``.
+    batch_stats : bool
         True when the statistics came from the input (training); False when running
         statistics were used, which the backward then treats as constants.
-    has_bias
+    has_bias : bool
         Whether the forward had a bias, so the backward returns its gradient.
-    eps
+    eps : float
         The forward's eps (backends that recompute statistics blockwise need it).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> y, stats = nn.instance_norm(x, return_stats=True)
+    >>> stats.mean.shape, stats.rstd.dtype, stats.batch_stats, stats.has_bias
+    ((4, 3), dtype('float64'), True, False)
     """
 
-    mean: np.ndarray
-    rstd: np.ndarray
+    mean: NDArray[np.float64]
+    rstd: NDArray[np.float64]
     batch_stats: bool = True
     has_bias: bool = False
     eps: float = 1e-5
 
 
 class Grads(NamedTuple):
-    """Gradients of a normalization; ``weight``/``bias`` are None where the forward had none."""
+    """Gradients of a normalization; ``weight``/``bias`` are None where the forward had none.
 
-    input: np.ndarray
-    weight: Optional[np.ndarray] = None
-    bias: Optional[np.ndarray] = None
+    Returned by `batch_norm_backward`, `instance_norm_backward`, `group_norm_backward`,
+    `layer_norm_backward` and `rms_norm_backward`.
+
+    Attributes
+    ----------
+    input : ndarray
+        The gradient with respect to the input: its shape and dtype.
+    weight : ndarray or None
+        The gradient with respect to ``weight`` (its shape), or None when no weight was given.
+    bias : ndarray or None
+        The gradient with respect to ``bias``, or None when the forward had no bias
+        (``stats.has_bias`` is False; always None for RMS norm).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 6))
+    >>> y, stats = nn.layer_norm(x, 6, np.ones(6), np.zeros(6), return_stats=True)
+    >>> g = nn.layer_norm_backward(np.ones_like(y), x, stats, 6, np.ones(6))
+    >>> g.input.shape, g.weight.shape, g.bias.tolist()
+    ((4, 6), (6,), [4.0, 4.0, 4.0, 4.0, 4.0, 4.0])
+    """
+
+    input: Array
+    weight: Optional[Array] = None
+    bias: Optional[Array] = None
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -77,7 +145,7 @@ def _is_c(a):
 
 def _input(name, value, min_ndim):
     """The checked input ``x`` and ``xk``, x as the kernels take it (float16 widened to float32).
-    (In the kernels ``xc`` is a centred value, ``x - mean``.)"""
+    (In the kernels ``xk`` is a centred value, ``x - mean``.)"""
     x = chk.float_array(name, value, min_ndim)
     return x, (x.astype(np.float32) if x.dtype == np.float16 else x)
 
@@ -328,32 +396,66 @@ def _maybe_stats(y, stats, return_stats):
     return (y, stats) if return_stats else y
 
 
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+               return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
+               num_batches_tracked: Optional[Array] = ...,
+               running_var_unbiased: bool = ...) -> Array: ...
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+               return_stats: Literal[True], out: Optional[InPlace] = ...,
+               num_batches_tracked: Optional[Array] = ...,
+               running_var_unbiased: bool = ...) -> tuple[Array, NormStats]: ...
+@overload
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
+               weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+               momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+               return_stats: bool = ..., out: Optional[InPlace] = ...,
+               num_batches_tracked: Optional[Array] = ...,
+               running_var_unbiased: bool = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
-               num_batches_tracked=None, running_var_unbiased=True):
+def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
+               weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
+               momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
+               return_stats: bool = False, out: Optional[InPlace] = None,
+               num_batches_tracked: Optional[Array] = None,
+               running_var_unbiased: bool = True) -> Union[Array, tuple[Array, NormStats]]:
     """Batch normalization (``torch.nn.functional.batch_norm``), statistics over every axis but
     ``channel_axis``.
 
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, with the batch's mean and
+    biased variance (``training=True``) or the running statistics (``training=False``).
+
     Parameters
     ----------
-    input : ndarray, float16/32/64, at least 2-D
+    input : array_like, float16/32/64, at least 2-D
         Laid out ``(N, C, *spatial)`` (``channel_axis=1``) or ``(N, *spatial, C)``
-        (``channel_axis=-1``); any strides.
+        (``channel_axis=-1``); any strides.  A Dask or CUDA array runs on that backend.
     running_mean, running_var : ndarray (C,) or None
         Training: updated in place as ``(1 - momentum)*old + momentum*batch`` (running_var with
-        the unbiased batch variance) when given.  Eval: used for normalization (required).
-    weight, bias : array (C,) or None
+        the unbiased batch variance) when given; writable, contiguous 1-D float arrays, updated
+        in their own dtype.  Eval: used for normalization (required).
+    weight, bias : array_like (C,) or None
+        The affine parameters; cast to the compute dtype.  None: no scale, no shift.
     training : bool
+        Normalize with the batch statistics (and update the running ones) rather than with the
+        running statistics.
     momentum : float in [0, 1] or None
-        None: cumulative average over the batches counted in ``num_batches_tracked``.
-    eps : float >= 0, added to the variance inside the square root.
+        The weight of the new batch value in the running update (PyTorch's direction).  None:
+        cumulative average over the batches counted in ``num_batches_tracked``.
+    eps : float >= 0
+        Added to the variance inside the square root.
     channel_axis : int, keyword-only
+        The channel axis: any axis but the batch axis 0, negative allowed.
     return_stats : bool, keyword-only
         Also return a `NormStats` for `batch_norm_backward`.
-    out : ndarray, optional
+    out : ndarray, optional, keyword-only
         Where to write the result (same shape and dtype as input).
-    num_batches_tracked : integer ndarray of one element, optional
+    num_batches_tracked : integer ndarray of one element, optional, keyword-only
         Incremented in place by each training call that updates running statistics (as the
         PyTorch module's buffer); required when ``momentum`` is None.
     running_var_unbiased : bool, keyword-only
@@ -363,17 +465,108 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
     Returns
     -------
-    y, or ``(y, stats)`` with ``return_stats=True``.
+    y : ndarray
+        The normalized input, with its shape and dtype (``out`` when given).
+    stats : NormStats
+        Only with ``return_stats=True``, as ``(y, stats)``: per-channel ``mean`` and ``rstd``
+        of shape ``(C,)`` in float64.
+
+    Raises
+    ------
+    TypeError
+        If an array argument is not of a float16/32/64 dtype (integer, bool, complex, object,
+        None or a string where an array is needed); if a running statistic is not a NumPy
+        array; if ``out`` is not an array or has another dtype than the input; if ``eps`` or
+        ``momentum`` is not a real number (a bool is refused), ``channel_axis`` is not an
+        integer, or ``num_batches_tracked`` is not an integer NumPy array of one element; if
+        the arrays of the call live in different places (a NumPy array among CUDA arrays).
+    ValueError
+        If the input has fewer than 2 dimensions; ``channel_axis`` is the batch axis or out of
+        range; ``weight``, ``bias`` or a running statistic does not have shape ``(C,)``; a
+        running statistic is read-only or not contiguous; only one of ``running_mean`` and
+        ``running_var`` is given; they are missing with ``training=False``; ``eps`` is negative
+        or not finite; ``momentum`` is outside [0, 1]; ``momentum`` is None with running
+        statistics but no ``num_batches_tracked``; training sees a single value per channel;
+        ``out`` has another shape or is read-only; ``num_batches_tracked`` is read-only.
+        Nothing is written when a check fails.
+
+    See Also
+    --------
+    batch_norm_backward, BatchNorm, instance_norm, moments
+
+    Notes
+    -----
+    Conventions beside other frameworks:
+
+    - **momentum** is PyTorch's: ``running = (1 - momentum)*running + momentum*batch``,
+      default 0.1.  Keras and Flax use a decay ``m`` (default 0.99) on the *old* value: pass
+      ``momentum = 1 - m``.
+    - **variance**: normalization uses the biased batch variance (divided by n), the running
+      variance stores the unbiased one (n - 1), as PyTorch.  Keras and Flax store the biased
+      one.
+    - **eps** is inside the square root, ``(x - mean) / sqrt(var + eps)``, as everywhere;
+      defaults differ: 1e-5 here and in PyTorch, 1e-3 in Keras, 1e-6 in Flax.
+    - **channel axis**: 1 as PyTorch (NCHW); ``channel_axis=-1`` for the channels-last layout
+      of Keras and Flax.
+
+    Statistics are computed in one pass per chunk in the input precision (float32 at least)
+    and merged in float64 with Chan's formula; ``stats`` are float64.  float16 input is computed
+    in float32 and returned as float16.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4)).astype(np.float32)
+    >>> running_mean, running_var = np.zeros(3, np.float32), np.ones(3, np.float32)
+    >>> y, stats = nn.batch_norm(x, running_mean, running_var, training=True, return_stats=True)
+    >>> y.shape, y.dtype, stats.mean.shape
+    ((8, 3, 4, 4), dtype('float32'), (3,))
+    >>> bool(np.allclose(y.mean(axis=(0, 2, 3)), 0, atol=1e-6))
+    True
+    >>> bool(np.allclose(running_mean, 0.1 * x.mean(axis=(0, 2, 3)), atol=1e-6))
+    True
+
+    Channels-last data give the same result with ``channel_axis=-1``:
+
+    >>> x_nhwc = np.moveaxis(x, 1, -1)
+    >>> y_nhwc = nn.batch_norm(x_nhwc, None, None, training=True, channel_axis=-1)
+    >>> bool(np.allclose(np.moveaxis(y_nhwc, -1, 1), y, atol=1e-6))
+    True
     """
     return _tracked_grid_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                               channel_axis, return_stats, out, num_batches_tracked, over_batch=True,
                               running_var_unbiased=running_var_unbiased)
 
 
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                  return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
+                  num_batches_tracked: Optional[Array] = ...,
+                  running_var_unbiased: bool = ...) -> Array: ...
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                  return_stats: Literal[True], out: Optional[InPlace] = ...,
+                  num_batches_tracked: Optional[Array] = ...,
+                  running_var_unbiased: bool = ...) -> tuple[Array, NormStats]: ...
+@overload
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                  weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., use_input_stats: bool = ...,
+                  momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                  return_stats: bool = ..., out: Optional[InPlace] = ...,
+                  num_batches_tracked: Optional[Array] = ...,
+                  running_var_unbiased: bool = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,
-                  use_input_stats=True, momentum=0.1, eps=1e-5, *, channel_axis=1,
-                  return_stats=False, out=None, num_batches_tracked=None, running_var_unbiased=True):
+def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = None, running_var: Optional[InPlace] = None,
+                  weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, use_input_stats: bool = True,
+                  momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
+                  return_stats: bool = False, out: Optional[InPlace] = None,
+                  num_batches_tracked: Optional[Array] = None,
+                  running_var_unbiased: bool = True) -> Union[Array, tuple[Array, NormStats]]:
     """Instance normalization (``torch.nn.functional.instance_norm``): statistics per sample and
     channel over the spatial axes.
 
@@ -381,6 +574,76 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     batch value is the mean over samples of the per-instance mean and unbiased variance.  With
     ``use_input_stats=False`` the running statistics normalize every instance.  Other arguments
     as `batch_norm`.
+
+    Parameters
+    ----------
+    input : array_like, float16/32/64, at least 2-D
+        ``(N, C, *spatial)`` or, with ``channel_axis=-1``, ``(N, *spatial, C)``; any strides.
+    running_mean, running_var : ndarray (C,) or None
+        Updated in place when given and ``use_input_stats`` (see above); required with
+        ``use_input_stats=False``.
+    weight, bias : array_like (C,) or None
+        Per-channel affine parameters.
+    use_input_stats : bool
+        Normalize each instance with its own statistics (True, the default) or with the
+        running statistics.
+    momentum : float in [0, 1] or None
+        As `batch_norm` (PyTorch's direction; None is the cumulative average).
+    eps : float >= 0
+        Added to the variance inside the square root.
+    channel_axis : int, keyword-only
+        Any axis but the batch axis 0.
+    return_stats : bool, keyword-only
+        Also return a `NormStats` for `instance_norm_backward`.
+    out : ndarray, optional, keyword-only
+        Where to write the result (same shape and dtype as input).
+    num_batches_tracked : integer ndarray of one element, optional, keyword-only
+        Incremented in place by each call that updates running statistics; required when
+        ``momentum`` is None and running statistics are given.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input (``out`` when given).
+    stats : NormStats
+        Only with ``return_stats=True``, as ``(y, stats)``: ``mean`` and ``rstd`` of shape
+        ``(N, C)``.
+
+    Raises
+    ------
+    TypeError
+        As `batch_norm`: a non-float array, a running statistic that is not a NumPy array, a
+        wrong ``out``, ``eps``, ``momentum``, ``channel_axis`` or ``num_batches_tracked``
+        type.
+    ValueError
+        As `batch_norm`; with ``use_input_stats`` an input with a single spatial element per
+        instance, and with ``use_input_stats=False`` missing running statistics.
+
+    See Also
+    --------
+    instance_norm_backward, InstanceNorm, group_norm
+
+    Notes
+    -----
+    The normalizing variance is biased (divided by the number of spatial elements), eps is
+    inside the square root, and the running update follows PyTorch's momentum direction, as in
+    `batch_norm`.  An empty batch (N = 0) returns an empty result and tracks nothing.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+    >>> y = nn.instance_norm(x)
+    >>> bool(np.allclose(y.mean(axis=(2, 3)), 0)), bool(np.allclose(y.var(axis=(2, 3)), 1, atol=1e-3))
+    (True, True)
+
+    With running statistics, updated from the per-instance values:
+
+    >>> rm, rv = np.zeros(3), np.ones(3)
+    >>> _ = nn.instance_norm(x, rm, rv)
+    >>> bool(np.allclose(rm, 0.1 * x.mean(axis=(2, 3)).mean(axis=0)))
+    True
     """
     return _tracked_grid_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
                               channel_axis, return_stats, out, num_batches_tracked, over_batch=False,
@@ -431,11 +694,86 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
     return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
 
 
+@overload
+def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+               eps: float = ..., *, channel_axis: int = ..., return_stats: Literal[False] = ...,
+               out: Optional[InPlace] = ...) -> Array: ...
+@overload
+def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+               eps: float = ..., *, channel_axis: int = ..., return_stats: Literal[True],
+               out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
+@overload
+def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+               eps: float = ..., *, channel_axis: int = ..., return_stats: bool = ...,
+               out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1,
-               return_stats=False, out=None):
+def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: int = 1,
+               return_stats: bool = False, out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Group normalization (``torch.nn.functional.group_norm``): statistics per sample over each
-    of ``num_groups`` groups of consecutive channels and the spatial axes."""
+    of ``num_groups`` groups of consecutive channels and the spatial axes.
+
+    Parameters
+    ----------
+    input : array_like, float16/32/64, at least 2-D
+        ``(N, C, *spatial)`` or, with ``channel_axis=-1``, ``(N, *spatial, C)``; any strides.
+    num_groups : int
+        A positive divisor of the number of channels C.  ``num_groups=C`` is instance norm
+        (without running statistics); ``num_groups=1`` normalizes each sample over C and the
+        spatial axes.
+    weight, bias : array_like (C,) or None
+        Per-channel affine parameters.
+    eps : float >= 0
+        Added to the variance inside the square root.
+    channel_axis : int, keyword-only
+        Any axis but the batch axis 0.
+    return_stats : bool, keyword-only
+        Also return a `NormStats` for `group_norm_backward`.
+    out : ndarray, optional, keyword-only
+        Where to write the result (same shape and dtype as input).
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input (``out`` when given).
+    stats : NormStats
+        Only with ``return_stats=True``, as ``(y, stats)``: ``mean`` and ``rstd`` of shape
+        ``(N, num_groups)``.
+
+    Raises
+    ------
+    TypeError
+        If an array argument is not of a float16/32/64 dtype; ``num_groups`` or
+        ``channel_axis`` is not an integer; ``eps`` is not a real number; ``out`` is not an
+        array or has another dtype than the input.
+    ValueError
+        If the input has fewer than 2 dimensions; ``num_groups`` is not a positive divisor of
+        C; ``channel_axis`` is the batch axis or out of range; ``weight`` or ``bias`` does not
+        have shape ``(C,)``; ``eps`` is negative or not finite; ``out`` has another shape or
+        is read-only.
+
+    See Also
+    --------
+    group_norm_backward, GroupNorm, instance_norm, layer_norm
+
+    Notes
+    -----
+    Biased variance, eps inside the square root (default 1e-5 as PyTorch; Flax's GroupNorm
+    uses 1e-6), channel axis 1 as PyTorch or -1 as Keras' ``GroupNormalization`` and Flax.
+    Groups are consecutive channels, as in all of them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((2, 6, 4, 4))
+    >>> y, stats = nn.group_norm(x, 3, return_stats=True)
+    >>> y.shape, stats.mean.shape
+    ((2, 6, 4, 4), (2, 3))
+    >>> groups = y.reshape(2, 3, -1)
+    >>> bool(np.allclose(groups.mean(axis=-1), 0)), bool(np.allclose(groups.var(axis=-1), 1, atol=1e-3))
+    (True, True)
+    """
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -480,11 +818,70 @@ def _grads(x, dx, grad_weight, grad_bias):
 
 
 @dispatch
-def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats,
+                        weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
     """Gradients of `batch_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
 
     Training statistics (``stats.batch_stats``) depend on the input; running statistics are
-    constants."""
+    constants.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient of the loss with respect to the forward's output: the input's shape and
+        dtype.
+    input : array_like, float16/32/64, at least 2-D
+        The forward's input.
+    stats : NormStats
+        The forward's statistics (``return_stats=True``): ``mean`` and ``rstd`` of shape ``(C,)``.
+    weight : array_like (C,) or None
+        The forward's weight; None when it had none.
+    channel_axis : int, keyword-only
+        The forward's channel axis.
+
+    Returns
+    -------
+    Grads
+        ``input``: the input gradient (input's shape and dtype); ``weight``: ``(C,)``, None
+        without a weight; ``bias``: ``(C,)``, None when the forward had no bias.
+
+    Raises
+    ------
+    TypeError
+        If ``input``, ``grad_output`` or ``weight`` is not a float16/32/64 array,
+        ``grad_output`` has another dtype than the input, ``stats`` is not a `NormStats`
+        (anything without ``mean`` and ``rstd``), or ``channel_axis`` is not an integer.
+    ValueError
+        If ``grad_output`` has another shape than the input, ``stats.mean``/``stats.rstd`` do
+        not have shape ``(C,)``, ``weight`` does not, or ``channel_axis`` is out of range or 0.
+
+    See Also
+    --------
+    batch_norm, BatchNorm.backward
+
+    Notes
+    -----
+    The same gradients as PyTorch's autograd through ``F.batch_norm`` (the tests use it as an
+    oracle).  With ``stats.batch_stats`` the input gradient is
+    ``rstd * w * (dy - mean(dy) - xhat * mean(dy * xhat))`` per channel; with running
+    statistics it is ``rstd * w * dy``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 5))
+    >>> w, b = np.full(3, 2.0), np.zeros(3)
+    >>> y, stats = nn.batch_norm(x, None, None, w, b, training=True, return_stats=True)
+    >>> grads = nn.batch_norm_backward(np.ones_like(y), x, stats, w)
+    >>> grads.input.shape, grads.weight.shape, grads.bias.tolist()
+    ((8, 3, 5), (3,), [40.0, 40.0, 40.0])
+
+    A constant upstream gradient does not reach the input through batch statistics:
+
+    >>> bool(np.allclose(grads.input, 0))
+    True
+    """
     x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -496,8 +893,54 @@ def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=
 
 
 @dispatch
-def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
-    """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
+def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats,
+                           weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
+    """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64, at least 2-D
+        The forward's input.
+    stats : NormStats
+        The forward's statistics: ``mean`` and ``rstd`` of shape ``(N, C)``.  With
+        ``stats.batch_stats`` False (``use_input_stats=False``) they are constants.
+    weight : array_like (C,) or None
+        The forward's weight.
+    channel_axis : int, keyword-only
+        The forward's channel axis.
+
+    Returns
+    -------
+    Grads
+        ``input`` (input's shape and dtype), ``weight`` ``(C,)`` or None, ``bias`` ``(C,)`` or
+        None when the forward had no bias.
+
+    Raises
+    ------
+    TypeError
+        As `batch_norm_backward`.
+    ValueError
+        As `batch_norm_backward`, with ``stats`` of shape ``(N, C)``.
+
+    See Also
+    --------
+    instance_norm, InstanceNorm.backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((2, 3, 6))
+    >>> y, stats = nn.instance_norm(x, return_stats=True)
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> g = nn.instance_norm_backward(dy, x, stats)
+    >>> g.input.shape, g.weight, g.bias
+    ((2, 3, 6), None, None)
+    >>> bool(np.allclose(g.input.sum(axis=-1), 0))
+    True
+    """
     x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
@@ -508,8 +951,56 @@ def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_ax
 
 
 @dispatch
-def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
-    """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`."""
+def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, num_groups: int,
+                        weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
+    """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64, at least 2-D
+        The forward's input.
+    stats : NormStats
+        The forward's statistics: ``mean`` and ``rstd`` of shape ``(N, num_groups)``.
+    num_groups : int
+        The forward's number of groups.
+    weight : array_like (C,) or None
+        The forward's weight.
+    channel_axis : int, keyword-only
+        The forward's channel axis.
+
+    Returns
+    -------
+    Grads
+        ``input`` (input's shape and dtype), ``weight`` ``(C,)`` or None, ``bias`` ``(C,)`` or
+        None when the forward had no bias.
+
+    Raises
+    ------
+    TypeError
+        As `batch_norm_backward`, and if ``num_groups`` is not an integer.
+    ValueError
+        As `batch_norm_backward` with ``stats`` of shape ``(N, num_groups)``, and if
+        ``num_groups`` is not a positive divisor of C.
+
+    See Also
+    --------
+    group_norm, GroupNorm.backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 3, 3))
+    >>> w, b = np.ones(4), np.zeros(4)
+    >>> y, stats = nn.group_norm(x, 2, w, b, return_stats=True)
+    >>> g = nn.group_norm_backward(2 * y, x, stats, 2, w)
+    >>> g.input.shape, g.weight.shape, g.bias.shape
+    ((2, 4, 3, 3), (4,), (4,))
+    >>> bool(np.allclose(g.weight, 2 * (y * y).sum(axis=(0, 2, 3))))
+    True
+    """
     x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
@@ -525,18 +1016,35 @@ def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, c
 class SwitchableStats(NamedTuple):
     """What `switchable_norm` keeps for its backward (float64).
 
-    mean, rstd: the mixed statistics per (sample, channel), ``(N, C)``.
-    means, variances: each term's biased statistics broadcast to ``(K, N, C)``, in the order
-    instance, layer, batch (K = 3, or 2 with ``using_bn=False``).
-    batch_stats: whether the batch term came from the input (training) or running statistics.
+    Attributes
+    ----------
+    mean, rstd : ndarray of float64
+        The mixed statistics per (sample, channel), ``(N, C)``.
+    batch_stats : bool
+        Whether the batch term came from the input (training) or running statistics.
+    has_bias : bool
+        Whether the forward had a bias, so the backward returns its gradient.
+    means, variances : ndarray of float64
+        Each term's biased statistics broadcast to ``(K, N, C)``, in the order instance, layer,
+        batch (K = 3, or 2 with ``using_bn=False``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> y, stats = nn.switchable_norm(x, np.zeros(3), np.zeros(3), training=True, return_stats=True)
+    >>> stats.mean.shape, stats.means.shape, stats.batch_stats
+    ((4, 3), (3, 4, 3), True)
     """
 
-    mean: np.ndarray
-    rstd: np.ndarray
+    mean: NDArray[np.float64]
+    rstd: NDArray[np.float64]
     batch_stats: bool
     has_bias: bool
-    means: np.ndarray
-    variances: np.ndarray
+    means: NDArray[np.float64]
+    variances: NDArray[np.float64]
+
 
 
 def _softmax_logits(name, logits, terms):
@@ -548,10 +1056,38 @@ def _softmax_logits(name, logits, terms):
     return e / e.sum()
 
 
+@overload
+def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                    weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+                    momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                    using_bn: bool = ..., return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
+                    num_batches_tracked: Optional[Array] = ...,
+                    running_var_unbiased: bool = ...) -> Array: ...
+@overload
+def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                    weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+                    momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                    using_bn: bool = ..., return_stats: Literal[True], out: Optional[InPlace] = ...,
+                    num_batches_tracked: Optional[Array] = ...,
+                    running_var_unbiased: bool = ...) -> tuple[Array, SwitchableStats]: ...
+@overload
+def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
+                    running_mean: Optional[InPlace] = ..., running_var: Optional[InPlace] = ...,
+                    weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
+                    momentum: Optional[float] = ..., eps: float = ..., *, channel_axis: int = ...,
+                    using_bn: bool = ..., return_stats: bool = ..., out: Optional[InPlace] = ...,
+                    num_batches_tracked: Optional[Array] = ...,
+                    running_var_unbiased: bool = ...) -> Union[Array, tuple[Array, SwitchableStats]]: ...
 @dispatch
-def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None,
-                    bias=None, training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True,
-                    return_stats=False, out=None, num_batches_tracked=None, running_var_unbiased=True):
+def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayLike,
+                    running_mean: Optional[InPlace] = None, running_var: Optional[InPlace] = None,
+                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
+                    momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
+                    using_bn: bool = True, return_stats: bool = False, out: Optional[InPlace] = None,
+                    num_batches_tracked: Optional[Array] = None,
+                    running_var_unbiased: bool = True) -> Union[Array, tuple[Array, SwitchableStats]]:
     """Switchable normalization (Luo et al. 2018): normalize by a softmax mixture of the instance,
     layer and batch statistics, ``mean = sum_k softmax(mean_weight)_k * mean_k`` and likewise the
     (biased) variances with ``var_weight``.
@@ -561,6 +1097,83 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     statistics (eval), which training updates as `batch_norm` does.  ``using_bn=False`` drops the
     batch term: the logits then have length 2.  Other arguments as `batch_norm`; the stats for
     `switchable_norm_backward` are a `SwitchableStats`.
+
+    Parameters
+    ----------
+    input : array_like, float16/32/64, at least 2-D
+        ``(N, C, *spatial)`` or, with ``channel_axis=-1``, ``(N, *spatial, C)``.  NumPy and
+        CUDA arrays; Dask arrays are not supported yet.
+    mean_weight, var_weight : array_like (3,) or (2,)
+        The mixture logits of the means and of the variances, in the order instance, layer,
+        batch (length 2 without the batch term, ``using_bn=False``).
+    running_mean, running_var : ndarray (C,) or None
+        The batch term's running statistics: updated in place when training (as `batch_norm`),
+        required for eval when ``using_bn``.
+    weight, bias : array_like (C,) or None
+        Per-channel affine parameters.
+    training : bool
+        Batch term from the input (and running statistics updated) or from the running
+        statistics.
+    momentum : float in [0, 1] or None
+        As `batch_norm`: PyTorch's direction, None the cumulative average.
+    eps : float >= 0
+        Added to the mixed variance inside the square root.
+    channel_axis : int, keyword-only
+        Any axis but the batch axis 0.
+    using_bn : bool, keyword-only
+        Include the batch term.
+    return_stats : bool, keyword-only
+        Also return a `SwitchableStats` for `switchable_norm_backward`.
+    out : ndarray, optional, keyword-only
+        Where to write the result (same shape and dtype as input).
+    num_batches_tracked : integer ndarray of one element, optional, keyword-only
+        As `batch_norm`.
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input (``out`` when given).
+    stats : SwitchableStats
+        Only with ``return_stats=True``, as ``(y, stats)``.
+
+    Raises
+    ------
+    TypeError
+        As `batch_norm`, and if a logits argument is not a float array.
+    ValueError
+        As `batch_norm`, and if ``mean_weight`` or ``var_weight`` does not have 3 elements (2
+        with ``using_bn=False``).
+    NotImplementedError
+        For a Dask input.
+
+    See Also
+    --------
+    switchable_norm_backward, SwitchableNorm, batch_norm, instance_norm, layer_norm
+
+    Notes
+    -----
+    numbanorm follows the paper's formula with *biased* variances for every term and
+    PyTorch's momentum convention for the running statistics (``(1 - momentum)*old +
+    momentum*new``, default 0.1, unbiased running variance).  The paper's reference code
+    instead uses a 0.9 decay, unbiased instance variances and zero-initialised running
+    statistics.  The layer term is over C and the spatial axes of each sample.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> rm, rv = np.zeros(3), np.ones(3)
+    >>> y = nn.switchable_norm(x, np.zeros(3), np.zeros(3), rm, rv, training=True)
+    >>> y.shape
+    (4, 3, 5)
+
+    Logits that put all the weight on the instance term give instance norm:
+
+    >>> only_in = np.array([50.0, 0.0, 0.0])
+    >>> y = nn.switchable_norm(x, only_in, only_in, rm, rv, training=True)
+    >>> bool(np.allclose(y, nn.instance_norm(x)))
+    True
     """
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
@@ -612,10 +1225,69 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
 
 
 @dispatch
-def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight, weight=None, *,
-                             channel_axis=1):
+def switchable_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: SwitchableStats,
+                             mean_weight: ArrayLike, var_weight: ArrayLike, weight: Optional[ArrayLike] = None, *,
+                             channel_axis: int = 1) -> "SwitchableGrads":
     """Gradients of `switchable_norm` given its `SwitchableStats`: returns
-    `Grads(input, weight, bias, mean_weight, var_weight)`, the last two with respect to the logits.
+    `SwitchableGrads(input, weight, bias, mean_weight, var_weight)`, the last two with respect to
+    the logits.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64, at least 2-D
+        The forward's input.
+    stats : SwitchableStats
+        The forward's statistics (``return_stats=True``).
+    mean_weight, var_weight : array_like (3,) or (2,)
+        The forward's mixture logits.
+    weight : array_like (C,) or None
+        The forward's weight.
+    channel_axis : int, keyword-only
+        The forward's channel axis.
+
+    Returns
+    -------
+    SwitchableGrads
+        ``input`` (input's shape and dtype), ``weight`` and ``bias`` ``(C,)`` or None,
+        ``mean_weight`` and ``var_weight`` (float64, the logits' shape).
+
+    Raises
+    ------
+    TypeError
+        If ``stats`` is not a `SwitchableStats`, or as `batch_norm_backward`.
+    ValueError
+        If ``stats`` belongs to an input of another ``(N, C)``, the logits do not have the
+        stats' number of terms, or as `batch_norm_backward`.
+    NotImplementedError
+        For a Dask input.
+
+    See Also
+    --------
+    switchable_norm, SwitchableNorm.backward
+
+    Notes
+    -----
+    Running statistics (eval) are constants; the batch term depends on the input only when it
+    came from the batch.  The logits' gradients go through the softmax Jacobian.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> logits = np.zeros(3)
+    >>> y, stats = nn.switchable_norm(x, logits, logits, training=True, return_stats=True)
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> g = nn.switchable_norm_backward(dy, x, stats, logits, logits)
+    >>> g.input.shape, g.mean_weight.shape, g.weight
+    ((4, 3, 5), (3,), None)
+
+    The logits' gradients sum to zero (a common shift of the logits changes nothing):
+
+    >>> bool(abs(g.mean_weight.sum()) < 1e-12), bool(abs(g.var_weight.sum()) < 1e-12)
+    (True, True)
     """
     x, xk, dy = _backward_inputs(grad_output, input)
     ch = chk.channel_axis(channel_axis, x.ndim)
@@ -669,13 +1341,36 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
 
 
 class SwitchableGrads(NamedTuple):
-    """Gradients of switchable norm, the mixture logits included."""
+    """Gradients of switchable norm, the mixture logits included.
 
-    input: np.ndarray
-    weight: Optional[np.ndarray]
-    bias: Optional[np.ndarray]
-    mean_weight: np.ndarray
-    var_weight: np.ndarray
+    Attributes
+    ----------
+    input : ndarray
+        The input gradient: the input's shape and dtype.
+    weight, bias : ndarray or None
+        ``(C,)``; None where the forward had no weight or bias.
+    mean_weight, var_weight : ndarray of float64
+        The gradients with respect to the mixture logits, of the logits' shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 3, 5))
+    >>> y, stats = nn.switchable_norm(x, np.zeros(2), np.zeros(2), using_bn=False, return_stats=True)
+    >>> g = nn.switchable_norm_backward(np.ones_like(y), x, stats, np.zeros(2), np.zeros(2))
+    >>> g._fields
+    ('input', 'weight', 'bias', 'mean_weight', 'var_weight')
+    >>> g.var_weight.shape, g.bias
+    ((2,), None)
+    """
+
+    input: Array
+    weight: Optional[Array]
+    bias: Optional[Array]
+    mean_weight: NDArray[np.float64]
+    var_weight: NDArray[np.float64]
+
 
 
 # -- layer norm: statistics per row, parameters along the row ------------------------------------
@@ -766,34 +1461,269 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     return _grads(x, dx, grad_weight, grad_bias)
 
 
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
+               out: Optional[InPlace] = ...) -> Array: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[True],
+               out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
+@overload
+def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+               bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: bool = ...,
+               out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, return_stats: bool = False,
+               out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """Layer normalization (``torch.nn.functional.layer_norm``) over the trailing
-    ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape."""
+    ``normalized_shape`` dimensions; ``weight``/``bias`` have that shape.
+
+    Parameters
+    ----------
+    input : array_like, float16/32/64, at least 1-D
+        Any layout and strides.
+    normalized_shape : int or sequence of int
+        The trailing dimensions to normalize over; must match the end of the input's shape.
+    weight, bias : array_like of shape ``normalized_shape``, or None
+        Elementwise affine parameters.
+    eps : float >= 0
+        Added to the variance inside the square root.
+    return_stats : bool, keyword-only
+        Also return a `NormStats` for `layer_norm_backward`.
+    out : ndarray, optional, keyword-only
+        Where to write the result (same shape and dtype as input).
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input (``out`` when given).
+    stats : NormStats
+        Only with ``return_stats=True``, as ``(y, stats)``: ``mean`` and ``rstd`` of the leading
+        (not normalized) shape.
+
+    Raises
+    ------
+    TypeError
+        If an array argument is not of a float16/32/64 dtype; ``normalized_shape`` is not an
+        integer or a sequence of integers; ``eps`` is not a real number; ``out`` is not an
+        array or has another dtype than the input.
+    ValueError
+        If ``normalized_shape`` is empty or does not match the trailing dimensions of the
+        input; ``weight`` or ``bias`` does not have shape ``normalized_shape``; ``eps`` is
+        negative or not finite; ``out`` has another shape or is read-only.
+
+    See Also
+    --------
+    layer_norm_backward, LayerNorm, rms_norm
+
+    Notes
+    -----
+    Biased variance and eps inside the square root, as PyTorch (default 1e-5) and Keras'
+    ``LayerNormalization`` (which normalizes over ``axis=-1`` and defaults to 1e-3); Flax's
+    LayerNorm defaults to 1e-6.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 10, 16)).astype(np.float32)
+    >>> y = nn.layer_norm(x, 16)
+    >>> y.shape, y.dtype
+    ((4, 10, 16), dtype('float32'))
+    >>> bool(np.allclose(y.mean(axis=-1), 0, atol=1e-6)), bool(np.allclose(y.std(axis=-1), 1, atol=1e-3))
+    (True, True)
+
+    Over the two trailing dimensions, with parameters of that shape:
+
+    >>> y, stats = nn.layer_norm(x, (10, 16), np.ones((10, 16)), np.zeros((10, 16)), return_stats=True)
+    >>> stats.mean.shape
+    (4,)
+    """
     y, stats = _row_norm(input, normalized_shape, weight, bias, eps, True, out)
     return _maybe_stats(y, stats, return_stats)
 
 
 @dispatch
-def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, normalized_shape: ShapeLike,
+                        weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
 
-    The weight and bias gradients are summed in the same pass that writes the input gradient."""
+    The weight and bias gradients are summed in the same pass that writes the input gradient.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64, at least 1-D
+        The forward's input.
+    stats : NormStats
+        The forward's statistics: ``mean`` and ``rstd`` of the leading shape.
+    normalized_shape : int or sequence of int
+        The forward's ``normalized_shape``.
+    weight : array_like of shape ``normalized_shape``, or None
+        The forward's weight.
+
+    Returns
+    -------
+    Grads
+        ``input`` (input's shape and dtype), ``weight`` and ``bias`` of shape
+        ``normalized_shape`` (None where the forward had none).
+
+    Raises
+    ------
+    TypeError
+        If ``input``, ``grad_output`` or ``weight`` is not a float16/32/64 array,
+        ``grad_output`` has another dtype than the input, ``stats`` is not a `NormStats`, or
+        ``normalized_shape`` is not an integer or a sequence of integers.
+    ValueError
+        If ``grad_output`` has another shape than the input, ``normalized_shape`` does not
+        match its trailing dimensions, or ``stats`` or ``weight`` has the wrong shape.
+
+    See Also
+    --------
+    layer_norm, LayerNorm.backward
+
+    Notes
+    -----
+    ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))`` over each normalized row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 8))
+    >>> w, b = np.ones(8), np.zeros(8)
+    >>> y, stats = nn.layer_norm(x, 8, w, b, return_stats=True)
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> g = nn.layer_norm_backward(dy, x, stats, 8, w)
+    >>> bool(np.allclose(g.bias, dy.sum(axis=0))), bool(np.allclose(g.weight, (dy * y).sum(axis=0)))
+    (True, True)
+    """
     return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, True)
 
 
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, return_stats: Literal[False] = ...,
+             out: Optional[InPlace] = ...) -> Array: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, return_stats: Literal[True],
+             out: Optional[InPlace] = ...) -> tuple[Array, NormStats]: ...
+@overload
+def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
+             eps: Optional[float] = ..., *, return_stats: bool = ...,
+             out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 @dispatch
-def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None, *, return_stats: bool = False,
+             out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
     """RMS normalization (``torch.nn.functional.rms_norm``): ``x / sqrt(mean(x**2) + eps) * weight``
     over the trailing ``normalized_shape`` dimensions; ``eps=None`` is the machine epsilon of the
-    input's dtype.  The stats' ``mean`` is zero."""
+    input's dtype.  The stats' ``mean`` is zero.
+
+    Parameters
+    ----------
+    input : array_like, float16/32/64, at least 1-D
+        Any layout and strides.
+    normalized_shape : int or sequence of int
+        The trailing dimensions to normalize over.
+    weight : array_like of shape ``normalized_shape``, or None
+        Elementwise scale; there is no bias.
+    eps : float >= 0 or None
+        Added to the mean square inside the square root; None: ``np.finfo(input.dtype).eps``
+        (of float16 for float16 input).
+    return_stats : bool, keyword-only
+        Also return a `NormStats` for `rms_norm_backward`.
+    out : ndarray, optional, keyword-only
+        Where to write the result (same shape and dtype as input).
+
+    Returns
+    -------
+    y : ndarray
+        The normalized input (``out`` when given).
+    stats : NormStats
+        Only with ``return_stats=True``, as ``(y, stats)``: ``rstd`` of the leading shape and a
+        zero ``mean``.
+
+    Raises
+    ------
+    TypeError
+        As `layer_norm`.
+    ValueError
+        As `layer_norm`.
+
+    See Also
+    --------
+    rms_norm_backward, RMSNorm, layer_norm
+
+    Notes
+    -----
+    Follows ``torch.nn.functional.rms_norm``, eps default included; the mean square is
+    accumulated exactly as layer norm's statistics (mean and spread merged in float64).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((3, 8))
+    >>> y = nn.rms_norm(x, 8)
+    >>> bool(np.allclose(np.sqrt((y ** 2).mean(axis=-1)), 1))
+    True
+    >>> bool(np.allclose(y, x / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + np.finfo(x.dtype).eps)))
+    True
+    """
     y, stats = _row_norm(input, normalized_shape, weight, None, eps, False, out)
     return _maybe_stats(y, stats, return_stats)
 
 
 @dispatch
-def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
-    """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`."""
+def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, normalized_shape: ShapeLike,
+                      weight: Optional[ArrayLike] = None) -> Grads:
+    """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`.
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64, at least 1-D
+        The forward's input.
+    stats : NormStats
+        The forward's statistics.
+    normalized_shape : int or sequence of int
+        The forward's ``normalized_shape``.
+    weight : array_like of shape ``normalized_shape``, or None
+        The forward's weight.
+
+    Returns
+    -------
+    Grads
+        ``input`` (input's shape and dtype), ``weight`` of shape ``normalized_shape`` or None,
+        ``bias`` None.
+
+    Raises
+    ------
+    TypeError
+        As `layer_norm_backward`.
+    ValueError
+        As `layer_norm_backward`.
+
+    See Also
+    --------
+    rms_norm, RMSNorm.backward
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((3, 8))
+    >>> y, stats = nn.rms_norm(x, 8, np.ones(8), return_stats=True)
+    >>> g = nn.rms_norm_backward(np.ones_like(y), x, stats, 8, np.ones(8))
+    >>> g.input.shape, g.weight.shape, g.bias
+    ((3, 8), (8,), None)
+    """
     return _row_norm_backward(grad_output, input, stats, normalized_shape, weight, False)
 
 
@@ -824,12 +1754,65 @@ def weight_standardization_backward(grad_output, weight, eps=1e-5):
 # -- statistics -----------------------------------------------------------------------------------
 
 @dispatch
-def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
+def moments(x: ArrayLike, axes: AxesLike, keepdims: bool = False, *,
+            nan_policy: str = "propagate") -> tuple[Array, Array]:
     """Mean and (biased) variance of ``x`` over ``axes`` in one pass (``tf.nn.moments``).
 
     ``axes``: an integer or a sequence of distinct integers, negative allowed.  The results
     have x's dtype (computed in float64 from float32 chunk sums).  ``nan_policy="omit"`` takes
-    the statistics of the values that are not NaN (NaN for a group without any)."""
+    the statistics of the values that are not NaN (NaN for a group without any).
+
+    Parameters
+    ----------
+    x : array_like, float16/32/64
+        Any layout and strides; a Dask array gives lazy Dask results.
+    axes : int or sequence of int
+        The axes to reduce.
+    keepdims : bool
+        Keep the reduced axes with length 1.
+    nan_policy : {"propagate", "omit"}, keyword-only
+        "propagate": a NaN spoils its group.  "omit": statistics of the values present.
+
+    Returns
+    -------
+    mean, variance : ndarray
+        Of x's dtype; the variance is biased (divided by the count).
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not of a float16/32/64 dtype, or ``axes`` is not an integer or a sequence
+        of integers.
+    ValueError
+        If an axis is out of range or repeated, or ``x`` is empty.
+
+    See Also
+    --------
+    welford : the same statistics as a mergeable `Moments` state, in float64.
+
+    Notes
+    -----
+    The order is TensorFlow's ``(mean, variance)``; ``torch.var_mean(x, dims, correction=0)``
+    returns ``(variance, mean)``.  Statistics are chunked two-pass sums merged with Chan's
+    formula, never ``E[x^2] - E[x]^2``, so a large offset keeps its digits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 3, 4, 4))
+    >>> mean, var = nn.moments(x, axes=(0, 2, 3))
+    >>> mean.shape, bool(np.allclose(mean, x.mean(axis=(0, 2, 3)))), bool(np.allclose(var, x.var(axis=(0, 2, 3))))
+    ((3,), True, True)
+    >>> nn.moments(x, -1, keepdims=True)[1].shape
+    (8, 3, 4, 1)
+
+    A large offset does not cost the variance its digits:
+
+    >>> big = (1e4 + np.arange(6, dtype=np.float32)).reshape(2, 3)
+    >>> round(nn.moments(big, axes=(0, 1))[1].item(), 6), round(float(np.var(np.arange(6.0))), 6)
+    (2.916667, 2.916667)
+    """
     if nan_policy != "propagate":
         from ._tfstats import nan_policy_value, omit_moments
 
@@ -849,9 +1832,51 @@ def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
 
 
 @dispatch
-def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
+def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offset: Optional[ArrayLike],
+                        scale: Optional[ArrayLike], variance_epsilon: float) -> Array:
     """``(x - mean) * scale / sqrt(variance + variance_epsilon) + offset`` with broadcasting
-    (``tf.nn.batch_normalization``); ``offset``/``scale`` may be None."""
+    (``tf.nn.batch_normalization``); ``offset``/``scale`` may be None.
+
+    Parameters
+    ----------
+    x : array_like, float16/32/64
+        Any layout and strides.
+    mean, variance : array_like
+        Float arrays that broadcast to x's shape (``keepdims=True`` results of `moments`, or
+        arrays of the trailing dimensions, as NumPy broadcasts).
+    offset, scale : array_like or None
+        Float arrays that broadcast to x's shape; None: no shift, no scale.
+    variance_epsilon : float >= 0
+        Added to the variance inside the square root.
+
+    Returns
+    -------
+    ndarray
+        x's shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or a parameter is not a float16/32/64 array (``mean`` and ``variance`` may not
+        be None), or ``variance_epsilon`` is not a real number.
+    ValueError
+        If a parameter does not broadcast to x's shape, or ``variance_epsilon`` is negative or
+        not finite.
+
+    See Also
+    --------
+    moments, batch_norm
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 5))
+    >>> mean, var = nn.moments(x, axes=0)
+    >>> y = nn.batch_normalization(x, mean, var, offset=None, scale=None, variance_epsilon=1e-3)
+    >>> bool(np.allclose(y, (x - mean) / np.sqrt(var + 1e-3)))
+    True
+    """
     arr, xk = _input("x", x, 0)
     eps = chk.eps_value("variance_epsilon", variance_epsilon)
     params = {}
@@ -882,26 +1907,109 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
 
 class Moments(NamedTuple):
     """A mergeable Welford state: per-element ``count``, ``mean`` and ``m2`` (the sum of squared
-    deviations from the mean), float64 arrays of one shape (Dask arrays for Dask input)."""
+    deviations from the mean), float64 arrays of one shape (Dask arrays for Dask input).
 
-    count: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
+    Returned by `welford`, combined by `merge`, turned into ``(mean, variance)`` by `finalize`.
 
-    def finalize(self, ddof=0):
-        """``(mean, variance)`` with ``m2 / (count - ddof)``; NaN where that has no value left."""
+    Attributes
+    ----------
+    count : ndarray of float64
+        The number of values behind each element (0 for an empty block).
+    mean : ndarray of float64
+        Their mean.
+    m2 : ndarray of float64
+        The sum of their squared deviations from ``mean``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> state = nn.welford(np.arange(10.0), axes=0)
+    >>> float(state.count), float(state.mean), float(state.m2)
+    (10.0, 4.5, 82.5)
+    """
+
+    count: NDArray[np.float64]  # type: ignore[assignment]  # the field shadows tuple.count, by design
+    mean: NDArray[np.float64]
+    m2: NDArray[np.float64]
+
+    def finalize(self, ddof: int = 0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(mean, variance)`` with ``m2 / (count - ddof)``; NaN where that has no value left.
+
+        Parameters
+        ----------
+        ddof : int
+            Delta degrees of freedom: 0 for the biased variance (`moments`, the normalizing
+            variance), 1 for the unbiased one (PyTorch's running variance).
+
+        Returns
+        -------
+        mean, variance : ndarray of float64
+            The state's shape; the variance is NaN where ``count - ddof <= 0``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbanorm as nn
+        >>> mean, var = nn.welford(np.arange(10.0), axes=0).finalize(ddof=1)
+        >>> float(mean), round(float(var), 6)
+        (4.5, 9.166667)
+        """
         dof = self.count - ddof
         return self.mean, np.where(dof > 0, self.m2 / np.where(dof > 0, dof, 1), np.nan)
 
 
 @dispatch
-def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
+def welford(x: ArrayLike, axes: AxesLike, keepdims: bool = False, *, weights: Optional[ArrayLike] = None,
+            nan_policy: str = "propagate") -> Moments:
     """The `Moments` of ``x`` over ``axes`` (one pass, the kernels of `moments`).
 
     Merge states of blocks, files, streams or MPI ranks with `merge`; an empty block gives count
     0, which merges as nothing.  ``weights`` (frequency weights >= 0 broadcasting against x, see
     `weighted_moments`) make the count the sum of the weights; such states merge the same way.
-    ``nan_policy="omit"`` counts only the values that are not NaN (count 0 where none are)."""
+    ``nan_policy="omit"`` counts only the values that are not NaN (count 0 where none are).
+
+    Parameters
+    ----------
+    x : array_like, float16/32/64
+        Any layout and strides; may be empty.  A Dask array gives a state of Dask arrays.
+    axes : int or sequence of int
+        The axes to reduce.
+    keepdims : bool
+        Keep the reduced axes with length 1.
+    weights : array_like or None, keyword-only
+        Frequency weights >= 0 that broadcast against ``x``.
+    nan_policy : {"propagate", "omit"}, keyword-only
+        "omit": the NaN values are left out of the state.
+
+    Returns
+    -------
+    Moments
+        ``count``, ``mean`` and ``m2`` in float64, of the kept axes' shape.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not of a float16/32/64 dtype, or ``axes`` is not an integer or a sequence
+        of integers.
+    ValueError
+        If an axis is out of range or repeated.
+
+    See Also
+    --------
+    merge, Moments.finalize, moments
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((1000, 4))
+    >>> state = nn.welford(x[:300], axes=0)
+    >>> state = nn.merge(state, nn.welford(x[300:], axes=0))
+    >>> mean, var = state.finalize()
+    >>> bool(np.allclose(mean, x.mean(axis=0))), bool(np.allclose(var, x.var(axis=0)))
+    (True, True)
+    """
     if weights is not None or nan_policy != "propagate":
         from ._tfstats import weighted_welford
 
@@ -920,9 +2028,44 @@ def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
     return Moments(np.asarray(count, np.float64), mean, m2)
 
 
-def merge(a, b):
+def merge(a: Moments, b: Moments) -> Moments:
     """Chan's formula: the `Moments` of the union of two disjoint samples.  Safe when a count is
-    zero; shapes broadcast."""
+    zero; shapes broadcast.
+
+    Parameters
+    ----------
+    a, b : Moments
+        Two states (anything with ``count``, ``mean`` and ``m2``), NumPy or Dask.
+
+    Returns
+    -------
+    Moments
+        The state of both samples together.
+
+    Raises
+    ------
+    TypeError
+        If ``a`` or ``b`` has no ``count``, ``mean`` and ``m2``.
+
+    See Also
+    --------
+    welford
+
+    Notes
+    -----
+    ``n = n_a + n_b``, ``mean = mean_a + delta * n_b / n``, ``m2 = m2_a + m2_b + delta**2 *
+    n_a * n_b / n`` with ``delta = mean_b - mean_a`` (Chan, Golub and LeVeque).  The result
+    does not depend on how the data were split, up to rounding.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> empty = nn.welford(np.empty((0, 3)), axes=0)
+    >>> full = nn.welford(np.ones((4, 3)), axes=0)
+    >>> nn.merge(empty, full).count.tolist()
+    [4.0, 4.0, 4.0]
+    """
     for name, m in (("a", a), ("b", b)):
         if not (hasattr(m, "count") and hasattr(m, "mean") and hasattr(m, "m2")):
             raise TypeError(f"{name} must be a Moments (count, mean, m2), got {chk._describe(m)}")
