@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from ._functional import Grads, NormStats, SwitchableStats
+from ._normalize import NormalizeStats
 
 GROUPS = 32  # group norm's groups where the caller does not choose (bench, asv)
 
@@ -84,6 +85,35 @@ def _logits(x, sign):
     return cuda.to_device(z)
 
 
+def _over_batch_and_height(x, ca, weight):
+    """`normalize`'s axes in the registry: the batch and the first spatial axis (statistics per
+    channel and width: an axis set no named norm covers), and the per-channel weight shaped to
+    broadcast in the layout."""
+    if ca == 1:
+        return (0, 2), None if weight is None else weight.reshape(-1, *([1] * (x.ndim - 2)))
+    return (0, 1), weight
+
+
+def _torch_normalize(F, X, W, B, groups):
+    """`normalize`'s registry call in PyTorch ops (NCHW): statistics over (0, 2)."""
+    import torch
+
+    var, mean = torch.var_mean(X, dim=(0, 2), keepdim=True, correction=0)
+    return (X - mean) * torch.rsqrt(var + 1e-5) * W[:, None, None] + B[:, None, None]
+
+
+def _normalize_forward(fn, x, w, b, ca, groups, **kw):
+    axes, weight = _over_batch_and_height(x, ca, w)
+    return fn(x, axes, weight, _over_batch_and_height(x, ca, b)[1], return_stats=True, **kw)
+
+
+def _normalize_backward(fn, dy, x, stats, w, ca, groups):
+    axes, weight = _over_batch_and_height(x, ca, w)
+    grads = fn(dy, x, stats, axes, weight)
+    return grads._replace(weight=None if w is None else grads.weight.reshape(np.shape(w)),
+                          bias=None if grads.bias is None else grads.bias.reshape(-1))
+
+
 OPS = {op.name: op for op in (
     Op("batch_norm", "grid",
        lambda fn, x, w, b, ca, groups, **kw: fn(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True,
@@ -111,6 +141,7 @@ OPS = {op.name: op for op in (
        lambda fn, x, w, b, ca, groups, **kw: fn(x, x.shape[-1:], w, return_stats=True, **kw),
        lambda fn, dy, x, stats, w, ca, groups: fn(dy, x, stats, x.shape[-1:], w),
        lambda F, X, W, B, groups: F.rms_norm(X, X.shape[-1:], W)),
+    Op("normalize", "grid", _normalize_forward, _normalize_backward, _torch_normalize, stats=NormalizeStats),
     Op("weight_standardization", "weight",
        lambda fn, x, w, b, ca, groups, **kw: (fn(x, **kw), None),
        lambda fn, dy, x, stats, w, ca, groups: Grads(fn(dy, x)),
