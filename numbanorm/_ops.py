@@ -99,7 +99,8 @@ def _torch_normalize(F, X, W, B, groups):
     import torch
 
     var, mean = torch.var_mean(X, dim=(0, 2), keepdim=True, correction=0)
-    return (X - mean) * torch.rsqrt(var + 1e-5) * W[:, None, None] + B[:, None, None]
+    y = (X - mean) * torch.rsqrt(var + 1e-5)
+    return y if W is None else y * W[:, None, None] + B[:, None, None]
 
 
 def _normalize_forward(fn, x, w, b, ca, groups, **kw):
