@@ -61,10 +61,19 @@ def _per_channel(p, x, channel_axis, default):
     return np.full(shape, default) if p is None else _wide(p).reshape(shape)
 
 
-def _update_running(running, batch_value, momentum, num_batches_tracked):
+def _track(running_mean, running_var, num_batches_tracked, mean, var, count, momentum, unbiased):
+    """The running statistics' update by a batch's ``mean`` and biased ``var`` of ``count``
+    values each: ``(1 - momentum)*old + momentum*new``, the variance made unbiased (n - 1) when
+    ``unbiased``; ``momentum=None`` the cumulative average over ``num_batches_tracked``."""
+    if running_mean is None:
+        return
+    if num_batches_tracked is not None:
+        num_batches_tracked += 1
     if momentum is None:
         momentum = 1.0 / num_batches_tracked.reshape(-1)[0]
-    running[...] = (1.0 - momentum) * running + momentum * batch_value
+    new_var = var * count / (count - 1) if unbiased else var
+    for running, new in ((running_mean, mean), (running_var, new_var)):
+        running[...] = (1.0 - momentum) * running + momentum * new
 
 
 def _grid_forward(x, channel_axis, groups, over_batch, weight, bias, eps, running=None):
@@ -108,18 +117,15 @@ def _result(y, stats, return_stats, out):
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-               eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None):
+               eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+               running_var_unbiased=True):
     x = _wide(input)
     ca = channel_axis % x.ndim
     c = x.shape[ca]
     if training:
         y, mean, var = _grid_forward(x, ca, c, True, weight, bias, eps)
-        if running_mean is not None:
-            if num_batches_tracked is not None:
-                num_batches_tracked += 1
-            count = x.size // c
-            _update_running(running_mean, mean[0], momentum, num_batches_tracked)
-            _update_running(running_var, var[0] * count / (count - 1), momentum, num_batches_tracked)
+        _track(running_mean, running_var, num_batches_tracked, mean[0], var[0], x.size // c, momentum,
+               running_var_unbiased)
     else:
         y, mean, var = _grid_forward(x, ca, c, True, weight, bias, eps, (running_mean, running_var))
     stats = NormStats(mean[0], _rstd(var[0], eps), bool(training), bias is not None, eps)
@@ -132,18 +138,16 @@ def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=
 
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                  momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None):
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+                  running_var_unbiased=True):
+    """The running statistics take the mean over samples of the instances' statistics."""
     x = _wide(input)
     ca = channel_axis % x.ndim
     c = x.shape[ca]
     if use_input_stats:
         y, mean, var = _grid_forward(x, ca, c, False, weight, bias, eps)
-        if running_mean is not None:
-            if num_batches_tracked is not None:
-                num_batches_tracked += 1
-            count = x.size // (x.shape[0] * c)
-            _update_running(running_mean, mean.mean(axis=0), momentum, num_batches_tracked)
-            _update_running(running_var, (var * count / (count - 1)).mean(axis=0), momentum, num_batches_tracked)
+        _track(running_mean, running_var, num_batches_tracked, mean.mean(axis=0), var.mean(axis=0),
+               x.size // (x.shape[0] * c), momentum, running_var_unbiased)
     else:
         y, mean, var = _grid_forward(x, ca, c, False, weight, bias, eps, (running_mean, running_var))
     stats = NormStats(np.array(mean), _rstd(var, eps), bool(use_input_stats), bias is not None, eps)
@@ -226,7 +230,7 @@ def _softmax(z):
 
 def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_var=None, weight=None, bias=None,
                     training=False, momentum=0.1, eps=1e-5, *, channel_axis=1, using_bn=True, return_stats=False,
-                    out=None, num_batches_tracked=None):
+                    out=None, num_batches_tracked=None, running_var_unbiased=True):
     x = _wide(input)
     ca = channel_axis % x.ndim
     cells = np.moveaxis(x, ca, 1).reshape(x.shape[0], x.shape[ca], -1)  # (N, C, spatial)
@@ -236,12 +240,8 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
     if using_bn:
         if training:
             mean_bn, var_bn = batch[0][0], batch[1][0]
-            if running_mean is not None:
-                if num_batches_tracked is not None:
-                    num_batches_tracked += 1
-                count = n * cells.shape[2]
-                _update_running(running_mean, mean_bn, momentum, num_batches_tracked)
-                _update_running(running_var, var_bn * count / (count - 1), momentum, num_batches_tracked)
+            _track(running_mean, running_var, num_batches_tracked, mean_bn, var_bn, n * cells.shape[2], momentum,
+                   running_var_unbiased)
         else:
             mean_bn, var_bn = _wide(running_mean), _wide(running_var)
         terms.append((mean_bn[None, :], var_bn[None, :]))

@@ -121,3 +121,16 @@ def test_weight_standardization_gradient_by_finite_differences():
     loss = lambda v: float((r * nn.weight_standardization(v)).sum())
     numeric = (loss(w + h * direction) - loss(w - h * direction)) / (2 * h)
     assert abs(numeric - float((g * direction).sum())) < 1e-6
+
+
+def test_reference_mirrors_the_public_api():
+    """numbanorm.reference: every public function, name for name and signature for signature."""
+    import inspect
+
+    functions = [name for name in nn.__all__ if inspect.isfunction(inspect.unwrap(getattr(nn, name)))]
+    assert len(functions) >= 25
+    for name in functions:
+        assert hasattr(ref, name), f"reference lacks {name}"
+        public = inspect.signature(getattr(nn, name)).parameters.values()
+        mirror = inspect.signature(getattr(ref, name)).parameters.values()
+        assert [(p.name, p.kind, p.default) for p in public] == [(p.name, p.kind, p.default) for p in mirror], name
