@@ -54,3 +54,19 @@ def assert_close(actual, expected, rtol, atol=None, what=""):
     scale = max(1.0, float(np.abs(expected).max(initial=0)))
     err = float(np.abs(actual - expected).max(initial=0))
     assert err <= (atol if atol is not None else rtol * scale), f"{what}: max error {err:.3g}"
+
+
+def numeric_grad(f, a, h=1e-6):
+    """Central differences of the scalar ``f`` with respect to every element of ``a`` (float64)."""
+    a = np.array(a, np.float64)
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        keep = flat[i]
+        flat[i] = keep + h
+        up = f(a)
+        flat[i] = keep - h
+        down = f(a)
+        flat[i] = keep
+        gflat[i] = (up - down) / (2 * h)
+    return g

@@ -9,26 +9,13 @@ from hypothesis import given, settings, strategies as st
 import numbanorm as nn
 from numbanorm import reference as ref
 
+from conftest import numeric_grad
+
 
 def ref_normalize_backward(dy, x, axes, w=None, b_shape=None, eps=1e-5):
     """The reference's gradients of a forward with a bias of ``b_shape`` (None: no bias)."""
     _, stats = ref.normalize(x, axes, w, None if b_shape is None else np.zeros(b_shape), eps, return_stats=True)
     return ref.normalize_backward(dy, x, stats, axes, w)
-
-
-def numeric_grad(f, a, h=1e-6):
-    a = np.array(a, np.float64)
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + h
-        up = f(a)
-        flat[i] = keep - h
-        down = f(a)
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * h)
-    return g
 
 
 def close(actual, expected, tol, what=""):

@@ -8,24 +8,7 @@ from hypothesis import given, settings, strategies as st
 import numbanorm as nn
 from numbanorm import reference as ref
 
-
-# references: numbanorm.reference, TensorFlow's documented formulas in plain NumPy
-
-
-def numeric_grad(f, a, h=1e-6):
-    """Central differences of the scalar f with respect to every element of a (float64)."""
-    a = np.array(a, np.float64)
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + h
-        up = f(a)
-        flat[i] = keep - h
-        down = f(a)
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * h)
-    return g
+from conftest import numeric_grad  # references: numbanorm.reference (TensorFlow's formulas)
 
 
 # -- weighted_moments ----------------------------------------------------------------------------
