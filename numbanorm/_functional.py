@@ -1730,22 +1730,136 @@ def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats
 # -- weight standardization: a layer norm over a weight tensor's trailing axes ------------------------
 
 def _weight_arrays(weight, grad_output=None):
+    """The checked ``weight`` (float16/32/64, at least 2-D) and ``grad_output`` (its shape and
+    dtype), or None without one."""
     w = chk.float_array("weight", weight, 2)
     return w, None if grad_output is None else chk.same_array("grad_output", grad_output, w, "weight")
 
 
 @dispatch
-def weight_standardization(weight, eps=1e-5):
+def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
     """Weight standardization (Qiao et al. 2019): ``(w - mean) / sqrt(var + eps)`` over every axis
-    of ``weight`` but the first (the output channels), with the biased variance."""
+    of ``weight`` but the first (the output channels), with the biased variance.
+
+    A layer norm of the weight tensor over its trailing axes, without affine parameters:
+    ``weight_standardization(w)`` is ``layer_norm(w, w.shape[1:])``.  Apply it to a convolution's
+    or a linear layer's weight before using it, and chain the gradient reaching the standardized
+    weight through `weight_standardization_backward`.
+
+    Parameters
+    ----------
+    weight : array_like, float16/32/64, at least 2-D
+        A weight tensor with the output channels first: ``(C_out, C_in, *kernel)`` for a
+        convolution (PyTorch's layout), ``(out_features, in_features)`` for a linear layer.
+        Any layout and strides; a CUDA array runs on the GPU.
+    eps : float >= 0
+        Added to the variance inside the square root.
+
+    Returns
+    -------
+    ndarray
+        The standardized weight, of weight's shape and dtype: zero mean and unit (biased)
+        variance over each output channel, up to ``eps``.
+
+    Raises
+    ------
+    TypeError
+        If ``weight`` is not of a float16/32/64 dtype, or ``eps`` is not a real number (a bool
+        is refused).
+    ValueError
+        If ``weight`` has fewer than 2 dimensions, or a trailing axis of length 0 (an output
+        channel without values); if ``eps`` is negative or not finite.
+    NotImplementedError
+        If ``weight`` is a Dask array (compute it first).
+
+    See Also
+    --------
+    weight_standardization_backward, layer_norm
+
+    Notes
+    -----
+    The paper's formula (Qiao et al. 2019, "Micro-Batch Training with Batch-Channel
+    Normalization and Weight Standardization"): statistics over all axes but the first, the
+    *biased* variance (divided by the ``n`` values per output channel), eps inside the square
+    root -- as timm's ``StdConv2d``, which standardizes with ``F.batch_norm`` (its eps defaults to
+    1e-6).  The paper's PyTorch reference code divides by ``w.std() + 1e-5`` instead (the
+    unbiased standard deviation, eps outside the root): its results differ from these by the
+    factor ``sqrt((n - 1) / n)`` and by O(eps).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np.float32)
+    >>> ws = nn.weight_standardization(w)
+    >>> ws.shape, ws.dtype
+    ((8, 3, 3, 3), dtype('float32'))
+    >>> bool(np.allclose(ws.mean(axis=(1, 2, 3)), 0, atol=1e-6)), bool(np.allclose(ws.var(axis=(1, 2, 3)), 1, atol=1e-3))
+    (True, True)
+    >>> bool(np.allclose(ws, nn.layer_norm(w, (3, 3, 3))))
+    True
+    """
     w, _ = _weight_arrays(weight)
     return _row_norm(w, w.shape[1:], None, None, eps, True, None)[0]
 
 
 @dispatch
-def weight_standardization_backward(grad_output, weight, eps=1e-5):
+def weight_standardization_backward(grad_output: ArrayLike, weight: ArrayLike, eps: float = 1e-5) -> Array:
     """Gradient of `weight_standardization` with respect to ``weight`` (its statistics
-    recomputed, as the forward returns none)."""
+    recomputed, as the forward returns none).
+
+    Parameters
+    ----------
+    grad_output : array_like
+        The gradient with respect to the standardized weight: weight's shape and dtype.
+    weight : array_like, float16/32/64, at least 2-D
+        The forward's weight (not the standardized one).
+    eps : float >= 0
+        The forward's eps.
+
+    Returns
+    -------
+    ndarray
+        The gradient with respect to ``weight``, of its shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``weight`` or ``grad_output`` is not of a float16/32/64 dtype, ``grad_output`` has
+        another dtype than ``weight``, or ``eps`` is not a real number; if the two arrays live
+        in different places (a NumPy array and a CUDA array).
+    ValueError
+        If ``weight`` has fewer than 2 dimensions or a trailing axis of length 0,
+        ``grad_output`` has another shape than ``weight``, or ``eps`` is negative or not finite.
+    NotImplementedError
+        If ``weight`` is a Dask array (compute it first).
+
+    See Also
+    --------
+    weight_standardization, layer_norm_backward
+
+    Notes
+    -----
+    Per output channel, ``dw = rstd * (dy - mean(dy) - what * mean(dy * what))`` with ``what``
+    the standardized weight and the means over the trailing axes: the layer norm backward
+    without affine parameters.  So each output channel's gradient has zero sum and is
+    orthogonal to its standardized weight.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> w = np.random.default_rng(0).standard_normal((8, 3, 3, 3))
+    >>> dy = np.random.default_rng(1).standard_normal(w.shape)
+    >>> dw = nn.weight_standardization_backward(dy, w)
+    >>> dw.shape, dw.dtype
+    ((8, 3, 3, 3), dtype('float64'))
+    >>> bool(np.allclose(dw.sum(axis=(1, 2, 3)), 0))
+    True
+    >>> _, stats = nn.layer_norm(w, (3, 3, 3), return_stats=True)
+    >>> bool(np.allclose(dw, nn.layer_norm_backward(dy, w, stats, (3, 3, 3)).input))
+    True
+    """
     w, dy = _weight_arrays(weight, grad_output)
     _, stats = _row_norm(w, w.shape[1:], None, None, eps, True, None)
     return _row_norm_backward(dy, w, stats, w.shape[1:], None, True).input

@@ -8,38 +8,64 @@ mean carried to float64 accuracy, as in the named norms.
 """
 
 import math
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, TypeVar, Union, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as chk
 from . import _functional as F
+from ._functional import Array, AxesLike, Grads, InPlace
 from ._plan import Plan
-from ._dispatch import dispatch
 from ._tfstats import _host_only, broadcast_param, nan_policy_value, omit_states, reduce_to
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def dispatch(fn: _F) -> _F:
+        """``_dispatch.dispatch`` wraps with ``functools.wraps``: the signature stays the function's."""
+        return fn
+else:
+    from ._dispatch import dispatch
 
 
 class NormalizeStats(NamedTuple):
-    """What `normalize` keeps for `normalize_backward` (float64).
+    """What `normalize` keeps for `normalize_backward` (float64, whatever the input's dtype).
 
-    mean, rstd
-        Keepdims-shaped: x's shape with length 1 along ``axes``.
-    batch_stats
+    Returned by `normalize` called with ``return_stats=True`` and passed to `normalize_backward`.
+
+    Attributes
+    ----------
+    mean, rstd : ndarray of float64
+        Keepdims-shaped: x's shape with length 1 along ``axes``.  ``rstd`` is
+        ``1 / sqrt(var + eps)``.
+    batch_stats : bool
         Always True (the statistics come from the input).
-    has_bias, eps
-        As the forward had them.
-    bias_shape
+    has_bias : bool
+        Whether the forward had a bias, so the backward returns its gradient.
+    eps : float
+        The forward's eps.
+    bias_shape : tuple of int or None
         The bias's own shape (the backward returns its gradient in it), None without a bias.
-    nan_policy
+    nan_policy : {"propagate", "omit"}
         The forward's: with "omit" the backward, too, leaves out the NaN inputs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 5, 6, 3))
+    >>> y, stats = nn.normalize(x, (1, 2, 3), np.ones(3), np.zeros(3), return_stats=True)
+    >>> stats.mean.shape, stats.rstd.dtype, stats.has_bias, stats.bias_shape, stats.nan_policy
+    ((4, 1, 1, 1), dtype('float64'), True, (3,), 'propagate')
     """
 
-    mean: np.ndarray
-    rstd: np.ndarray
+    mean: NDArray[np.float64]
+    rstd: NDArray[np.float64]
     batch_stats: bool = True
     has_bias: bool = False
     eps: float = 1e-5
-    bias_shape: Optional[tuple] = None
+    bias_shape: Optional[tuple[int, ...]] = None
     nan_policy: str = "propagate"
 
 
@@ -67,8 +93,22 @@ def _check_axes(arr, axes):
     return axes
 
 
+@overload
+def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+              eps: float = ..., *, return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
+              nan_policy: str = ...) -> Array: ...
+@overload
+def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+              eps: float = ..., *, return_stats: Literal[True], out: Optional[InPlace] = ...,
+              nan_policy: str = ...) -> tuple[Array, NormalizeStats]: ...
+@overload
+def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
+              eps: float = ..., *, return_stats: bool = ..., out: Optional[InPlace] = ...,
+              nan_policy: str = ...) -> Union[Array, tuple[Array, NormalizeStats]]: ...
 @dispatch
-def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None, nan_policy="propagate"):
+def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+              eps: float = 1e-5, *, return_stats: bool = False, out: Optional[InPlace] = None,
+              nan_policy: str = "propagate") -> Union[Array, tuple[Array, NormalizeStats]]:
     """Normalize ``x`` by its mean and (biased) variance over ``axes``:
     ``(x - mean) / sqrt(var + eps) * weight + bias``.
 
@@ -79,24 +119,89 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
 
     Parameters
     ----------
-    x : array, float16/32/64
+    x : array_like, float16/32/64
+        Any layout and strides.  A Dask or CUDA array runs on that backend.
     axes : int or sequence of int
         The axes the statistics are taken over (negative allowed; none of length 0).
-    weight, bias : array or None
-        Broadcast against ``x`` (NumPy's rules; any shape that broadcasts to ``x.shape``).
+    weight, bias : array_like or None
+        Broadcast against ``x`` (NumPy's rules; any shape that broadcasts to ``x.shape``
+        without enlarging it): ``(C,)`` for a per-channel parameter of channels-last data,
+        ``(C, 1, 1)`` for NCHW data, x's trailing shape for a per-element one.  Cast to the
+        compute dtype.  None: no scale, no shift.
     eps : float >= 0
         Added to the variance inside the square root.
     return_stats : bool, keyword-only
         Also return a `NormalizeStats` for `normalize_backward`.
-    out : ndarray, optional
+    out : ndarray, optional, keyword-only
         Where to write the result (x's shape and dtype).
     nan_policy : {"propagate", "omit"}, keyword-only
-        "omit": statistics of the values that are not NaN (NaN where a group has none); NaN
-        inputs stay NaN in the output.
+        "propagate": a NaN spoils its group.  "omit": statistics of the values that are not
+        NaN (NaN where a group has none); NaN inputs stay NaN in the output.
 
     Returns
     -------
-    y, or ``(y, stats)`` with ``return_stats=True``.
+    y : ndarray
+        The normalized input, with its shape and dtype (``out`` when given).
+    stats : NormalizeStats
+        Only with ``return_stats=True``, as ``(y, stats)``: ``mean`` and ``rstd`` in float64,
+        x's shape with length 1 along ``axes``.
+
+    Raises
+    ------
+    TypeError
+        If ``x``, ``weight`` or ``bias`` is not of a float16/32/64 dtype (a masked array is
+        refused too); ``axes`` is not an integer or a sequence of integers; ``eps`` is not a
+        real number (a bool is refused); ``out`` is not an array or has another dtype than
+        ``x``, or is given with a Dask array (whose result is lazy); the arrays of the call
+        live in different places (a NumPy array among CUDA arrays).
+    ValueError
+        If an axis is out of range, repeated or of length 0; ``weight`` or ``bias`` does not
+        broadcast to x's shape; ``eps`` is negative or not finite; ``out`` has another shape
+        or is read-only; ``nan_policy`` is neither "propagate" nor "omit".
+    NotImplementedError
+        If ``x`` is a CUDA array and ``nan_policy="omit"`` (copy it to the host first).
+
+    See Also
+    --------
+    normalize_backward, NormalizeStats, moments, batch_normalization, layer_norm, batch_norm
+
+    Notes
+    -----
+    TensorFlow writes this normalization by hand, ``mean, var = tf.nn.moments(x, axes,
+    keepdims=True)`` then ``tf.nn.batch_normalization(x, mean, var, offset, scale, eps)``;
+    `normalize` is that in one call, with ``offset`` as ``bias`` and ``scale`` as ``weight``,
+    and its backward is what TensorFlow's autograd gives through both (see `moments_backward`
+    and `batch_normalization_backward` for the two steps apart).  The variance is biased, eps is
+    inside the square root.
+
+    Statistics are the engine's (two-pass chunk sums merged with Chan's formula in float64),
+    and the normalization is ``(x - mean) * (rstd * weight) + bias`` with the mean carried to
+    float64 accuracy, as in the named norms; float16 input is computed in float32.
+
+    Examples
+    --------
+    A layer norm over ``(H, W, C)`` of channels-last data with a per-channel scale and shift:
+
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 5, 6, 3)).astype(np.float32)
+    >>> w, b = np.full(3, 2.0, np.float32), np.ones(3, np.float32)
+    >>> y, stats = nn.normalize(x, (1, 2, 3), w, b, return_stats=True)
+    >>> y.shape, y.dtype, stats.mean.shape
+    ((4, 5, 6, 3), dtype('float32'), (4, 1, 1, 1))
+    >>> bool(np.allclose(y, 2 * nn.layer_norm(x, (5, 6, 3)) + 1, atol=1e-5))
+    True
+
+    Batch norm of the same data is every axis but the channel axis:
+
+    >>> y_bn = nn.normalize(x, (0, 1, 2))
+    >>> bool(np.allclose(y_bn, nn.batch_norm(x, None, None, training=True, channel_axis=-1), atol=1e-5))
+    True
+
+    With ``nan_policy="omit"`` the NaN values are left out of the statistics:
+
+    >>> nn.normalize(np.array([[1.0, np.nan, 3.0]]), 1, eps=0.0, nan_policy="omit")
+    array([[-1., nan,  1.]])
     """
     arr, xk = F._input("x", x, 0)
     axes = _check_axes(arr, axes)
@@ -130,22 +235,72 @@ def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, 
 
 
 @dispatch
-def normalize_backward(grad_output, input, stats, axes, weight=None):
-    """Gradients of `normalize` given its `NormalizeStats`.
+def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormalizeStats, axes: AxesLike,
+                       weight: Optional[ArrayLike] = None) -> Grads:
+    """Gradients of `normalize` given its `NormalizeStats`; returns `Grads(input, weight, bias)`.
 
     Parameters
     ----------
-    grad_output : array of input's shape and dtype
-    input : the forward's ``x``
+    grad_output : array_like
+        The gradient with respect to the forward's output: the input's shape and dtype.
+    input : array_like, float16/32/64
+        The forward's ``x``.
     stats : NormalizeStats
-    axes : the forward's ``axes``
-    weight : the forward's ``weight`` (or None)
+        The forward's statistics (``return_stats=True``): ``mean`` and ``rstd`` of x's shape
+        with length 1 along ``axes``.
+    axes : int or sequence of int
+        The forward's ``axes``.
+    weight : array_like or None
+        The forward's ``weight``.
 
     Returns
     -------
     Grads(input, weight, bias)
-        ``weight``/``bias`` gradients summed over the axes they were broadcast along, in their own
-        shapes (None where the forward had none), in the input's dtype.
+        ``input`` of the input's shape and dtype; ``weight``/``bias`` gradients summed over the
+        axes they were broadcast along, in their own shapes (None where the forward had none),
+        in the input's dtype.
+
+    Raises
+    ------
+    TypeError
+        If ``input``, ``grad_output`` or ``weight`` is not of a float16/32/64 dtype,
+        ``grad_output`` has another dtype than the input, ``stats`` is not a `NormalizeStats`
+        (has no ``mean`` and ``rstd``), or ``axes`` is not an integer or a sequence of
+        integers; if the arrays of the call live in different places.
+    ValueError
+        If ``grad_output`` has another shape than the input; an axis is out of range, repeated
+        or of length 0; ``weight`` does not broadcast to the input's shape; ``stats.mean`` or
+        ``stats.rstd`` does not have the input's shape with length 1 along ``axes``.
+    NotImplementedError
+        If the input is a Dask array and the forward had ``nan_policy="omit"``.
+
+    See Also
+    --------
+    normalize, NormalizeStats, batch_normalization_backward, moments_backward
+
+    Notes
+    -----
+    With ``xhat = (x - mean) * rstd`` and the means over ``axes``:
+    ``dx = rstd * (w*dy - mean(w*dy) - xhat * mean(w*dy*xhat))``, ``dweight = sum(dy * xhat)``
+    and ``dbias = sum(dy)``, each parameter's summed over the axes it was broadcast along -- what
+    TensorFlow's autograd gives through ``tf.nn.moments`` and ``tf.nn.batch_normalization``.
+    After a forward with ``nan_policy="omit"`` the NaN inputs get gradient 0, and their
+    ``grad_output`` is left out of the sums.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((4, 5, 6, 3))
+    >>> w, b = np.full(3, 2.0), np.zeros(3)
+    >>> y, stats = nn.normalize(x, (1, 2, 3), w, b, return_stats=True)
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> g = nn.normalize_backward(dy, x, stats, (1, 2, 3), w)
+    >>> g.input.shape, g.weight.shape, g.bias.shape
+    ((4, 5, 6, 3), (3,), (3,))
+    >>> xhat = (x - stats.mean) * stats.rstd
+    >>> bool(np.allclose(g.weight, (dy * xhat).sum(axis=(0, 1, 2)))), bool(np.allclose(g.bias, dy.sum(axis=(0, 1, 2))))
+    (True, True)
     """
     arr, xk, dy = F._backward_inputs(grad_output, input, 0)
     axes = _check_axes(arr, axes)

@@ -15,14 +15,28 @@ mean carried to float64 accuracy, then small-array arithmetic, then one elementw
 
 import math
 import numbers
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _checks as chk
 from . import _functional as F
-from ._dispatch import dispatch
+from ._functional import Array, AxesLike
 from ._plan import Plan
+
+if TYPE_CHECKING:
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    @overload
+    def dispatch(fn: _F) -> _F: ...
+    @overload
+    def dispatch(*, route_by: str) -> Callable[[_F], _F]: ...
+    def dispatch(fn: Any = None, *, route_by: Optional[str] = None) -> Any:
+        """``_dispatch.dispatch`` wraps with ``functools.wraps``: the signature stays the function's."""
+        return fn
+else:
+    from ._dispatch import dispatch
 
 
 # -- argument helpers ---------------------------------------------------------------------------
@@ -164,15 +178,17 @@ def omit_moments(x, axes, keepdims=False):
 
 
 @dispatch
-def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="propagate"):
+def weighted_moments(x: ArrayLike, axes: AxesLike, frequency_weights: ArrayLike, keepdims: bool = False, *,
+                     nan_policy: str = "propagate") -> tuple[Array, Array]:
     """Weighted mean and (biased) variance of ``x`` over ``axes`` (``tf.nn.weighted_moments``).
 
     Parameters
     ----------
-    x : array, float16/32/64
+    x : array_like, float16/32/64
+        Any layout and strides; a Dask array gives lazy Dask results.
     axes : int or sequence of int
         Axes to reduce over (negative allowed).
-    frequency_weights : array of real numbers >= 0
+    frequency_weights : array_like of real numbers >= 0
         Broadcasts against ``x`` (any shape that broadcasts to ``x.shape``: per sample, per
         element, ...); integer counts, bools and floats are taken.
     keepdims : bool
@@ -187,6 +203,57 @@ def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="
         ``mean = sum(w*x)/sum(w)`` and ``variance = sum(w*(x - mean)**2)/sum(w)``, computed in
         float64 by the corrected two-pass method (never ``E[x^2] - E[x]^2``).  Where the weights
         sum to 0 both are 0, as TensorFlow's ``div_no_nan`` gives.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is not of a float16/32/64 dtype; ``axes`` is not an integer or a sequence of
+        integers; ``frequency_weights`` is None, a string, or of a non-real dtype (complex,
+        object); ``x`` or the weights are a masked array; the arrays of the call live in
+        different places.
+    ValueError
+        If an axis is out of range or repeated; ``frequency_weights`` does not broadcast to
+        x's shape, or has a negative or non-finite weight; ``nan_policy`` is neither
+        "propagate" nor "omit".
+    NotImplementedError
+        If ``x`` is a CUDA array (the TensorFlow statistics API computes on the host: copy it
+        to a NumPy array first).
+
+    See Also
+    --------
+    moments : the unweighted statistics.
+    welford : the same statistics as a mergeable `Moments` state (``weights=``).
+
+    Notes
+    -----
+    ``tf.nn.weighted_moments(x, axes, frequency_weights, keepdims)``, with TensorFlow's
+    conventions: the variance is biased (divided by the sum of the weights, not by that sum
+    minus 1), and the weights are frequencies -- an integer weight ``k`` counts its value ``k``
+    times.  TensorFlow computes float16 input in float32 and sums ``w*x`` directly; here
+    everything is float64, with the corrected two-pass method of the module: a first mean,
+    then the weighted sums of the deviations from it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.array([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]])
+    >>> mean, var = nn.weighted_moments(x, axes=1, frequency_weights=np.array([1, 0, 2, 1]))
+    >>> mean.tolist(), var.tolist()
+    ([2.75, 27.5], [1.1875, 118.75])
+
+    Integer weights are repetitions:
+
+    >>> repeated = np.repeat(x, [1, 0, 2, 1], axis=1)
+    >>> bool(np.allclose(mean, repeated.mean(axis=1))), bool(np.allclose(var, repeated.var(axis=1)))
+    (True, True)
+
+    Zero total weight gives zeros, NaN values can be left out:
+
+    >>> nn.weighted_moments(x, 1, np.zeros(4))
+    (array([0., 0.]), array([0., 0.]))
+    >>> nn.weighted_moments(np.array([[1.0, np.nan, 3.0]]), 1, np.ones(3), nan_policy="omit")
+    (array([2.]), array([1.]))
     """
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
@@ -202,19 +269,23 @@ def weighted_moments(x, axes, frequency_weights, keepdims=False, *, nan_policy="
 
 
 @dispatch
-def sufficient_statistics(x, axes, shift=None, keepdims=False):
+def sufficient_statistics(x: ArrayLike, axes: AxesLike, shift: Optional[ArrayLike] = None,
+                          keepdims: bool = False) -> tuple[Array, Array, Array, Optional[Array]]:
     """Sufficient statistics for the mean and variance of ``x`` over ``axes``
     (``tf.nn.sufficient_statistics``).
 
     Parameters
     ----------
-    x : array, float16/32/64
+    x : array_like, float16/32/64
+        Any layout and strides; a Dask array gives lazy Dask results.
     axes : int or sequence of int
-    shift : array or None
+        Axes to reduce over (negative allowed).
+    shift : array_like or None
         Broadcasts against ``x``; the data are shifted by it before summing.  A shift close to the
         mean makes `normalize_moments` accurate; None sums the raw values (and their squares,
         which lose the variance's digits for data with a large offset, as in TensorFlow).
     keepdims : bool
+        Keep the reduced axes with length 1.
 
     Returns
     -------
@@ -224,6 +295,43 @@ def sufficient_statistics(x, axes, shift=None, keepdims=False):
         ``sum(x - shift)`` and ``sum((x - shift)**2)`` over ``axes`` (sums taken in float64).
     shift : ndarray of x's dtype, or None
         The shift, as given.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` or ``shift`` is not of a float16/32/64 dtype, or ``axes`` is not an integer or
+        a sequence of integers; if the arrays of the call live in different places.
+    ValueError
+        If an axis is out of range or repeated, or ``shift`` does not broadcast to x's shape.
+    NotImplementedError
+        If ``x`` is a CUDA array (copy it to a NumPy array first).
+
+    See Also
+    --------
+    normalize_moments : the mean and variance from these sums.
+    welford : mergeable statistics that need no shift.
+
+    Notes
+    -----
+    ``tf.nn.sufficient_statistics(x, axes, shift, keepdims)``: the same four results, the sums
+    in x's dtype (here summed in float64, then cast).  The sums and counts of several blocks
+    taken with one shift add up, and `normalize_moments` turns the totals into the mean and
+    variance; for data far from zero pass a ``shift`` near the mean (a value of the data will
+    do), or use `welford`, whose states merge without losing digits.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.arange(6.0).reshape(2, 3)
+    >>> nn.sufficient_statistics(x, axes=1)
+    (array(3.), array([ 3., 12.]), array([ 5., 50.]), None)
+
+    With a shift (here of the statistics' shape, so it also broadcasts in `normalize_moments`):
+
+    >>> count, mean_ss, variance_ss, shift = nn.sufficient_statistics(x, axes=0, shift=x[0])
+    >>> count, mean_ss, variance_ss, shift
+    (array(2.), array([3., 3., 3.]), array([9., 9., 9.]), array([0., 1., 2.]))
     """
     arr = chk.float_array("x", x)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
@@ -246,15 +354,17 @@ def _real_array(name, value):
 
 
 @dispatch(route_by="mean_ss")
-def normalize_moments(counts, mean_ss, variance_ss, shift):
+def normalize_moments(counts: ArrayLike, mean_ss: ArrayLike, variance_ss: ArrayLike,
+                      shift: Optional[ArrayLike]) -> tuple[Array, Array]:
     """Mean and variance from sufficient statistics (``tf.nn.normalize_moments``).
 
     Parameters
     ----------
-    counts : number or array, > 0
-    mean_ss, variance_ss : array
+    counts : real number or array_like of float16/32/64, > 0
+        The number of values behind each sum (the ``count`` of `sufficient_statistics`).
+    mean_ss, variance_ss : array_like, float16/32/64
         The sums of `sufficient_statistics`; shapes broadcast together.
-    shift : array or None
+    shift : array_like or None
         The shift the sums were taken with.
 
     Returns
@@ -262,6 +372,49 @@ def normalize_moments(counts, mean_ss, variance_ss, shift):
     mean, variance : ndarray, the dtype of ``mean_ss``
         ``mean = mean_ss/counts + shift`` and ``variance = variance_ss/counts - (mean_ss/counts)**2``
         (in float64, then cast), TensorFlow's formula.
+
+    Raises
+    ------
+    TypeError
+        If ``counts`` is neither a real number (a bool is refused) nor a float16/32/64 array
+        (an integer array is refused), or ``mean_ss``, ``variance_ss`` or ``shift`` is not a
+        float16/32/64 array; if the arrays of the call live in different places.
+    ValueError
+        If a count is not > 0, or ``counts``, ``mean_ss``, ``variance_ss`` and ``shift`` do not
+        broadcast together.
+    NotImplementedError
+        If ``mean_ss`` is a CUDA array (copy the sums to NumPy arrays first).
+
+    See Also
+    --------
+    sufficient_statistics, moments
+
+    Notes
+    -----
+    ``tf.nn.normalize_moments(counts, mean_ss, variance_ss, shift)``: the variance is biased
+    (divided by ``counts``) and comes from ``E[d^2] - E[d]^2`` of the shifted data ``d = x -
+    shift``, so it keeps its digits only when the shift is close to the mean.  The call is routed
+    by ``mean_ss`` (``counts`` is often a plain number).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((100, 3)) + 1e4
+    >>> mean, var = nn.normalize_moments(*nn.sufficient_statistics(x, axes=0, shift=x[0]))
+    >>> bool(np.allclose(mean, x.mean(axis=0))), bool(np.allclose(var, x.var(axis=0)))
+    (True, True)
+    >>> nn.normalize_moments(4, np.array([2.0]), np.array([6.0]), None)
+    (array([0.5]), array([1.25]))
+
+    Without a shift, float32 data with a large offset lose the variance's digits (as in
+    TensorFlow); a shift near the mean keeps them:
+
+    >>> x32 = x.astype(np.float32)
+    >>> _, var_raw = nn.normalize_moments(*nn.sufficient_statistics(x32, axes=0))
+    >>> _, var_shifted = nn.normalize_moments(*nn.sufficient_statistics(x32, axes=0, shift=x32[0]))
+    >>> bool(np.allclose(var_raw, x.var(axis=0), rtol=1e-3)), bool(np.allclose(var_shifted, x.var(axis=0), rtol=1e-3))
+    (False, True)
     """
     n = _real_array("counts", counts).astype(np.float64)
     if not np.all(n > 0):
@@ -309,22 +462,61 @@ def _grad_of_stat(name, value, shape, axes):
 
 
 @dispatch(route_by="x")
-def moments_backward(grad_mean, grad_variance, x, axes):
+def moments_backward(grad_mean: Optional[ArrayLike], grad_variance: Optional[ArrayLike], x: ArrayLike,
+                     axes: AxesLike) -> Array:
     """Gradient with respect to ``x`` of `moments` (mean and biased variance over ``axes``).
 
     Parameters
     ----------
-    grad_mean, grad_variance : array or None
+    grad_mean, grad_variance : array_like or None
         Gradients with respect to the mean and the variance, shaped like `moments`' results
         (with or without keepdims); None is zero.
-    x : array, float16/32/64
+    x : array_like, float16/32/64
+        The input of `moments`; any layout and strides.
     axes : int or sequence of int
+        The axes of `moments`.
 
     Returns
     -------
     ndarray of x's shape and dtype
         ``grad_mean/n + grad_variance*2*(x - mean)/n`` with ``n`` the number of values per
         statistic, what TensorFlow's autograd gives through ``tf.nn.moments``.
+
+    Raises
+    ------
+    TypeError
+        If ``x``, ``grad_mean`` or ``grad_variance`` is not of a float16/32/64 dtype, or
+        ``axes`` is not an integer or a sequence of integers; if the arrays of the call live in
+        different places.
+    ValueError
+        If an axis is out of range or repeated, or ``grad_mean`` or ``grad_variance`` does not
+        have the shape of the moments (with or without keepdims).
+    NotImplementedError
+        If ``x`` is a CUDA array (copy it to a NumPy array first).
+
+    See Also
+    --------
+    moments, batch_normalization_backward, normalize_backward
+
+    Notes
+    -----
+    The call is routed by ``x`` (the gradients may be None).  The mean is recomputed from ``x``
+    by the kernels of `moments` and the elementwise pass runs in the input precision, the
+    mean carried to float64 accuracy.  Chained after `batch_normalization_backward`, it gives
+    the gradient of a normalization by ``tf.nn.moments`` and ``tf.nn.batch_normalization``
+    written by hand (see there).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((6, 3)) + 2
+    >>> grad_mean, grad_variance = np.ones(3), np.full(3, 0.5)
+    >>> dx = nn.moments_backward(grad_mean, grad_variance, x, axes=0)
+    >>> dx.shape, bool(np.allclose(dx, grad_mean / 6 + grad_variance * 2 * (x - x.mean(axis=0)) / 6))
+    ((6, 3), True)
+    >>> nn.moments_backward(np.ones((1, 3)), None, x, axes=0)[0].round(4)
+    array([0.1667, 0.1667, 0.1667])
     """
     arr, xk = F._input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
@@ -341,33 +533,113 @@ def moments_backward(grad_mean, grad_variance, x, axes):
 
 class BatchNormalizationGrads(NamedTuple):
     """Gradients of `batch_normalization`, each in its argument's shape; None where the argument
-    was None (``offset``, ``scale``)."""
+    was None (``offset``, ``scale``).
 
-    x: np.ndarray
-    mean: np.ndarray
-    variance: np.ndarray
-    offset: Optional[np.ndarray] = None
-    scale: Optional[np.ndarray] = None
+    Returned by `batch_normalization_backward`.
+
+    Attributes
+    ----------
+    x : ndarray
+        The gradient with respect to ``x``, ``mean`` and ``variance`` held fixed: x's shape and
+        dtype.
+    mean, variance : ndarray
+        The gradients with respect to ``mean`` and ``variance`` (in their shapes): feed them to
+        `moments_backward` when the statistics were computed from ``x``.
+    offset, scale : ndarray or None
+        The gradients with respect to ``offset`` and ``scale``, or None where they were None.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 3))
+    >>> mean, var = nn.moments(x, axes=0)
+    >>> g = nn.batch_normalization_backward(np.ones_like(x), x, mean, var, np.zeros(3), None, 1e-3)
+    >>> g._fields
+    ('x', 'mean', 'variance', 'offset', 'scale')
+    >>> g.x.shape, g.mean.shape, g.offset.tolist(), g.scale
+    ((8, 3), (3,), [8.0, 8.0, 8.0], None)
+    """
+
+    x: Array
+    mean: Array
+    variance: Array
+    offset: Optional[Array] = None
+    scale: Optional[Array] = None
 
 
 @dispatch
-def batch_normalization_backward(grad_output, x, mean, variance, offset, scale, variance_epsilon):
+def batch_normalization_backward(grad_output: ArrayLike, x: ArrayLike, mean: ArrayLike, variance: ArrayLike,
+                                 offset: Optional[ArrayLike], scale: Optional[ArrayLike],
+                                 variance_epsilon: float) -> BatchNormalizationGrads:
     """Gradients of `batch_normalization` (``tf.nn.batch_normalization``) with respect to every
     argument, ``mean`` and ``variance`` taken as independent inputs (as TensorFlow's autograd does;
     chain them into `moments_backward` for statistics computed from ``x``).
 
     Parameters
     ----------
-    grad_output : array of x's shape and dtype
-    x, mean, variance, offset, scale, variance_epsilon
-        As given to `batch_normalization`; the parameters broadcast against ``x``, ``offset`` and
-        ``scale`` may be None.
+    grad_output : array_like
+        The gradient with respect to the forward's output: x's shape and dtype.
+    x : array_like, float16/32/64
+        As given to `batch_normalization`.
+    mean, variance : array_like
+        As given to `batch_normalization`: float arrays that broadcast to x's shape.
+    offset, scale : array_like or None
+        As given to `batch_normalization`; None: no shift, no scale (and no gradient).
+    variance_epsilon : float >= 0
+        As given to `batch_normalization`.
 
     Returns
     -------
     BatchNormalizationGrads(x, mean, variance, offset, scale)
         Each gradient in x's dtype; a parameter's summed over the axes it was broadcast along,
         in its own shape (None for a None ``offset``/``scale``).
+
+    Raises
+    ------
+    TypeError
+        If ``x``, ``grad_output`` or a parameter is not of a float16/32/64 dtype (``mean`` and
+        ``variance`` may not be None), ``grad_output`` has another dtype than ``x``, or
+        ``variance_epsilon`` is not a real number; if the arrays of the call live in different
+        places.
+    ValueError
+        If ``grad_output`` has another shape than ``x``, a parameter does not broadcast to x's
+        shape, or ``variance_epsilon`` is negative or not finite.
+    NotImplementedError
+        If ``grad_output`` is a CUDA array (copy the arrays to NumPy first).
+
+    See Also
+    --------
+    batch_normalization, moments_backward, normalize_backward
+
+    Notes
+    -----
+    With ``rstd = 1/sqrt(variance + variance_epsilon)`` and ``s = scale`` (1 when None), summed
+    over the axes each parameter was broadcast along: ``dx = dy*s*rstd``,
+    ``dmean = -sum(dy)*s*rstd``, ``dvariance = -sum(dy*(x - mean))*s*rstd**3/2``,
+    ``doffset = sum(dy)`` and ``dscale = sum(dy*(x - mean))*rstd``.  TensorFlow's manual
+    normalization, ``tf.nn.batch_normalization(x, *tf.nn.moments(x, axes, keepdims=True), ...)``,
+    backpropagates as ``g.x + moments_backward(g.mean, g.variance, x, axes)``; `normalize` and
+    `normalize_backward` do both steps in one call each.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbanorm as nn
+    >>> x = np.random.default_rng(0).standard_normal((8, 3))
+    >>> dy = np.random.default_rng(1).standard_normal(x.shape)
+    >>> mean, var = nn.moments(x, axes=0)
+    >>> g = nn.batch_normalization_backward(dy, x, mean, var, np.zeros(3), np.ones(3), 1e-3)
+    >>> bool(np.allclose(g.offset, dy.sum(axis=0))), bool(np.allclose(g.mean, -dy.sum(axis=0) / np.sqrt(var + 1e-3)))
+    (True, True)
+
+    Through the statistics too, as TensorFlow's autograd of ``tf.nn.moments`` then
+    ``tf.nn.batch_normalization``:
+
+    >>> dx = g.x + nn.moments_backward(g.mean, g.variance, x, axes=0)
+    >>> _, stats = nn.normalize(x, 0, np.ones(3), eps=1e-3, return_stats=True)
+    >>> bool(np.allclose(dx, nn.normalize_backward(dy, x, stats, 0, np.ones(3)).input))
+    True
     """
     arr, xk = F._input("x", x, 0)
     dy = chk.same_array("grad_output", grad_output, arr, "x")

@@ -8,13 +8,16 @@ import pytest
 
 import numbanorm
 import numbanorm._functional
+import numbanorm._normalize
+import numbanorm._tfstats
 import numbanorm.layers
 
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
 
-@pytest.mark.parametrize("module", [numbanorm, numbanorm._functional, numbanorm.layers],
+@pytest.mark.parametrize("module", [numbanorm, numbanorm._functional, numbanorm._normalize, numbanorm._tfstats,
+                                    numbanorm.layers],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     # the finder sees through the dispatch wrappers (functools.wraps keeps __module__)
