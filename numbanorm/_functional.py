@@ -795,15 +795,16 @@ def _num_groups(num_groups, channels):
     return int(num_groups)
 
 
-def _stats_arg(stats, shape):
+def _stats_arg(stats, shape, kind="NormStats returned by the forward", why="for this input"):
+    """A forward's stats checked against the shape its ``mean``/``rstd`` must have: (mean, rstd)
+    as float64, ``batch_stats`` and ``has_bias``."""
     if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
-        raise TypeError(f"stats must be the NormStats returned by the forward with return_stats=True, "
-                        f"got {chk._describe(stats)}")
+        raise TypeError(f"stats must be the {kind} with return_stats=True, got {chk._describe(stats)}")
     mean = chk.float_array("stats.mean", stats.mean).astype(np.float64)
     rstd = chk.float_array("stats.rstd", stats.rstd).astype(np.float64)
     for name, a in (("stats.mean", mean), ("stats.rstd", rstd)):
         if a.shape != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)} for this input, got shape {a.shape}")
+            raise ValueError(f"{name} must have shape {tuple(shape)} {why}, got shape {a.shape}")
     return mean, rstd, bool(getattr(stats, "batch_stats", True)), bool(getattr(stats, "has_bias", False))
 
 
@@ -1800,7 +1801,7 @@ def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
     True
     """
     w, _ = _weight_arrays(weight)
-    return _row_norm(w, w.shape[1:], None, None, eps, True, None)[0]
+    return _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None)[0]
 
 
 @dispatch
@@ -1861,7 +1862,7 @@ def weight_standardization_backward(grad_output: ArrayLike, weight: ArrayLike, e
     True
     """
     w, dy = _weight_arrays(weight, grad_output)
-    _, stats = _row_norm(w, w.shape[1:], None, None, eps, True, None)
+    _, stats = _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None)
     return _row_norm_backward(dy, w, stats, w.shape[1:], None, True).input
 
 

@@ -306,16 +306,8 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
     axes = _check_axes(arr, axes)
     w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "input")
     keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
-    if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
-        raise TypeError(f"stats must be the NormalizeStats returned by normalize with return_stats=True, "
-                        f"got {chk._describe(stats)}")
-    mean = chk.float_array("stats.mean", stats.mean).astype(np.float64)
-    rstd = chk.float_array("stats.rstd", stats.rstd).astype(np.float64)
-    for name, a in (("stats.mean", mean), ("stats.rstd", rstd)):
-        if a.shape != keep:
-            raise ValueError(f"{name} must have shape {keep} (input's shape with 1 along axes {axes}), "
-                             f"got shape {a.shape}")
-    has_bias = bool(getattr(stats, "has_bias", False))
+    mean, rstd, _, has_bias = F._stats_arg(stats, keep, "NormalizeStats returned by normalize",
+                                           f"(input's shape with 1 along axes {axes})")
     b_shape = getattr(stats, "bias_shape", None)
     b_shape = tuple(b_shape) if b_shape is not None else (() if has_bias else None)
     if arr.size == 0:

@@ -110,6 +110,8 @@ def test_weight_standardization_standardizes_each_output_channel():
         nn.weight_standardization_backward(np.ones((4, 3)), np.ones((4, 2)))
     with pytest.raises(ValueError, match="eps must be finite"):
         nn.weight_standardization(w, eps=-1.0)
+    with pytest.raises(TypeError, match="eps must be a real number, got NoneType"):
+        nn.weight_standardization_backward(w, w, eps=None)
 
 
 def test_weight_standardization_gradient_by_finite_differences():
