@@ -143,17 +143,21 @@ def _stats_fields(name, t, extra=()):
 
 # -- small compiled helpers (checks and views) ---------------------------------------------------
 
-@njit(cache=False)
-def shape_str(shape):
-    """A shape as Python prints a tuple: ``(3, 4)``, ``(3,)``."""
-    s = "("
-    for i in range(len(shape)):
-        if i:
-            s += ", "
-        s += str(shape[i])
-    if len(shape) == 1:
-        s += ","
-    return s + ")"
+class _ValueError(ValueError):
+    """``raise _ValueError(template, *values)`` in compiled code raises a plain ValueError whose
+    message Python formats when it is raised: Numba passes the values out as they are, and
+    compiling its own string formatting (ints only, no floats or tuples) cost seconds per call
+    site."""
+
+    def __new__(cls, template, *args):
+        return ValueError(template.format(*args))
+
+
+class _TypeError(TypeError):
+    """As `_ValueError`, for a TypeError."""
+
+    def __new__(cls, template, *args):
+        return TypeError(template.format(*args))
 
 
 def _shape_tuple(normalized_shape):
@@ -173,15 +177,15 @@ def _check_trailing(shape, xshape):
     lead = len(xshape) - k
     for i in range(k):
         if shape[i] != xshape[lead + i]:
-            raise ValueError("normalized_shape " + shape_str(shape) + " must be non-empty and match the "
-                             "trailing dimensions of input of shape " + shape_str(xshape))
+            raise _ValueError("normalized_shape {} must be non-empty and match the trailing dimensions of "
+                              "input of shape {}", shape, xshape)
 
 
 @njit(cache=False)
-def _check_shape(name, shape, expected):
+def _check_shape(name, shape, expected, suffix=""):
     for i in range(len(shape)):
         if shape[i] != expected[i]:
-            raise ValueError(name + " must have shape " + shape_str(expected) + ", got shape " + shape_str(shape))
+            raise _ValueError("{} must have shape {}{}, got shape {}", name, expected, suffix, shape)
 
 
 def _param(name, value, shape, dtype):
@@ -197,8 +201,7 @@ def _ov_param(name, value, shape, dtype):
     if value.ndim != len(shape):
         def bad(name, value, shape, dtype):
             if len(name) >= 0:  # always: a bare raise would leave the function without a return type
-                raise ValueError(name + " must have shape " + shape_str(shape) + ", got shape "
-                                 + shape_str(value.shape))
+                raise _ValueError("{} must have shape {}, got shape {}", name, shape, value.shape)
             return np.empty(0, dtype)
         return bad
     target = as_dtype(dtype.dtype) if isinstance(dtype, types.DTypeSpec) else None
@@ -232,7 +235,7 @@ def _ov_eps(name, eps, default):
     def impl(name, eps, default):
         e = float(eps)
         if not (e >= 0.0 and e < np.inf):
-            raise ValueError(name + " must be finite and >= 0")
+            raise _ValueError("{} must be finite and >= 0, got {}", name, eps)
         return e
     return impl
 
@@ -251,7 +254,7 @@ def _ov_momentum(momentum):
     def impl(momentum):
         m = float(momentum)
         if not (0.0 <= m <= 1.0):
-            raise ValueError("momentum must be in [0, 1] or None")
+            raise _ValueError("momentum must be in [0, 1] or None, got {}", momentum)
         return m
     return impl
 
@@ -320,15 +323,26 @@ def _axis(name, axis, ndim, lowest):
     positive = axis + ndim if axis < 0 else axis
     if not (lowest <= positive < ndim):
         which = "an axis other than the batch axis 0" if lowest else "an axis"
-        raise ValueError(name + " must be " + which + " of an array with " + str(ndim) + " dimensions (from "
-                         + str(lowest - ndim if lowest else -ndim) + " to " + str(ndim - 1) + "), got "
-                         + str(axis))
+        raise _ValueError("{} must be {} of an array with {} dimensions (from {} to {}), got {}", name, which, ndim,
+                          lowest - ndim if lowest else -ndim, ndim - 1, axis)
     return positive
 
 
 def _int_arg(name, t):
     if isinstance(t, types.Boolean) or not (isinstance(t, types.Integer) or isinstance(_value(t), int)):
         _fail(f"{name} must be an integer, got {t}")
+
+
+def _cast(a, dtype, shape):
+    pass
+
+
+@overload(_cast)
+def _ov_cast(a, dtype, shape):
+    """A float64 gradient in the result's dtype and shape; None stays None."""
+    if _is_none(a):
+        return lambda a, dtype, shape: None
+    return lambda a, dtype, shape: a.astype(dtype).reshape(shape)
 
 
 @njit(cache=False)
@@ -441,12 +455,12 @@ def _row_backward_impl(grad_output, input, stats, normalized_shape, weight, cent
         shape = _shape_tuple(normalized_shape)
         _check_trailing(shape, input.shape)
         if grad_output.shape != input.shape:
-            raise ValueError("grad_output must have the shape of input " + shape_str(input.shape) + ", got shape "
-                             + shape_str(grad_output.shape))
+            raise _ValueError("grad_output must have the shape of input {}, got shape {}", input.shape,
+                              grad_output.shape)
         w = _param("weight", weight, shape, dtype)
         lead = input.shape[:lead_nd]
-        _check_shape("stats.mean", stats.mean.shape, lead)
-        _check_shape("stats.rstd", stats.rstd.shape, lead)
+        _check_shape("stats.mean", stats.mean.shape, lead, " for this input")
+        _check_shape("stats.rstd", stats.rstd.shape, lead, " for this input")
         rows = _prod(input.shape, 0, lead_nd)
         length = _prod(input.shape, lead_nd, input.ndim)
         x2 = _view(input, (rows, length))
@@ -462,20 +476,20 @@ def _row_backward_impl(grad_output, input, stats, normalized_shape, weight, cent
         def impl(grad_output, input, stats, normalized_shape, weight=None):
             dx, gw, gb = body(grad_output, input, stats, normalized_shape, weight)
             shape = _shape_tuple(normalized_shape)
-            grad_weight = None if gw is None else gw.astype(dtype).reshape(shape)
+            grad_weight = _cast(gw, dtype, shape)
             grad_bias = gb.astype(dtype).reshape(shape) if stats.has_bias else None
             return Grads(dx, grad_weight, grad_bias)
     elif has_bias:
         def impl(grad_output, input, stats, normalized_shape, weight=None):
             dx, gw, gb = body(grad_output, input, stats, normalized_shape, weight)
             shape = _shape_tuple(normalized_shape)
-            grad_weight = None if gw is None else gw.astype(dtype).reshape(shape)
+            grad_weight = _cast(gw, dtype, shape)
             return Grads(dx, grad_weight, gb.astype(dtype).reshape(shape))
     else:
         def impl(grad_output, input, stats, normalized_shape, weight=None):
             dx, gw, gb = body(grad_output, input, stats, normalized_shape, weight)
             shape = _shape_tuple(normalized_shape)
-            grad_weight = None if gw is None else gw.astype(dtype).reshape(shape)
+            grad_weight = _cast(gw, dtype, shape)
             return Grads(dx, grad_weight, None)
     return impl
 
@@ -537,7 +551,7 @@ def _check_running(name, a, c):
     if a is not None:
         _check_shape(name, a.shape, (c,))
         if not a.flags.c_contiguous:
-            raise ValueError(name + " must be contiguous (it is updated in place)")
+            raise _ValueError("{} must be contiguous (it is updated in place), got strides {}", name, a.strides)
 
 
 def _eval_stats(running_mean, running_var, s_, c, eps, flag):
@@ -550,7 +564,7 @@ def _ov_eval_stats(running_mean, running_var, s_, c, eps, flag):
     if _is_none(running_mean) or _is_none(running_var):
         def missing(running_mean, running_var, s_, c, eps, flag):
             if c >= 0:  # always: a bare raise would leave the function without a return type
-                raise ValueError("running_mean and running_var are required when " + flag + ", got None")
+                raise _ValueError("running_mean and running_var are required when {}, got None", flag)
             return np.empty((s_, c)), np.empty((s_, c))
         return missing
 
@@ -621,6 +635,10 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
     ndim = input.ndim
     has_bias = not _is_none(bias)
     one_running = _is_none(running_mean) != _is_none(running_var)
+    one_message = ("running_mean and running_var must both be given or both be None, got "
+                   f"running_mean={'None' if _is_none(running_mean) else 'an array'} and "
+                   f"running_var={'None' if _is_none(running_var) else 'an array'}")
+    counter_dtype = "" if _is_none(num_batches_tracked) else str(as_dtype(num_batches_tracked.dtype))
     need_counter = _is_none(momentum) and not _is_none(running_mean) and _is_none(num_batches_tracked)
     flag = "training=False" if over_batch else "use_input_stats=False"
 
@@ -640,18 +658,19 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
             _check_running("running_mean", running_mean, c)
             _check_running("running_var", running_var, c)
             if one_running:
-                raise ValueError("running_mean and running_var must both be given or both be None")
+                raise ValueError(one_message)
             if need_counter:
                 raise ValueError("num_batches_tracked must be given when momentum is None (it is the count of the "
                                  "cumulative average), got None")
             if num_batches_tracked is not None and num_batches_tracked.size != 1:
-                raise TypeError("num_batches_tracked must be an integer NumPy array of one element")
+                raise _TypeError("num_batches_tracked must be an integer NumPy array of one element, got an array "
+                                 "of dtype {} and shape {}", counter_dtype, num_batches_tracked.shape)
             if over_batch and input.size // c < 2:
-                raise ValueError("Expected more than 1 value per channel when training, got input of shape "
-                                 + shape_str(input.shape))
+                raise _ValueError("Expected more than 1 value per channel when training, got input of shape {}",
+                                  input.shape)
             if not over_batch and n and input.size // (n * c) < 2:
-                raise ValueError("Expected more than 1 spatial element when training, got input of shape "
-                                 + shape_str(input.shape))
+                raise _ValueError("Expected more than 1 spatial element when training, got input of shape {}",
+                                  input.shape)
             x4 = _view(input, shape4)
             y4 = _result(out, shape4, dtype)
             count, base, offset, var, rstd = _grid_stats(x4, c, over_batch, e)
@@ -726,8 +745,8 @@ def _ov_instance_norm(input, running_mean=None, running_var=None, weight=None, b
 @njit(cache=False)
 def _num_groups(num_groups, channels):
     if num_groups < 1 or channels % num_groups:
-        raise ValueError("num_groups must be a positive divisor of the number of channels " + str(channels)
-                         + ", got " + str(num_groups))
+        raise _ValueError("num_groups must be a positive divisor of the number of channels {}, got {}", channels,
+                          num_groups)
     return num_groups
 
 
@@ -773,6 +792,16 @@ def _ov_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, channel_
     return impl
 
 
+@njit(cache=False)
+def _check_stats_shape(stats, c, n, groups, over_batch):
+    if over_batch:
+        _check_shape("stats.mean", stats.mean.shape, (c,), " for this input")
+        _check_shape("stats.rstd", stats.rstd.shape, (c,), " for this input")
+    else:
+        _check_shape("stats.mean", stats.mean.shape, (n, groups), " for this input")
+        _check_shape("stats.rstd", stats.rstd.shape, (n, groups), " for this input")
+
+
 def _grid_backward_impl(grad_output, input, stats, weight, channel_axis, kind):
     """batch (``kind`` 0), instance (1) and group (2) norm backward; the group one takes
     ``num_groups`` as an extra argument."""
@@ -793,12 +822,11 @@ def _grid_backward_impl(grad_output, input, stats, weight, channel_axis, kind):
         c = input.shape[ch]
         groups = _num_groups(num_groups, c) if kind == 2 else c
         if grad_output.shape != input.shape:
-            raise ValueError("grad_output must have the shape of input " + shape_str(input.shape) + ", got shape "
-                             + shape_str(grad_output.shape))
+            raise _ValueError("grad_output must have the shape of input {}, got shape {}", input.shape,
+                              grad_output.shape)
         w = _param("weight", weight, (c,), dtype)
         s_ = 1 if over_batch else n
-        _check_shape("stats.mean", stats.mean.shape, (c,) if over_batch else (n, groups))
-        _check_shape("stats.rstd", stats.rstd.shape, (c,) if over_batch else (n, groups))
+        _check_stats_shape(stats, c, n, groups, over_batch)
         mean = _flat64(stats.mean, s_ * groups).reshape((s_, groups))
         rstd = _flat64(stats.rstd, s_ * groups).reshape((s_, groups))
         batch_stats = True if kind == 2 else _batch_stats(stats)
@@ -868,7 +896,7 @@ def _reduced_mask(axes, ndim):
     for a in axes:
         p = _axis("axes", a, ndim, 0)
         if reduced[p]:
-            raise ValueError("axes must not repeat an axis")
+            raise _ValueError("axes must not repeat an axis, got {}", axes)
         reduced[p] = True
     return reduced
 
@@ -994,7 +1022,7 @@ def _moments_impl(x, axes, keepdims, finish):
 @njit(cache=False)
 def _moments_finish(x, count, mean, m2):
     if x.size == 0:
-        raise ValueError("x must not be empty, got shape " + shape_str(x.shape))
+        raise _ValueError("x must not be empty, got shape {}", x.shape)
     return mean.astype(x.dtype), (m2 / count).astype(x.dtype)
 
 
@@ -1046,8 +1074,7 @@ def _check_broadcast(name, p, xshape):
     lead = len(xshape) - len(shape)
     for i in range(len(shape)):
         if shape[i] != 1 and shape[i] != xshape[lead + i]:
-            raise ValueError(name + " must broadcast to x's shape " + shape_str(xshape) + ", got shape "
-                             + shape_str(shape))
+            raise _ValueError("{} must broadcast to x's shape {}, got shape {}", name, xshape, shape)
 
 
 def _as64(p):
