@@ -1023,7 +1023,21 @@ def _moments_impl(x, axes, keepdims, finish):
 def _moments_finish(x, count, mean, m2):
     if x.size == 0:
         raise _ValueError("x must not be empty, got shape {}", x.shape)
-    return mean.astype(x.dtype), (m2 / count).astype(x.dtype)
+    return _mean_var(count, mean, m2, x.dtype)
+
+
+@njit(cache=False)
+def _mean_var(count, mean, m2, dtype):
+    """(mean, m2 / count) in ``dtype``, loops for any number of dimensions (0-d arrays included,
+    where Numba's astype and array arithmetic give scalars)."""
+    out_mean = np.empty(mean.shape, dtype)
+    out_var = np.empty(mean.shape, dtype)
+    fm, fv = out_mean.reshape(mean.size), out_var.reshape(mean.size)
+    c, m, q = count.reshape(mean.size), mean.reshape(mean.size), m2.reshape(mean.size)
+    for i in range(mean.size):
+        fm[i] = m[i]
+        fv[i] = q[i] / c[i]
+    return out_mean, out_var
 
 
 @njit(cache=False)
