@@ -164,14 +164,14 @@ def _shape_tuple(normalized_shape):
     pass
 
 
-@overload(_shape_tuple)
+@overload(_shape_tuple, inline="always")
 def _ov_shape_tuple(normalized_shape):
     if isinstance(normalized_shape, types.Integer):
         return lambda normalized_shape: (normalized_shape,)
     return lambda normalized_shape: normalized_shape
 
 
-@njit(cache=False)
+@njit(cache=False, inline="always")
 def _check_trailing(shape, xshape):
     k = len(shape)
     lead = len(xshape) - k
@@ -181,7 +181,7 @@ def _check_trailing(shape, xshape):
                               "input of shape {}", shape, xshape)
 
 
-@njit(cache=False)
+@njit(cache=False, inline="always")
 def _check_shape(name, shape, expected, suffix=""):
     for i in range(len(shape)):
         if shape[i] != expected[i]:
@@ -192,7 +192,7 @@ def _param(name, value, shape, dtype):
     pass
 
 
-@overload(_param)
+@overload(_param, inline="always")
 def _ov_param(name, value, shape, dtype):
     """A parameter (weight, bias, running statistic read for eval) of ``shape``, as a flat 1-D array
     of ``dtype`` (copied only when its dtype or layout needs it); None stays None."""
@@ -221,11 +221,24 @@ def _ov_param(name, value, shape, dtype):
     return impl
 
 
+@njit(cache=False)
+def _row_errors(input, normalized_shape, weight, bias, eps, out):
+    """The one-row fast path's errors, raised as the general path raises them (in its order)."""
+    n = input.shape[0]
+    _check_trailing(_shape_tuple(normalized_shape), input.shape)
+    if weight is not None:
+        _check_shape("weight", weight.shape, (n,))
+    if bias is not None:
+        _check_shape("bias", bias.shape, (n,))
+    _eps("eps", eps, 0.0)
+    _check_shape("out", out.shape, input.shape)
+
+
 def _eps(name, eps, default):
     pass
 
 
-@overload(_eps)
+@overload(_eps, inline="always")
 def _ov_eps(name, eps, default):
     if _is_none(eps):
         return lambda name, eps, default: default
@@ -259,7 +272,7 @@ def _ov_momentum(momentum):
     return impl
 
 
-@njit(cache=False)
+@njit(cache=False, inline="always")
 def _check_out_shape(out, shape):
     if out is not None:
         _check_shape("out", out.shape, shape)
@@ -377,7 +390,7 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
             y = np.empty(input.shape, dtype) if out is None else out
             m, inv = S.norm_row(input, w, b, e, centered, y)
             return y, m, inv, e
-        body = njit(cache=False)(body)
+        body = njit(cache=False, inline="always")(body)
         if stats:
             def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
                 y, m, inv, e = body(input, normalized_shape, weight, bias, eps, out)
@@ -386,9 +399,19 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
                 mean[()] = m
                 rstd[()] = inv
                 return y, NormStats(mean, rstd, True, has_bias, e)
-        else:
+        elif _is_none(out) or not all(_is_none(p) or (p.ndim == 1 and p.dtype == dtype) for p in (weight, bias)):
             def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
                 return body(input, normalized_shape, weight, bias, eps, out)[0]
+        else:  # the per-sample loop's call: checks, then the row kernel straight into ``out``
+            def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
+                n = input.shape[0]
+                e = default_eps if eps is None else float(eps)
+                # every raise lives in a called function: in the inlined loop body it costs time
+                if (_shape_tuple(normalized_shape)[0] != n or out.shape[0] != n or not (0.0 <= e < np.inf)
+                        or (weight is not None and weight.shape[0] != n) or (bias is not None and bias.shape[0] != n)):
+                    _row_errors(input, normalized_shape, weight, bias, eps, out)
+                S.norm_row(input, weight, bias, e, centered, out)
+                return out
         return impl
 
     def body(input, normalized_shape, weight, bias, eps, out):
@@ -418,7 +441,7 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
     return impl
 
 
-@overload(F.layer_norm, prefer_literal=True)
+@overload(F.layer_norm, prefer_literal=True, inline="always")
 def _ov_layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
     return _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out, True, 1e-5)
 
