@@ -221,6 +221,30 @@ def _ov_param(name, value, shape, dtype):
     return impl
 
 
+def _len_or(value, n):
+    pass
+
+
+@overload(_len_or, inline="always")
+def _ov_len_or(value, n):
+    """``len(value)``, or ``n`` for None: decided when typing, where an inlined ``value is None``
+    would not be."""
+    if _is_none(value):
+        return lambda value, n: n
+    return lambda value, n: value.shape[0]
+
+
+def _float_or(value, default):
+    pass
+
+
+@overload(_float_or, inline="always")
+def _ov_float_or(value, default):
+    if _is_none(value):
+        return lambda value, default: default
+    return lambda value, default: float(value)
+
+
 @njit(cache=False)
 def _row_errors(input, normalized_shape, weight, bias, eps, out):
     """The one-row fast path's errors, raised as the general path raises them (in its order)."""
@@ -272,7 +296,7 @@ def _ov_momentum(momentum):
     return impl
 
 
-@njit(cache=False, inline="always")
+@njit(cache=False)  # not inlined: "out is not None" must be pruned on its own argument
 def _check_out_shape(out, shape):
     if out is not None:
         _check_shape("out", out.shape, shape)
@@ -405,10 +429,11 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
         else:  # the per-sample loop's call: checks, then the row kernel straight into ``out``
             def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
                 n = input.shape[0]
-                e = default_eps if eps is None else float(eps)
-                # every raise lives in a called function: in the inlined loop body it costs time
+                e = _float_or(eps, default_eps)
+                # every raise lives in a called function: in the inlined loop body it costs time.  No
+                # "is None" tests here: inlined into the caller they are not pruned (see _len_or)
                 if (_shape_tuple(normalized_shape)[0] != n or out.shape[0] != n or not (0.0 <= e < np.inf)
-                        or (weight is not None and weight.shape[0] != n) or (bias is not None and bias.shape[0] != n)):
+                        or _len_or(weight, n) != n or _len_or(bias, n) != n):
                     _row_errors(input, normalized_shape, weight, bias, eps, out)
                 S.norm_row(input, weight, bias, e, centered, out)
                 return out

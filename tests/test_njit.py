@@ -95,6 +95,14 @@ def _rows_into(x, w, b, out):
 
 
 @njit
+def _rows_into_plain(x, out):
+    for i in range(x.shape[0]):
+        nn.layer_norm(x[i], x.shape[1], out=out[i])
+        nn.rms_norm(out[i], x.shape[1], out=out[i])  # in place
+    return out
+
+
+@njit
 def _columns(x):
     y = np.empty_like(x)
     for j in range(x.shape[1]):
@@ -110,6 +118,9 @@ def test_per_row_calls_with_out_and_strided_rows(dtype, rng):
     assert _rows_into(x, w, b, out) is out or np.shares_memory(_rows_into(x, w, b, out), out)
     _close(out, nn.layer_norm(x, 16, w, b), dtype, "rows")
     _close(_columns(x), nn.layer_norm(np.ascontiguousarray(x.T), 6).T, dtype, "columns")
+    out = np.full_like(x, np.nan)
+    _rows_into_plain(x, out)
+    _close(out, nn.rms_norm(nn.layer_norm(x, 16), 16), dtype, "rows without parameters")
 
 
 @njit(parallel=True)
