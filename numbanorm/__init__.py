@@ -31,6 +31,7 @@ from ._tfstats import (
     weighted_moments,
 )
 from .layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, RMSNorm, SwitchableNorm
+from . import _overloads  # noqa: F401  (the public functions inside @njit code; compiles nothing)
 
 __version__ = "0.1.0"
 

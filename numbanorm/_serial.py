@@ -1,0 +1,334 @@
+"""Serial kernels behind numbanorm's public functions when a user's ``@njit`` code calls them.
+
+Inside compiled code there is no planning in Python and no thread pool of ours: a user's own
+``prange`` loop may call a normalization once per sample, so these kernels run serially on the
+calling thread, on one C-contiguous view of the input (``_overloads.py`` makes the views and
+checks the arguments):
+
+* rows ``(R, L)``: layer and RMS norm, one row at a time;
+* grid ``(N, P, C, Q)``: batch, instance and group norm, ``C`` the channel axis, ``P`` the axes
+  between the batch axis and the channels, ``Q`` the axes after them.  ``Q > 1`` (channels
+  first) works on contiguous segments ``x[n, p, c, :]``; ``Q == 1`` (channels last) on the
+  ``(P, C)`` slab of each sample, vectorised along the channels.
+
+The numerical scheme is ``_cpu``'s, through its own helpers: exact chunked two-pass statistics
+merged with Chan's formula in float64, the centre carried as ``hi + lo`` of the input precision,
+normalization as ``((x - hi) - lo) * a + b``, never ``x * a + (b - mean * a)``, never
+``E[x^2] - E[x]^2``.  Short rows (at most ``ROW_CHUNK``) take ``row_normalize``'s fast path:
+one chunk, a plain sum then the deviation sums, no allocation.
+
+Not cached on disk (``cache=False``): these call ``_cpu``'s helpers, and Numba's disk cache,
+keyed on this file alone, would not notice when those change.  They compile as part of the
+user's function.
+"""
+
+import numpy as np
+from numba import njit
+
+from ._config import ELEMENTWISE_FASTMATH
+from ._cpu import (
+    ROW_CHUNK,
+    _chan_merge,
+    _corrected,
+    _deviation_sums,
+    _plain_sum,
+    _segment_input_grad,
+    _slab_affine,
+    _slab_dot_sums,
+    _slab_input_grad,
+    _slab_moments,
+    _span_moments,
+    _split,
+    _weighted_dot_sums,
+)
+
+# elementwise flags (no "reassoc": ``(x - hi) - lo`` must not fold); a 0/0 is NaN, not an exception
+_ew = dict(cache=False, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
+
+
+# -- rows: layer norm and RMS norm --------------------------------------------------------------
+
+@njit(**_ew)
+def row_stats(xs):
+    """(base, offset, var) of a 1-D span: the mean is ``base + offset`` (a float64 and its
+    correction), ``var`` the biased variance.  Rows of at most ROW_CHUNK are one exact chunk
+    (as ``_cpu.row_normalize``'s short rows); longer ones go through ``_span_moments``."""
+    length = xs.shape[0]
+    if 0 < length <= ROW_CHUNK:
+        dtype = xs.dtype.type
+        guess = _plain_sum(xs) / dtype(length)
+        dev, sq, _ = _deviation_sums(xs, guess, xs)
+        base = np.float64(guess)
+        offset, m2 = _corrected(length, guess, dev, sq, base)
+        return base, offset, m2 / length
+    n, base, offset, m2 = _span_moments(xs)
+    return base, offset, m2 / n
+
+
+@njit(**_ew)
+def norm_row(xs, weight, bias, eps, centered, ys):
+    """Normalize one row into ``ys``; ``weight``/``bias`` flat (L,) or None.  ``centered=False``
+    is RMS norm (centre 0, the mean square ``var + mean**2``: no cancellation).
+    Returns the row's (mean, rstd) in float64 (mean 0 for RMS norm)."""
+    base, offset, spread = row_stats(xs)
+    if not centered:
+        spread += (base + offset) * (base + offset)
+        base = 0.0
+        offset = 0.0
+    inv = 1.0 / np.sqrt(spread + eps)
+    dtype = xs.dtype.type
+    h, l = _split(base, offset, dtype)
+    s = dtype(inv)
+    n = xs.shape[0]
+    if weight is None:
+        if bias is None:
+            for i in range(n):
+                ys[i] = ((xs[i] - h) - l) * s
+        else:
+            for i in range(n):
+                ys[i] = ((xs[i] - h) - l) * s + bias[i]
+    elif bias is None:
+        for i in range(n):
+            ys[i] = ((xs[i] - h) - l) * s * weight[i]
+    else:
+        for i in range(n):
+            ys[i] = ((xs[i] - h) - l) * s * weight[i] + bias[i]
+    return base + offset, inv
+
+
+@njit(**_ew)
+def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
+    """``norm_row`` for every row of ``x2`` (R, L); per-row statistics into ``mean``/``rstd``."""
+    for r in range(x2.shape[0]):
+        mean[r], rstd[r] = norm_row(x2[r], weight, bias, eps, centered, y2[r])
+
+
+@njit(**_ew)
+def norm_rows_backward(dy2, x2, weight, mean, rstd, centered, dx2, grad_weight, grad_bias):
+    """Input gradient of ``norm_rows``: ``dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))``
+    per row (RMS norm: no ``mean(w*dy)`` term).  ``grad_weight``/``grad_bias``: float64 (L,)
+    accumulators of ``sum(dy*xhat)`` and ``sum(dy)`` over the rows, or None."""
+    rows, length = x2.shape
+    dtype = x2.dtype.type
+    for r in range(rows):
+        xs = x2[r]
+        gs = dy2[r]
+        ds = dx2[r]
+        inv = rstd[r]
+        h, l = _split(mean[r], 0.0, dtype)
+        s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
+        ka = dtype(inv)
+        kb = dtype(-inv * inv * (s2 * inv / length))
+        kc = dtype(-inv * (s1 / length)) if centered else dtype(0)
+        if weight is None:
+            for i in range(length):
+                ds[i] = gs[i] * ka + ((xs[i] - h) - l) * kb + kc
+        else:
+            for i in range(length):
+                ds[i] = gs[i] * weight[i] * ka + ((xs[i] - h) - l) * kb + kc
+        if grad_weight is not None:
+            for i in range(length):
+                grad_weight[i] += np.float64(gs[i]) * np.float64((xs[i] - h) - l) * inv
+        if grad_bias is not None:
+            for i in range(length):
+                grad_bias[i] += gs[i]
+
+
+@njit(**_ew)
+def rows_moments(x2, count, mean, m2):
+    """Per-row (count, mean, M2) of ``x2`` (R, L) into float64 (R,) arrays."""
+    for r in range(x2.shape[0]):
+        n, base, offset, q = _span_moments(x2[r])
+        count[r] = n
+        mean[r] = base + offset
+        m2[r] = q
+
+
+@njit(**_ew)
+def slabs_moments(x3, count, mean, m2):
+    """Per-(a, c) (count, mean, M2) of ``x3`` (A, B, C) reduced over B, into float64 (A, C)."""
+    for a in range(x3.shape[0]):
+        if x3.shape[1] == 0:
+            count[a, :] = 0.0
+            mean[a, :] = 0.0
+            m2[a, :] = 0.0
+        else:
+            count[a, :] = _slab_moments(x3[a], mean[a], m2[a])
+
+
+# -- grid: batch, instance and group norm on (N, P, C, Q) ----------------------------------------
+
+@njit(**_ew)
+def grid_states(x4, states):
+    """Per-(sample, channel) statistics of ``x4`` (N, P, C, Q) into ``states`` (4, N, C): count,
+    base, offset and M2, the mean being ``base + offset``."""
+    n_, p_, c_, q_ = x4.shape
+    count, base, offset, m2 = states[0], states[1], states[2], states[3]
+    count[:, :] = 0.0
+    base[:, :] = 0.0
+    offset[:, :] = 0.0
+    m2[:, :] = 0.0
+    if q_ == 1:  # channels last: a (P, C) slab per sample, vectorised along C
+        x3 = x4.reshape((n_, p_, c_))
+        for n in range(n_):
+            if p_ > 0:
+                count[n, :] = _slab_moments(x3[n], base[n], m2[n])
+        return
+    for n in range(n_):
+        for p in range(p_):
+            for c in range(c_):
+                k, b, o, q = _span_moments(x4[n, p, c])
+                if k == 0.0:
+                    continue
+                if count[n, c] == 0.0:
+                    base[n, c] = b
+                count[n, c], offset[n, c], m2[n, c] = _chan_merge(
+                    count[n, c], offset[n, c], m2[n, c], k, (b - base[n, c]) + o, q)
+
+
+@njit(**_ew)
+def merge_grid(states, groups, over_batch, merged):
+    """Merge per-(sample, channel) ``states`` (4, N, C) into groups of ``C // groups`` consecutive
+    channels -- per sample, or over the samples too (``over_batch``) -- ``merged`` (4, 1 or N, G),
+    as offsets from the first member's base (Chan's formula, in float64)."""
+    _, n_, c_ = states.shape
+    members = c_ // groups
+    merged[:, :, :] = 0.0
+    for n in range(n_):
+        s = 0 if over_batch else n
+        for c in range(c_):
+            k = states[0, n, c]
+            if k == 0.0:
+                continue
+            g = c // members
+            if merged[0, s, g] == 0.0:
+                merged[1, s, g] = states[1, n, c]
+            merged[0, s, g], merged[2, s, g], merged[3, s, g] = _chan_merge(
+                merged[0, s, g], merged[2, s, g], merged[3, s, g], k,
+                (states[1, n, c] - merged[1, s, g]) + states[2, n, c], states[3, n, c])
+
+
+@njit(**_ew)
+def grid_coefficients(base, offset, rstd, weight, bias, channels, coef):
+    """(hi, lo, alpha, beta) per (sample, channel) from per-group statistics (S, G) -- the
+    centre ``base + offset`` split in the input precision -- into ``coef`` (4, S, C)."""
+    s_, groups = rstd.shape
+    members = channels // groups
+    dtype = coef.dtype.type
+    for s in range(s_):
+        for c in range(channels):
+            g = c // members
+            h, l = _split(base[s, g], offset[s, g], dtype)
+            coef[0, s, c] = h
+            coef[1, s, c] = l
+            coef[2, s, c] = dtype(rstd[s, g]) if weight is None else dtype(rstd[s, g] * weight[c])
+            coef[3, s, c] = dtype(0) if bias is None else bias[c]
+
+
+@njit(**_ew)
+def grid_affine(x4, coef, y4):
+    """``y = ((x - hi) - lo)*alpha + beta`` with ``coef`` (4, S, C), S = 1 (shared by every
+    sample) or N."""
+    n_, p_, c_, q_ = x4.shape
+    per_sample = coef.shape[1] > 1
+    if q_ == 1:
+        x3 = x4.reshape((n_, p_, c_))
+        y3 = y4.reshape((n_, p_, c_))
+        for n in range(n_):
+            s = n if per_sample else 0
+            _slab_affine(x3[n], coef[0, s], coef[1, s], coef[2, s], coef[3, s], y3[n])
+        return
+    for n in range(n_):
+        s = n if per_sample else 0
+        for p in range(p_):
+            for c in range(c_):
+                h = coef[0, s, c]
+                l = coef[1, s, c]
+                a = coef[2, s, c]
+                b = coef[3, s, c]
+                xs = x4[n, p, c]
+                ys = y4[n, p, c]
+                for q in range(q_):
+                    ys[q] = ((xs[q] - h) - l) * a + b
+
+
+@njit(**_ew)
+def grid_grad_sums(dy4, x4, coef, sums):
+    """``sum(dy)`` and ``sum(dy*(x - centre))`` per (sample, channel) into float64 ``sums``
+    (2, N, C); the centre is ``coef[0] + coef[1]`` (4 or more, S, C)."""
+    n_, p_, c_, q_ = x4.shape
+    per_sample = coef.shape[1] > 1
+    sums[:, :, :] = 0.0
+    if q_ == 1:
+        x3 = x4.reshape((n_, p_, c_))
+        d3 = dy4.reshape((n_, p_, c_))
+        for n in range(n_):
+            s = n if per_sample else 0
+            _slab_dot_sums(d3[n], x3[n], coef[0, s], coef[1, s], sums[0, n], sums[1, n])
+        return
+    for n in range(n_):
+        s = n if per_sample else 0
+        for p in range(p_):
+            for c in range(c_):
+                t1, t2 = _weighted_dot_sums(dy4[n, p, c], x4[n, p, c], None, coef[0, s, c], coef[1, s, c])
+                sums[0, n, c] += t1
+                sums[1, n, c] += t2
+
+
+@njit(**_ew)
+def grid_backward_coefficients(sums, rstd, weight, over_batch, batch_stats, per_group, coef, grad_weight,
+                               grad_bias):
+    """The input gradient's coefficients ``coef[2:5]`` = (ka, kb, kc) per (sample, channel), for
+    ``dx = dy*ka + (x - centre)*kb + kc`` -- with batch statistics ``dx = rstd*(w*dy -
+    mean_g(w*dy) - xhat*mean_g(w*dy*xhat))``, ``per_group`` values in a group; with running ones
+    ``dx = rstd*w*dy`` -- and the float64 per-channel ``grad_weight = sum(dy*xhat)``,
+    ``grad_bias = sum(dy)``.  ``rstd`` (S, G)."""
+    _, n_, c_ = sums.shape
+    s_, groups = rstd.shape
+    members = c_ // groups
+    dtype = coef.dtype.type
+    mean_wdy = np.zeros((s_, groups))
+    mean_wdy_xhat = np.zeros((s_, groups))
+    grad_weight[:] = 0.0
+    grad_bias[:] = 0.0
+    for n in range(n_):
+        s = 0 if over_batch else n
+        for c in range(c_):
+            g = c // members
+            scale = 1.0 if weight is None else np.float64(weight[c])
+            grad_bias[c] += sums[0, n, c]
+            grad_weight[c] += sums[1, n, c] * rstd[s, g]
+            mean_wdy[s, g] += scale * sums[0, n, c] / per_group
+            mean_wdy_xhat[s, g] += scale * sums[1, n, c] * rstd[s, g] / per_group
+    for s in range(s_):
+        for c in range(c_):
+            g = c // members
+            r = rstd[s, g]
+            coef[2, s, c] = dtype(r) if weight is None else dtype(r * weight[c])
+            if batch_stats:
+                coef[3, s, c] = dtype(-r * r * mean_wdy_xhat[s, g])
+                coef[4, s, c] = dtype(-r * mean_wdy[s, g])
+            else:
+                coef[3, s, c] = dtype(0)
+                coef[4, s, c] = dtype(0)
+
+
+@njit(**_ew)
+def grid_input_grad(dy4, x4, coef, dx4):
+    """``dx = dy*ka + ((x - hi) - lo)*kb + kc`` with ``coef`` (5, S, C) = (hi, lo, ka, kb, kc)."""
+    n_, p_, c_, q_ = x4.shape
+    per_sample = coef.shape[1] > 1
+    if q_ == 1:
+        x3 = x4.reshape((n_, p_, c_))
+        d3 = dy4.reshape((n_, p_, c_))
+        o3 = dx4.reshape((n_, p_, c_))
+        for n in range(n_):
+            s = n if per_sample else 0
+            _slab_input_grad(d3[n], x3[n], coef[0, s], coef[1, s], coef[2, s], coef[3, s], coef[4, s], o3[n])
+        return
+    for n in range(n_):
+        s = n if per_sample else 0
+        for p in range(p_):
+            for c in range(c_):
+                _segment_input_grad(dy4[n, p, c], x4[n, p, c], dx4[n, p, c], coef[2, s, c], coef[0, s, c],
+                                    coef[1, s, c], coef[3, s, c], coef[4, s, c])
