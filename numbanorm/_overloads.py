@@ -908,15 +908,16 @@ def _grads_impl(body, has_bias, group):
         def finish(dx, gw, gb, stats):
             return Grads(dx, gw, None)
     finish = njit(cache=False)(finish)
-    if group:
-        def impl(grad_output, input, stats, num_groups, weight=None, channel_axis=1):
-            dx, gw, gb = body(grad_output, input, stats, num_groups, weight, channel_axis)
-            return finish(dx, gw, gb, stats)
-    else:
-        def impl(grad_output, input, stats, weight=None, channel_axis=1):
-            dx, gw, gb = body(grad_output, input, stats, 0, weight, channel_axis)
-            return finish(dx, gw, gb, stats)
-    return impl
+
+    def grouped(grad_output, input, stats, num_groups, weight=None, channel_axis=1):
+        dx, gw, gb = body(grad_output, input, stats, num_groups, weight, channel_axis)
+        return finish(dx, gw, gb, stats)
+
+    def per_channel(grad_output, input, stats, weight=None, channel_axis=1):
+        dx, gw, gb = body(grad_output, input, stats, 0, weight, channel_axis)
+        return finish(dx, gw, gb, stats)
+
+    return grouped if group else per_channel
 
 
 @overload(F.batch_norm_backward, prefer_literal=True)

@@ -22,6 +22,8 @@ keyed on this file alone, would not notice when those change.  They compile as p
 user's function.
 """
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -43,7 +45,7 @@ from ._cpu import (
 )
 
 # elementwise flags (no "reassoc": ``(x - hi) - lo`` must not fold); a 0/0 is NaN, not an exception
-_ew = dict(cache=False, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
+_ew: dict[str, Any] = dict(cache=False, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
 
 
 # -- rows: layer norm and RMS norm --------------------------------------------------------------

@@ -423,6 +423,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (median)")
     parser.add_argument("--compare", default="torch", help="peers: torch, numpy, both (torch,numpy) or none")
     parser.add_argument("--scaling", action="store_true", help="time against size and thread count")
+    parser.add_argument("--njit-loop", action="store_true",
+                        help="time a user's @njit loop calling layer_norm on each row (of the first 2-D --shapes, "
+                             "default 100000x64) beside the same loop written by hand")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw the results (needs matplotlib)")
     args = parser.parse_args(argv)
@@ -436,7 +439,18 @@ def main(argv=None):
         pass
     compare = set(args.compare.split(","))
     dtype = np.dtype(args.dtype)
-    if args.scaling:
+    if args.njit_loop:
+        from ._bench_njit import njit_loop_times
+
+        count, length = next((s for s in args.shapes or () if len(s) == 2), (100_000, 64))
+        times = njit_loop_times(count, length, args.repeats)
+        print(f"\n@njit loop over {count} rows of {length} float32, medians of {args.repeats} interleaved runs\n")
+        print("| loop | ms |\n|---|---|")
+        print(f"| numbanorm.layer_norm(x[i], {length}, w, b, out=y[i]) | {times['numbanorm'] * 1e3:.2f} |")
+        print(f"| written by hand | {times['hand'] * 1e3:.2f} |")
+        print(f"\nratio {times['ratio']:.2f}x")
+        rows = [dict(njit_loop=True, **times)]
+    elif args.scaling:
         op = args.ops.split(",")[0]
         rows = scaling(op, dtype, args.repeats, list(range(1, numba.config.NUMBA_NUM_THREADS + 1)))
         print(_table(rows, [("sweep", lambda r: r["sweep"]), ("elements", lambda r: f"{r['elements']:.0e}")]
@@ -450,6 +464,6 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
-    if args.plot:
+    if args.plot and not args.njit_loop:
         plot(rows, args.plot)
     return rows

@@ -119,3 +119,9 @@ def test_forward_backward_keeps_the_output_alive_through_the_backward(monkeypatc
     _, both = bench._ours(case, *bench.inputs(case, np.float32))
     grads, y = both()
     assert len(outputs) == 1 and grads.input.shape == y.shape == case.shape
+
+
+def test_njit_loop_option(capsys):
+    rows = bench.main(["--njit-loop", "--shapes", "50x16", "--repeats", "1"])
+    assert rows[0]["numbanorm"] > 0 and rows[0]["hand"] > 0 and rows[0]["ratio"] > 0
+    assert "written by hand" in capsys.readouterr().out

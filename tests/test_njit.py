@@ -137,7 +137,7 @@ def test_user_prange_loop_calls_layer_norm(rng):
     y = _prange_rows(x, w, b)
     _close(y, nn.layer_norm(x, 64, w, b), np.float32, "prange")
     # the offset's digits survive in float32, as on the Python path
-    exact = ref.layer_forward(x, 1, w, b)
+    exact = ref.layer_norm(x, x.shape[-1], w, b)
     assert np.abs(y - exact).max() < 1e-5 * max(1.0, np.abs(exact).max())
 
 
