@@ -5,7 +5,7 @@ Two paths:
 * **the device data path** (issue #14) for batch, instance, group, layer and RMS norm, their
   backwards and `moments` (of layouts ``[kept][reduced][kept][reduced]``): this module checks the
   arguments and plans the layout, then hands the whole pipeline to the CUDA device
-  (``_cuda_device.Device``) passed explicitly.  Nothing in a call copies between host and device
+  (``_cuda_pipelines.Device``) passed explicitly.  Nothing in a call copies between host and device
   or synchronizes; the forward's ``stats`` are device arrays of the input's family; running
   statistics (and a device ``num_batches_tracked``) are updated in place by a kernel; results are
   allocated by the input's library and kernels launch on the caller's current stream.
@@ -160,7 +160,7 @@ class _Call:
         self.first_name = first_name
         self.torch_device = getattr(first, "device", None)
         self.stream = _stream_of(self.cuda, self.family)
-        from ._cuda_device import device
+        from ._cuda_pipelines import device
 
         self.device = device()
 

@@ -15,8 +15,8 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.tx
     echo "== $name: exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/$name.txt"
 }
 { nvidia-smi; "$PY" -m numbanorm info; } >"$OUT/00_machine.txt" 2>&1
-# 1. the CUDA tests on the GPU (test_cuda_device.py's counting hooks are the simulator's: it skips)
-step 01_tests 150 env NUMBANORM_TEST_GPU=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_device.py
+# 1. the CUDA tests on the GPU (test_cuda_pipelines.py's counting hooks are the simulator's: it skips)
+step 01_tests 150 env NUMBANORM_TEST_GPU=1 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_pipelines.py
 # 2. the whole-call benchmark beside PyTorch, default shapes and 4x
 step 02_bench_default 100 "$PY" -m numbanorm bench --device cuda --compare torch --repeats 21 --json "$OUT/02_bench_default.json"
 step 03_bench_4x 120 "$PY" -m numbanorm bench --device cuda --compare torch --repeats 11 \

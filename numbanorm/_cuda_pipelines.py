@@ -15,7 +15,7 @@ the axes after it.  Statistics groups are (sample, group of ``cg`` consecutive c
 sample is a block of ``apn`` consecutive ``a`` (``apn = A`` merges all of them, batch norm).  A
 group's elements are ``apn`` runs of ``cg*S`` contiguous values, so reductions read runs.
 
-Launches per call (see ``tests/test_cuda_device.py``): layer/RMS norm forward 1, backward 1 (+1
+Launches per call (see ``tests/test_cuda_pipelines.py``): layer/RMS norm forward 1, backward 1 (+1
 with weight or bias gradients); batch/instance/group norm forward 2 (eval-mode batch norm 1),
 backward 2; moments 1.
 """
