@@ -1,23 +1,35 @@
-"""CUDA backend: the public functions on GPU arrays, by the same code as on the CPU.
+"""CUDA backend: the public functions on GPU arrays.
 
-Every public function runs its own (CPU-side) logic -- argument checks, planning, the small
-per-channel arithmetic -- with the CUDA engine in place of the CPU one, so the kernels that touch
-the big arrays run on the GPU (``_cuda_kernels``) and nothing else differs.
+Two paths:
+
+* **the device data path** (issue #14) for batch, instance, group, layer and RMS norm, their
+  backwards and `moments` (of layouts ``[kept][reduced][kept][reduced]``): this module checks the
+  arguments and plans the layout, then hands the whole pipeline to the CUDA device
+  (``_cuda_pipelines.Device``) passed explicitly.  Nothing in a call copies between host and device
+  or synchronizes; the forward's ``stats`` are device arrays of the input's family; running
+  statistics (and a device ``num_batches_tracked``) are updated in place by a kernel; results are
+  allocated by the input's library and kernels launch on the caller's current stream.
+* **the engine path** (``_call``) for the functions not ported yet (switchable norm, welford,
+  batch_normalization, normalize, weight standardization and moments of other layouts): the
+  function's CPU-side code with the CUDA engine swapped in for the call, whose per-channel
+  arithmetic runs on the host between kernels (small arrays are read to the host, running
+  statistics written back).
 
 Rules for the arguments of one call:
 
 * the input decides: any argument with ``__cuda_array_interface__`` (Numba device arrays, CuPy
   arrays, PyTorch CUDA tensors) is used in place, zero-copy;
 * full-size arrays (input, grad_output, out) must be C-contiguous float32/float64 device arrays;
-* small arrays (weight, bias, running statistics, logits) must be device arrays too: they are read
-  to the host for the per-channel arithmetic, and running statistics are written back in place;
+* small arrays (weight, bias, running statistics, stats, logits) must be device arrays too;
 * a host array (NumPy, a CPU tensor) among device arrays is a TypeError naming it -- no silent
-  copies -- except ``num_batches_tracked``, an integer counter;
+  copies -- except ``num_batches_tracked``, an integer counter (a host one is incremented on the
+  host, a device one by the kernel);
 * results come back in the input's family (CuPy in, CuPy out; torch in, torch out; Numba in, Numba
-  out); the ``stats`` of a forward are small host NumPy arrays.
+  out).
 """
 
 import inspect
+import math
 
 import numpy as np
 
@@ -134,6 +146,374 @@ def _call(name, args, kwargs):
     for device, host in written:
         device.copy_to_device(host)
     return _back_to(cuda, result, family)
+
+
+# -- the device data path: checks and layout here, the whole pipeline on the device ----------------
+
+class _Call:
+    """One call's CUDA context: the input's family (results are allocated by its library), the
+    stream to launch on (the caller's current one) and the device that runs the pipeline."""
+
+    def __init__(self, first_name, first):
+        self.cuda = _cuda()
+        self.family = _family(first)
+        self.first_name = first_name
+        self.torch_device = getattr(first, "device", None)
+        self.stream = _stream_of(self.cuda, self.family)
+        from ._cuda_pipelines import device
+
+        self.device = device()
+
+    def view(self, name, value):
+        """``value`` as a Numba device array (zero-copy); a host array is a TypeError."""
+        if backend_of(value) == "cuda" or chk.is_device_array(value):
+            return _as_numba(self.cuda, name, value)
+        if _is_host_array(value):
+            raise TypeError(f"{name} is a host array but {self.first_name} is on the GPU: pass a device array "
+                            "(numbanorm makes no silent copies between host and device)")
+        raise TypeError(f"{name} must be a CUDA array like {self.first_name}, got {chk._describe(value)}")
+
+    def full(self, name, value, like=None):
+        """A full-size array (input, grad_output): float32/float64, C-contiguous; (user, flat view)."""
+        d = self.view(name, value)
+        if d.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name} on the GPU must be float32 or float64, got dtype {d.dtype}")
+        if like is not None:
+            if tuple(d.shape) != tuple(like.shape):
+                raise ValueError(f"{name} must have the shape of input {tuple(like.shape)}, got shape {tuple(d.shape)}")
+            if d.dtype != like.dtype:
+                raise TypeError(f"{name} must have the dtype of input ({like.dtype}), got dtype {d.dtype}")
+        if not d.is_c_contiguous():
+            raise ValueError(f"{name} on the GPU must be C-contiguous (copy it first), got strides {d.strides}")
+        return d
+
+    def small(self, name, value, shape, writable=False):
+        """A per-channel (or per-row-element) array of ``shape``, as a flat device view; None stays None."""
+        if value is None:
+            return None
+        d = self.view(name, value)
+        if d.dtype.kind != "f":
+            raise TypeError(f"{name} must have dtype float16, float32 or float64, got dtype {d.dtype}")
+        if tuple(d.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {tuple(d.shape)}")
+        if not d.is_c_contiguous():
+            raise ValueError(f"{name} must be contiguous{' (it is updated in place)' if writable else ''}, got "
+                             f"strides {d.strides}")
+        return d.reshape(-1) if len(shape) != 1 else d
+
+    def empty(self, shape, dtype):
+        """A new result in the input's library: (what the caller gets, a flat Numba view)."""
+        shape = tuple(int(s) for s in shape)
+        if self.family == "torch":
+            import torch
+
+            t = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=self.torch_device)
+            return t, self.cuda.as_cuda_array(t).reshape(-1)
+        if self.family == "cupy":
+            import cupy
+
+            a = cupy.empty(shape, dtype)
+            return a, self.cuda.as_cuda_array(a, sync=False).reshape(-1)
+        a = self.cuda.device_array(shape, dtype, stream=self.stream)
+        return a, a.reshape(-1)
+
+    def out(self, out, x):
+        """``out`` checked against ``x``: (user, flat view), or a new array when None."""
+        if out is None:
+            return self.empty(x.shape, x.dtype)
+        d = self.view("out", out)
+        if tuple(d.shape) != tuple(x.shape):
+            raise ValueError(f"out must have shape {tuple(x.shape)}, got shape {tuple(d.shape)}")
+        if d.dtype != x.dtype:
+            raise TypeError(f"out must have dtype {x.dtype}, got dtype {d.dtype}")
+        if not d.is_c_contiguous():
+            raise ValueError(f"out on the GPU must be C-contiguous, got strides {d.strides}")
+        return out, d.reshape(-1)
+
+
+_streams = {}
+
+
+def _stream_of(cuda, family):
+    """The caller's current stream: torch's or CuPy's current one (wrapped once per pointer), Numba's
+    default otherwise."""
+    ptr = 0
+    if family == "torch":
+        import torch
+
+        ptr = torch.cuda.current_stream().cuda_stream
+    elif family == "cupy":
+        import cupy
+
+        ptr = cupy.cuda.get_current_stream().ptr
+    if not ptr:
+        return 0
+    stream = _streams.get(ptr)
+    if stream is None:
+        stream = _streams[ptr] = cuda.external_stream(ptr)
+    return stream
+
+
+def _host_counter(nbt, required):
+    """``num_batches_tracked``: None, a host integer array (incremented here, on the host) or a
+    device integer array (incremented by the kernel): (host, device)."""
+    if nbt is None:
+        if required:
+            raise ValueError("num_batches_tracked must be given when momentum is None (it is "
+                             "the count of the cumulative average), got None")
+        return None, None
+    if backend_of(nbt) == "cuda" or chk.is_device_array(nbt):
+        return None, nbt
+    return F._batch_counter(nbt, required), None
+
+
+def _grid_geometry(shape, ch, over_batch, groups):
+    a = math.prod(shape[:ch])
+    s = math.prod(shape[ch + 1:])
+    c = shape[ch]
+    return (a, c, s, a if over_batch else a // shape[0], groups)
+
+
+def _norm_stats(mean, rstd, batch_stats, has_bias, eps):
+    return F.NormStats(mean, rstd, bool(batch_stats), bool(has_bias), eps)
+
+
+def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps, channel_axis,
+                       return_stats, out, num_batches_tracked, over_batch, running_var_unbiased):
+    call = _Call("input", input)
+    x = call.full("input", input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    w, b = call.small("weight", weight, (c,)), call.small("bias", bias, (c,))
+    eps = chk.eps_value("eps", eps)
+    momentum = chk.momentum_value(momentum)
+    unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
+    rm = call.small("running_mean", running_mean, (c,), writable=True)
+    rv = call.small("running_var", running_var, (c,), writable=True)
+    if (rm is None) != (rv is None):
+        raise ValueError("running_mean and running_var must both be given or both be None, got "
+                         f"running_mean={'None' if rm is None else 'an array'} and "
+                         f"running_var={'None' if rv is None else 'an array'}")
+    user, y = call.out(out, x)
+    geometry = _grid_geometry(x.shape, ch, over_batch, c)
+    cells = 1 if over_batch else n
+    mean_u, mean = call.empty((cells, c) if cells > 1 or not over_batch else (c,), np.float64)
+    rstd_u, rstd = call.empty(tuple(mean_u.shape), np.float64)
+    dev = call.device
+    if batch_stats:
+        host_nbt, dev_nbt = _host_counter(num_batches_tracked, momentum is None and rm is not None)
+        if over_batch and x.size // c < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
+        if not over_batch and n and math.prod(x.shape) // (n * c) < 2:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
+        if x.size == 0:
+            return _maybe(user, mean_u, rstd_u, batch_stats, b, eps, return_stats)
+        running = None
+        if rm is not None:
+            m = -1.0 if momentum is None else momentum
+            if host_nbt is not None:
+                host_nbt += 1
+                if momentum is None:
+                    m = 1.0 / float(host_nbt.reshape(-1)[0])
+            count = x.size // (cells * c)
+            running = (rm, rv, dev_nbt, m, F._bessel(count, unbiased))
+        _, var = call.empty((cells * c,), np.float64)
+        dev.grid_forward(x.reshape(-1), y, geometry, w, b, eps, mean, var, rstd, call.stream, running)
+    else:
+        if rm is None:
+            flag = "training=False" if over_batch else "use_input_stats=False"
+            raise ValueError(f"running_mean and running_var are required when {flag}, got None")
+        if x.size:
+            dev.grid_forward_running(x.reshape(-1), y, geometry, w, b, eps, rm, rv, mean, rstd, call.stream)
+    return _maybe(user, mean_u, rstd_u, batch_stats, b, eps, return_stats)
+
+
+def _maybe(user, mean, rstd, batch_stats, bias, eps, return_stats):
+    return (user, _norm_stats(mean, rstd, batch_stats, bias is not None, eps)) if return_stats else user
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5, *,
+               channel_axis=1, return_stats=False, out=None, num_batches_tracked=None, running_var_unbiased=True):
+    return _tracked_grid_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, channel_axis,
+                              return_stats, out, num_batches_tracked, True, running_var_unbiased)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+                  running_var_unbiased=True):
+    return _tracked_grid_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                              channel_axis, return_stats, out, num_batches_tracked, False, running_var_unbiased)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False, out=None):
+    call = _Call("input", input)
+    x = call.full("input", input)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    groups = F._num_groups(num_groups, c)
+    w, b = call.small("weight", weight, (c,)), call.small("bias", bias, (c,))
+    eps = chk.eps_value("eps", eps)
+    user, y = call.out(out, x)
+    mean_u, mean = call.empty((n, groups), np.float64)
+    rstd_u, rstd = call.empty((n, groups), np.float64)
+    if x.size:
+        _, var = call.empty((n * groups,), np.float64)
+        call.device.grid_forward(x.reshape(-1), y, _grid_geometry(x.shape, ch, False, groups), w, b, eps, mean, var,
+                                 rstd, call.stream)
+    return _maybe(user, mean_u, rstd_u, True, b, eps, return_stats)
+
+
+def _stats_views(call, stats, shape):
+    if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
+        raise TypeError(f"stats must be the NormStats returned by the forward with return_stats=True, "
+                        f"got {chk._describe(stats)}")
+    views = []
+    for name, value in (("stats.mean", stats.mean), ("stats.rstd", stats.rstd)):
+        d = call.view(name, value)
+        if tuple(d.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)} for this input, got shape {tuple(d.shape)}")
+        if d.dtype != np.float64 or not d.is_c_contiguous():
+            raise TypeError(f"{name} must be a contiguous float64 device array (the forward's stats), got dtype "
+                            f"{d.dtype}")
+        views.append(d.reshape(-1))
+    return views[0], views[1], bool(getattr(stats, "batch_stats", True)), bool(getattr(stats, "has_bias", False))
+
+
+def _grid_backward(grad_output, input, stats, weight, channel_axis, over_batch, num_groups=None):
+    call = _Call("input", input)
+    x = call.full("input", input)
+    dy = call.full("grad_output", grad_output, like=x)
+    ch = chk.channel_axis(channel_axis, x.ndim)
+    n, c = x.shape[0], x.shape[ch]
+    groups = c if num_groups is None else F._num_groups(num_groups, c)
+    w = call.small("weight", weight, (c,))
+    shape = (c,) if over_batch else (n, groups)
+    mean, rstd, batch_stats, has_bias = _stats_views(call, stats, shape)
+    if num_groups is not None:
+        batch_stats = True
+    user, dx = call.empty(x.shape, x.dtype)
+    gw_u, gw = call.empty((c,), x.dtype) if w is not None else (None, None)
+    gb_u, gb = call.empty((c,), x.dtype) if has_bias else (None, None)
+    if x.size == 0:
+        raise ValueError("the CUDA backward of an empty batch is not supported")
+    call.device.grid_backward(dy.reshape(-1), x.reshape(-1), dx, _grid_geometry(x.shape, ch, over_batch, groups),
+                              mean, rstd, w, batch_stats, gw, gb, call.stream)
+    return F.Grads(user, gw_u, gb_u)
+
+
+def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, True)
+
+
+def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, False)
+
+
+def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
+    return _grid_backward(grad_output, input, stats, weight, channel_axis, False, num_groups)
+
+
+def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_stats):
+    call = _Call("input", input)
+    x = call.full("input", input)
+    shape = chk.normalized_shape_of(normalized_shape, tuple(x.shape))
+    w, b = call.small("weight", weight, shape), call.small("bias", bias, shape)
+    eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
+    user, y = call.out(out, x)
+    lead = tuple(x.shape[: x.ndim - len(shape)])
+    length = math.prod(shape)
+    rows = math.prod(lead)
+    mean_u, mean = call.empty(lead, np.float64)
+    rstd_u, rstd = call.empty(lead, np.float64)
+    if x.size:
+        call.device.row_forward(x.reshape(-1), y, rows, length, w, b, eps, centered, mean, rstd, call.stream)
+    return _maybe(user, mean_u, rstd_u, True, b, eps, return_stats)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+    return _row_norm(input, normalized_shape, weight, bias, eps, True, out, return_stats)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+    return _row_norm(input, normalized_shape, weight, None, eps, False, out, return_stats)
+
+
+def _row_backward(grad_output, input, stats, normalized_shape, weight, centered):
+    call = _Call("input", input)
+    x = call.full("input", input)
+    dy = call.full("grad_output", grad_output, like=x)
+    shape = chk.normalized_shape_of(normalized_shape, tuple(x.shape))
+    lead = tuple(x.shape[: x.ndim - len(shape)])
+    w = call.small("weight", weight, shape)
+    mean, rstd, _, has_bias = _stats_views(call, stats, lead)
+    user, dx = call.empty(x.shape, x.dtype)
+    gw_u, gw = call.empty(shape, x.dtype) if w is not None else (None, None)
+    gb_u, gb = call.empty(shape, x.dtype) if has_bias else (None, None)
+    if x.size:
+        call.device.row_backward(dy.reshape(-1), x.reshape(-1), dx, math.prod(lead), math.prod(shape), mean, rstd, w,
+                                 centered, gw, gb, call.stream)
+    return F.Grads(user, gw_u, gb_u)
+
+
+def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    return _row_backward(grad_output, input, stats, normalized_shape, weight, True)
+
+
+def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+    return _row_backward(grad_output, input, stats, normalized_shape, weight, False)
+
+
+def _moments_geometry(shape, axes):
+    """(A, C, S, apn, C) for kept/reduced runs of the form [kept][reduced][kept][reduced], or None."""
+    runs = []
+    for i, size in enumerate(shape):
+        if size == 1:
+            continue
+        kept = i not in axes
+        if runs and runs[-1][0] == kept:
+            runs[-1][1] *= size
+        else:
+            runs.append([kept, size])
+    roles = [k for k, _ in runs]
+    sizes = [s for _, s in runs]
+    k1 = r1 = k2 = r2 = 1
+    if roles[:1] == [True]:
+        k1 = sizes.pop(0)
+        roles.pop(0)
+    if roles[:1] == [False]:
+        r1 = sizes.pop(0)
+        roles.pop(0)
+    if roles[:1] == [True]:
+        k2 = sizes.pop(0)
+        roles.pop(0)
+    if roles[:1] == [False]:
+        r2 = sizes.pop(0)
+        roles.pop(0)
+    if roles:
+        return None
+    return (k1 * r1, k2, r2, r1, k2)
+
+
+def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
+    call = _Call("x", x)
+    d = call.view("x", x)
+    geometry = None
+    if nan_policy == "propagate" and d.size and d.dtype in (np.float32, np.float64) and d.is_c_contiguous():
+        axes_t = chk.axes_tuple("axes", axes, d.ndim)
+        geometry = _moments_geometry(tuple(d.shape), axes_t)
+    if geometry is None:  # another layout or policy: the host-merging path
+        return _call("moments", (x, axes, keepdims), {"nan_policy": nan_policy})
+    kept_shape = tuple(1 if i in axes_t else s for i, s in enumerate(d.shape))
+    shape = kept_shape if keepdims else tuple(s for i, s in enumerate(d.shape) if i not in axes_t)
+    mean_u, mean = call.empty(shape, d.dtype)
+    var_u, var = call.empty(shape, d.dtype)
+    call.device.moments(d.reshape(-1), geometry, mean, var, call.stream)
+    return mean_u, var_u
+
+
+_PORTED = {f.__name__: f for f in (batch_norm, instance_norm, group_norm, batch_norm_backward, instance_norm_backward,
+                                  group_norm_backward, layer_norm, rms_norm, layer_norm_backward, rms_norm_backward,
+                                  moments)}
 
 
 def __getattr__(name):

@@ -1,0 +1,609 @@
+"""The CUDA device: each op family's whole data path on the GPU, with no host round trip.
+
+The front (``_cuda``) checks the arguments and plans the layout; a ``Device`` then runs the
+family's pipeline -- statistics -> per-group coefficients -> apply (+ running-statistics update),
+and backward sums -> coefficients -> input gradient + weight/bias gradients -- entirely in
+kernels.  Nothing inside a call copies between host and device or synchronizes: per-group
+finalization (merging the pieces' Welford states, mean/rstd, the affine coefficients, the
+running-statistics update) is done by the *last block* of a reduction (a ``threadfence`` then a
+self-resetting ``atomic.inc`` ticket per group, as PyTorch's channels-last batch norm and
+NVIDIA's threadFenceReduction sample); scalars (eps, momentum, counts) are kernel arguments.
+
+Layouts.  Every C-contiguous input is seen as a flat array with a 3-D geometry ``(A, C, S)``:
+``A`` the product of the axes before the channel axis, ``C`` the channels, ``S`` the product of
+the axes after it.  Statistics groups are (sample, group of ``cg`` consecutive channels): a
+sample is a block of ``apn`` consecutive ``a`` (``apn = A`` merges all of them, batch norm).  A
+group's elements are ``apn`` runs of ``cg*S`` contiguous values, so reductions read runs.
+
+Launches per call (see ``tests/test_cuda_pipelines.py``): layer/RMS norm forward 1, backward 1 (+1
+with weight or bias gradients); batch/instance/group norm forward 2 (eval-mode batch norm 1),
+backward 2; moments 1.
+"""
+
+import math
+
+import numpy as np
+from numba import cuda, float64
+from numba.core import config as _numba_config
+
+from ._config import CUDA_THREADS
+from ._cuda_kernels import _chan, _merge_states, _sum_pairs
+
+TPB = CUDA_THREADS
+MAX_BLOCKS = 4096  # grid-stride elementwise loops need no more
+TARGET_BLOCKS = 1024  # reductions: enough (group, piece) blocks to fill a GPU
+SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+
+
+# -- device helpers -----------------------------------------------------------------------------
+
+@cuda.jit(device=True)
+def _welford(n, mu, q, v):
+    n += 1.0
+    d = v - mu
+    mu += d / n
+    return n, mu, q + d * (v - mu)
+
+
+@cuda.jit(device=True)
+def _span(piece, pieces, total):
+    """Elements ``start:stop`` of piece ``piece`` of ``pieces`` over ``total``."""
+    return (total * piece) // pieces, (total * (piece + 1)) // pieces
+
+
+@cuda.jit(device=True)
+def _element(e, base, run, stride):
+    """Flat index of a group's element ``e``: runs of ``run`` contiguous values ``stride`` apart."""
+    k = e // run
+    return base + k * stride + (e - k * run)
+
+
+@cuda.jit(device=True)
+def _rsqrt(v):
+    if v > 0.0:
+        return 1.0 / math.sqrt(v)
+    if v == 0.0:
+        return math.inf
+    return math.nan
+
+
+@cuda.jit(device=True)
+def _last_block(counter, index, blocks, flag):
+    """Thread 0: threadfence, take a ticket of ``counter[index]`` (self-resetting after ``blocks``
+    tickets); every thread returns whether this block took the last one.  The barrier first:
+    every thread has read the previous ticket's flag and done its writes."""
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        cuda.threadfence()
+        ticket = cuda.atomic.inc(counter, index, blocks - 1)
+        flag[0] = 1 if ticket == blocks - 1 else 0
+    cuda.syncthreads()
+    return flag[0] == 1
+
+
+# -- grid norms: statistics, finalized by the last block ---------------------------------------------
+
+@cuda.jit
+def _grid_stats(x, C, S, apn, G, P, partial, counter, mean, var, rstd, coef, w, b, eps, mode,
+                running_mean, running_var, nbt, momentum, bessel):
+    """Block (group gi, piece p): Welford over the piece; the group's last block merges the
+    pieces into mean/var/rstd and, when ``coef`` is wanted (``mode`` & 1), writes the affine
+    coefficients (hi, lo, alpha, beta) of the group's (sample, channel) cells; the last group
+    (``mode`` & 2) updates the running statistics, averaged over samples, and ``nbt`` (``mode``
+    & 4; ``momentum < 0``: the cumulative average 1/nbt)."""
+    gi = cuda.blockIdx.x // P
+    p = cuda.blockIdx.x - gi * P
+    t = cuda.threadIdx.x
+    cg = C // G
+    n_s = gi // G
+    g = gi - n_s * G
+    run = cg * S
+    base = n_s * apn * C * S + g * cg * S
+    start, stop = _span(p, P, apn * run)
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    for e in range(start + t, stop, TPB):
+        n, mu, q = _welford(n, mu, q, float64(x[_element(e, base, run, C * S)]))
+    sn = cuda.shared.array(TPB, float64)
+    sm = cuda.shared.array(TPB, float64)
+    sq = cuda.shared.array(TPB, float64)
+    flag = cuda.shared.array(1, np.int32)
+    sn[t] = n
+    sm[t] = mu
+    sq[t] = q
+    cuda.syncthreads()
+    _merge_states(sn, sm, sq, t, TPB, 0, 1)
+    if t == 0:
+        k = gi * P + p
+        partial[0, k] = sn[0]
+        partial[1, k] = sm[0]
+        partial[2, k] = sq[0]
+    if not _last_block(counter, gi, P, flag):
+        return
+    if t == 0:
+        n = 0.0
+        mu = 0.0
+        q = 0.0
+        for k in range(gi * P, gi * P + P):
+            n, mu, q = _chan(n, mu, q, partial[0, k], partial[1, k], partial[2, k])
+        v = q / n
+        r = _rsqrt(v + eps)
+        mean[gi] = mu
+        var[gi] = v
+        rstd[gi] = r
+    cuda.syncthreads()
+    if mode & 1:
+        mu = mean[gi]
+        r = rstd[gi]
+        for j in range(t, cg, TPB):
+            c = g * cg + j
+            cell = n_s * C + c
+            coef[0, cell] = mu
+            coef[1, cell] = mu - float64(coef[0, cell])
+            coef[2, cell] = r * w[c] if mode & 8 else r
+            coef[3, cell] = b[c] if mode & 16 else 0.0
+    if not mode & 2:
+        return
+    groups = cuda.gridDim.x // P
+    if not _last_block(counter, groups, groups, flag):
+        return
+    samples = groups // G
+    m = momentum
+    if mode & 4:
+        if t == 0:
+            nbt[0] += 1
+        cuda.syncthreads()
+        if m < 0.0:
+            m = 1.0 / float64(nbt[0])
+    elif m < 0.0:
+        m = 1.0
+    for c in range(t, G, TPB):
+        sm_ = 0.0
+        sv = 0.0
+        for s in range(samples):
+            sm_ += mean[s * G + c]
+            sv += var[s * G + c]
+        running_mean[c] = (1.0 - m) * float64(running_mean[c]) + m * (sm_ / samples)
+        running_var[c] = (1.0 - m) * float64(running_var[c]) + m * (sv * bessel / samples)
+
+
+@cuda.jit
+def _grid_apply(x, C, S, apn, coef, out):
+    """``y = ((x - hi) - lo)*alpha + beta`` with the coefficients of the (sample, channel) cell."""
+    cs = C * S
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        a = i // cs
+        c = (i - a * cs) // S
+        cell = (a // apn) * C + c
+        out[i] = ((x[i] - coef[0, cell]) - coef[1, cell]) * coef[2, cell] + coef[3, cell]
+
+
+@cuda.jit
+def _grid_apply_running(x, C, S, apn, rm, rv, w, b, eps, mode, out, mean, rstd):
+    """One launch for normalizing with the running statistics (eval-mode batch norm,
+    ``use_input_stats=False``): the coefficients per element in float64; the first threads also
+    write the stats (``mean``/``rstd`` per cell)."""
+    cs = C * S
+    cells = mean.shape[0]
+    for i in range(cuda.grid(1), max(x.shape[0], cells), cuda.gridsize(1)):
+        if i < cells:
+            c = i % C
+            mean[i] = rm[c]
+            rstd[i] = _rsqrt(float64(rv[c]) + eps)
+        if i < x.shape[0]:
+            a = i // cs
+            c = (i - a * cs) // S
+            r = _rsqrt(float64(rv[c]) + eps)
+            alpha = r * w[c] if mode & 8 else r
+            beta = float64(b[c]) if mode & 16 else 0.0
+            out[i] = (float64(x[i]) - float64(rm[c])) * alpha + beta
+
+
+# -- grid norms backward: per-cell sums, coefficients by the last block, then the input gradient ---
+
+@cuda.jit
+def _grid_sums(dy, x, C, S, apn, G, P, mean, rstd, w, mode, partial, counter, cellsum, coef, group_sums,
+               grad_weight, grad_bias, per_group):
+    """Block (cell = (sample, channel), piece p): ``sum(dy)`` and ``sum(dy*(x - mean))``; the
+    cell's last block adds the pieces; the last cell's block computes every cell's input
+    gradient coefficients (hi, lo, ka, kb, kc) -- ``mode`` & 1: batch statistics -- and the
+    weight (``mode`` & 8) and bias (``mode`` & 16) gradients."""
+    cell = cuda.blockIdx.x // P
+    p = cuda.blockIdx.x - cell * P
+    t = cuda.threadIdx.x
+    cg = C // G
+    n_s = cell // C
+    c = cell - n_s * C
+    gi = n_s * G + c // cg
+    base = n_s * apn * C * S + c * S
+    start, stop = _span(p, P, apn * S)
+    flag = cuda.shared.array(1, np.int32)
+    if t == 0:
+        coef[0, cell] = mean[gi]
+        coef[1, cell] = mean[gi] - float64(coef[0, cell])
+    cuda.syncthreads()
+    hi = coef[0, cell]
+    lo = coef[1, cell]
+    s1 = 0.0
+    s2 = 0.0
+    for e in range(start + t, stop, TPB):
+        i = _element(e, base, S, C * S)
+        g = float64(dy[i])
+        s1 += g
+        s2 += g * float64((x[i] - hi) - lo)
+    sh1 = cuda.shared.array(TPB, float64)
+    sh2 = cuda.shared.array(TPB, float64)
+    sh1[t] = s1
+    sh2[t] = s2
+    cuda.syncthreads()
+    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
+    if t == 0:
+        k = cell * P + p
+        partial[0, k] = sh1[0]
+        partial[1, k] = sh2[0]
+    if not _last_block(counter, cell, P, flag):
+        return
+    if t == 0:
+        s1 = 0.0
+        s2 = 0.0
+        for k in range(cell * P, cell * P + P):
+            s1 += partial[0, k]
+            s2 += partial[1, k]
+        cellsum[0, cell] = s1
+        cellsum[1, cell] = s2
+    cells = cuda.gridDim.x // P
+    if not _last_block(counter, cells, cells, flag):
+        return
+    groups = rstd.shape[0]
+    for gi in range(t, groups, TPB):  # group means of w*dy and w*dy*xhat
+        n_s = gi // G
+        g = gi - n_s * G
+        r = rstd[gi]
+        a1 = 0.0
+        a2 = 0.0
+        for c in range(g * cg, g * cg + cg):
+            scale = float64(w[c]) if mode & 8 else 1.0
+            a1 += scale * cellsum[0, n_s * C + c]
+            a2 += scale * cellsum[1, n_s * C + c]
+        group_sums[0, gi] = a1 / per_group
+        group_sums[1, gi] = a2 * r / per_group
+    cuda.syncthreads()
+    for cell in range(t, cells, TPB):
+        n_s = cell // C
+        c = cell - n_s * C
+        gi = n_s * G + c // cg
+        r = rstd[gi]
+        coef[2, cell] = r * w[c] if mode & 8 else r
+        if mode & 1:
+            coef[3, cell] = -r * r * group_sums[1, gi]
+            coef[4, cell] = -r * group_sums[0, gi]
+        else:
+            coef[3, cell] = 0.0
+            coef[4, cell] = 0.0
+    samples = cells // C
+    for c in range(t, C, TPB):
+        gw = 0.0
+        gb = 0.0
+        for s in range(samples):
+            gb += cellsum[0, s * C + c]
+            gw += cellsum[1, s * C + c] * rstd[s * G + c // cg]
+        if mode & 8:
+            grad_weight[c] = gw
+        if mode & 16:
+            grad_bias[c] = gb
+
+
+@cuda.jit
+def _grid_input_grad(dy, x, C, S, apn, coef, out):
+    cs = C * S
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        a = i // cs
+        c = (i - a * cs) // S
+        cell = (a // apn) * C + c
+        out[i] = dy[i] * coef[2, cell] + ((x[i] - coef[0, cell]) - coef[1, cell]) * coef[3, cell] + coef[4, cell]
+
+
+# -- layer / RMS norm: one block per row ----------------------------------------------------------
+
+@cuda.jit
+def _row_forward(x, L, w, b, mode, eps, coef, out, mean, rstd):
+    """Block r: the row's Welford state, mean/rstd (RMS norm: ``mode`` & 1 unset, the centre 0 and
+    the spread the mean square), then the row normalized (``mode`` & 8: ``*w + b``)."""
+    r = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    row = r * L
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    for j in range(t, L, TPB):
+        n, mu, q = _welford(n, mu, q, float64(x[row + j]))
+    sn = cuda.shared.array(TPB, float64)
+    sm = cuda.shared.array(TPB, float64)
+    sq = cuda.shared.array(TPB, float64)
+    sn[t] = n
+    sm[t] = mu
+    sq[t] = q
+    cuda.syncthreads()
+    _merge_states(sn, sm, sq, t, TPB, 0, 1)
+    if t == 0:
+        spread = sq[0] / sn[0]
+        centre = sm[0]
+        if not mode & 1:
+            spread += centre * centre
+            centre = 0.0
+        rs = _rsqrt(spread + eps)
+        mean[r] = centre
+        rstd[r] = rs
+        coef[0, r] = centre
+        coef[1, r] = centre - float64(coef[0, r])
+        coef[2, r] = rs
+    cuda.syncthreads()
+    hi = coef[0, r]
+    lo = coef[1, r]
+    alpha = coef[2, r]
+    for j in range(t, L, TPB):
+        v = ((x[row + j] - hi) - lo) * alpha
+        if mode & 8:
+            v = v * w[j]
+        if mode & 16:
+            v = v + b[j]
+        out[row + j] = v
+
+
+@cuda.jit
+def _row_backward(dy, x, L, mean, rstd, w, mode, coef, out):
+    """Block r: ``sum(w*dy)`` and ``sum(w*dy*(x - centre))`` over the row, the coefficients,
+    then ``dx = w*dy*ka + (x - centre)*kb + kc`` (``mode`` & 1: layer norm's mean term)."""
+    r = cuda.blockIdx.x
+    t = cuda.threadIdx.x
+    row = r * L
+    if t == 0:
+        coef[0, r] = mean[r]
+        coef[1, r] = mean[r] - float64(coef[0, r])
+    cuda.syncthreads()
+    hi = coef[0, r]
+    lo = coef[1, r]
+    s1 = 0.0
+    s2 = 0.0
+    for j in range(t, L, TPB):
+        g = float64(dy[row + j])
+        if mode & 8:
+            g *= float64(w[j])
+        s1 += g
+        s2 += g * float64((x[row + j] - hi) - lo)
+    sh1 = cuda.shared.array(TPB, float64)
+    sh2 = cuda.shared.array(TPB, float64)
+    sh1[t] = s1
+    sh2[t] = s2
+    cuda.syncthreads()
+    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
+    if t == 0:
+        rs = rstd[r]
+        coef[2, r] = rs
+        coef[3, r] = -rs * rs * (sh2[0] * rs / L)
+        coef[4, r] = -rs * (sh1[0] / L) if mode & 1 else 0.0
+    cuda.syncthreads()
+    ka = coef[2, r]
+    kb = coef[3, r]
+    kc = coef[4, r]
+    for j in range(t, L, TPB):
+        g = dy[row + j]
+        if mode & 8:
+            g = g * w[j]
+        out[row + j] = g * ka + ((x[row + j] - hi) - lo) * kb + kc
+
+
+@cuda.jit
+def _row_param_grads(dy, x, R, L, coef, RB, partial, counter, grad_weight, grad_bias, mode):
+    """Block (row block rb, tile of TPB columns): column sums of ``dy*(x - centre)*rstd`` and
+    ``dy`` over the rows of rb; the tile's last block adds the row blocks' sums (``mode`` & 8:
+    the weight gradient, & 16: the bias gradient)."""
+    rb = cuda.blockIdx.x
+    tile = cuda.blockIdx.y
+    t = cuda.threadIdx.x
+    j = tile * TPB + t
+    flag = cuda.shared.array(1, np.int32)
+    first, last = _span(rb, RB, R)
+    if j < L:
+        s1 = 0.0
+        s2 = 0.0
+        for r in range(first, last):
+            g = float64(dy[r * L + j])
+            s1 += g * float64((x[r * L + j] - coef[0, r]) - coef[1, r]) * coef[2, r]
+            s2 += g
+        partial[0, rb, j] = s1
+        partial[1, rb, j] = s2
+        cuda.threadfence()
+    cuda.syncthreads()
+    if not _last_block(counter, tile, RB, flag):
+        return
+    if j < L:
+        s1 = 0.0
+        s2 = 0.0
+        for k in range(RB):
+            s1 += partial[0, k, j]
+            s2 += partial[1, k, j]
+        if mode & 8:
+            grad_weight[j] = s1
+        if mode & 16:
+            grad_bias[j] = s2
+
+
+# -- the device -------------------------------------------------------------------------------------
+
+def _blocks(n):
+    return max(1, min(MAX_BLOCKS, -(-n // TPB)))
+
+
+def _pieces(groups, per_group):
+    """Pieces per group for a reduction: enough blocks in all, a few elements per thread each."""
+    return int(max(1, min(-(-TARGET_BLOCKS // max(groups, 1)), per_group // (4 * TPB))))
+
+
+class Device:
+    """A CUDA device's pipelines, on Numba device arrays (flat, C order) and kernel scalars.
+
+    Scratch buffers (partial states, tickets, coefficients) are cached per role on this device
+    and grown when needed (not per stream: a call captured into a CUDA graph on a side stream
+    must find them allocated by the warm-up; calls on two streams at once would share them); ticket counters start at zero once and reset themselves, so a call
+    allocates only its results (in the input's library, see ``_cuda``) and copies nothing."""
+
+    def __init__(self):
+        self._scratch = {}
+        self._absent = {}
+        self._configured = {}
+
+    # -- buffers --------------------------------------------------------------------------
+    def scratch(self, role, shape, dtype, stream=0):
+        key = (role, np.dtype(dtype), len(shape))
+        buf = self._scratch.get(key)
+        if buf is None or any(have < want for have, want in zip(buf.shape, shape)):
+            grown = tuple(max(s, 2 * (buf.shape[i] if buf is not None else 0)) for i, s in enumerate(shape))
+            buf = cuda.device_array(grown, dtype, stream=stream)
+            self._scratch[key] = buf
+        return buf
+
+    def counter(self, size, stream=0):
+        """Ticket counters, zero between calls (allocated and zeroed once, then self-resetting)."""
+        key = "counter"
+        buf = self._scratch.get(key)
+        if buf is None or buf.shape[0] < size:
+            buf = cuda.to_device(np.zeros(max(size, 1024), np.uint32), stream=stream)
+            self._scratch[key] = buf
+        return buf
+
+    def absent(self, dtype):
+        """A one-element stand-in for an absent array argument (kernels take no None)."""
+        key = np.dtype(dtype)
+        if key not in self._absent:
+            self._absent[key] = cuda.device_array(1, key)
+        return self._absent[key]
+
+    # -- launching --------------------------------------------------------------------------
+    def launch(self, kernel, grid, block, stream, *args):
+        """Launch on ``stream`` with a configured kernel kept per (kernel, grid, block, stream)
+        (not in the simulator, whose configuring mutates the kernel object)."""
+        if SIMULATOR:
+            kernel[grid, block, stream](*args)
+            return
+        key = (kernel, grid, block, stream)
+        configured = self._configured.get(key)
+        if configured is None:
+            if len(self._configured) > 4096:
+                self._configured.clear()
+            configured = self._configured[key] = kernel[grid, block, stream]
+        configured(*args)
+
+    # -- pipelines --------------------------------------------------------------------------
+    def grid_forward(self, x, out, geometry, weight, bias, eps, mean, var, rstd, stream=0, running=None):
+        """Batch statistics per group, the affine coefficients and the running update in one
+        launch (the last blocks finalize), then the normalizing pass: 2 launches.
+
+        ``geometry`` = (A, C, S, apn, G); ``mean``/``var``/``rstd`` (groups,) float64 results;
+        ``running`` = (running_mean, running_var, nbt or None, momentum (< 0: cumulative),
+        bessel) or None."""
+        A, C, S, apn, G = geometry
+        groups = (A // apn) * G
+        per_group = apn * (C // G) * S
+        P = _pieces(groups, per_group)
+        partial = self.scratch("partial3", (3, groups * P), np.float64, stream)
+        counter = self.counter(groups + 1, stream)
+        cells = (A // apn) * C
+        coef = self.scratch("coef4", (4, cells), x.dtype, stream)
+        f64 = self.absent(np.float64)
+        mode = 1 | (8 if weight is not None else 0) | (16 if bias is not None else 0)
+        if running is not None:
+            rm, rv, nbt, momentum, bessel = running
+            mode |= 2 | (4 if nbt is not None else 0)
+        else:
+            rm = rv = f64
+            nbt, momentum, bessel = None, 0.0, 1.0
+        w = weight if weight is not None else f64
+        b = bias if bias is not None else f64
+        nbt = nbt if nbt is not None else self.absent(np.int64)
+        self.launch(_grid_stats, groups * P, TPB, stream, x, C, S, apn, G, P, partial, counter, mean, var, rstd,
+                    coef, w, b, eps, mode, rm, rv, nbt, float(momentum), float(bessel))
+        self.launch(_grid_apply, _blocks(x.shape[0]), TPB, stream, x, C, S, apn, coef, out)
+
+    def grid_forward_running(self, x, out, geometry, weight, bias, eps, rm, rv, mean, rstd, stream=0):
+        """Normalize with running statistics: 1 launch."""
+        A, C, S, apn, G = geometry
+        f64 = self.absent(np.float64)
+        mode = (8 if weight is not None else 0) | (16 if bias is not None else 0)
+        self.launch(_grid_apply_running, _blocks(max(x.shape[0], mean.shape[0])), TPB, stream, x, C, S, apn, rm, rv,
+                    weight if weight is not None else f64, bias if bias is not None else f64, eps, mode, out,
+                    mean, rstd)
+
+    def grid_backward(self, dy, x, out, geometry, mean, rstd, weight, batch_stats, grad_weight, grad_bias,
+                      stream=0):
+        """Per-(sample, channel) sums, finalized into the coefficients and the weight/bias
+        gradients by the last block, then the input gradient: 2 launches."""
+        A, C, S, apn, G = geometry
+        cells = (A // apn) * C
+        per_cell = apn * S
+        P = _pieces(cells, per_cell)
+        partial = self.scratch("partial2", (2, cells * P), np.float64, stream)
+        cellsum = self.scratch("cellsum", (2, cells), np.float64, stream)
+        group_sums = self.scratch("groupsums", (2, rstd.shape[0]), np.float64, stream)
+        counter = self.counter(cells + 1, stream)
+        coef = self.scratch("coef5", (5, cells), x.dtype, stream)
+        f64 = self.absent(np.float64)
+        mode = (1 if batch_stats else 0) | (8 if weight is not None else 0)
+        mode |= 16 if grad_bias is not None else 0
+        self.launch(_grid_sums, cells * P, TPB, stream, dy, x, C, S, apn, G, P, mean, rstd,
+                    weight if weight is not None else f64, mode, partial, counter, cellsum, coef, group_sums,
+                    grad_weight if grad_weight is not None else f64, grad_bias if grad_bias is not None else f64,
+                    float(apn * (C // G) * S))
+        self.launch(_grid_input_grad, _blocks(x.shape[0]), TPB, stream, dy, x, C, S, apn, coef, out)
+
+    def moments(self, x, geometry, mean, var, stream=0):
+        """Mean and biased variance per (sample, channel) cell of ``geometry`` (G = C): 1 launch."""
+        A, C, S, apn, G = geometry
+        groups = (A // apn) * G
+        P = _pieces(groups, apn * (C // G) * S)
+        partial = self.scratch("partial3", (3, groups * P), np.float64, stream)
+        counter = self.counter(groups + 1, stream)
+        rstd = self.scratch("rstd", (groups,), np.float64, stream)
+        f64 = self.absent(np.float64)
+        self.launch(_grid_stats, groups * P, TPB, stream, x, C, S, apn, G, P, partial, counter, mean, var, rstd,
+                    f64, f64, f64, 0.0, 0, f64, f64, self.absent(np.int64), 0.0, 1.0)
+
+    def row_forward(self, x, out, rows, length, weight, bias, eps, centered, mean, rstd, stream=0):
+        """Layer norm (``centered``) or RMS norm of each row: 1 launch."""
+        coef = self.scratch("coef5", (5, rows), x.dtype, stream)
+        f64 = self.absent(np.float64)
+        mode = (1 if centered else 0) | (8 if weight is not None else 0) | (16 if bias is not None else 0)
+        self.launch(_row_forward, rows, TPB, stream, x, length, weight if weight is not None else f64,
+                    bias if bias is not None else f64, mode, eps, coef, out, mean, rstd)
+
+    def row_backward(self, dy, x, out, rows, length, mean, rstd, weight, centered, grad_weight, grad_bias,
+                     stream=0):
+        """The input gradient per row (1 launch), then the weight/bias gradients as column sums
+        over blocks of rows, added by each column tile's last block (1 more launch, only when
+        wanted)."""
+        coef = self.scratch("coef5", (5, rows), x.dtype, stream)
+        f64 = self.absent(np.float64)
+        mode = (1 if centered else 0) | (8 if weight is not None else 0)
+        self.launch(_row_backward, rows, TPB, stream, dy, x, length, mean, rstd,
+                    weight if weight is not None else f64, mode, coef, out)
+        if grad_weight is None and grad_bias is None:
+            return
+        RB = int(max(1, min(rows, 256)))
+        tiles = -(-length // TPB)
+        partial = self.scratch("colpartial", (2, RB, length), np.float64, stream)
+        counter = self.counter(tiles, stream)
+        mode = (8 if grad_weight is not None else 0) | (16 if grad_bias is not None else 0)
+        self.launch(_row_param_grads, (RB, tiles), TPB, stream, dy, x, rows, length, coef, RB, partial, counter,
+                    grad_weight if grad_weight is not None else f64, grad_bias if grad_bias is not None else f64,
+                    mode)
+
+
+_DEVICE = []
+
+
+def device():
+    """The CUDA device (one per process; scratch is kept per stream)."""
+    if not _DEVICE:
+        _DEVICE.append(Device())
+    return _DEVICE[0]

@@ -1,0 +1,202 @@
+"""Issue #14: each op's whole data path stays on the device.
+
+Under Numba's CUDA simulator, every call on device inputs is counted after a warm-up call of the
+same shapes: host<->device transfers (``cuda.to_device``, ``copy_to_host``, ``copy_to_device``,
+a NumPy array handed to a kernel, ``synchronize``) must be 0, and kernel launches must stay within
+the issue's budget.  The forward's ``stats`` are device arrays, and running statistics (and a
+device ``num_batches_tracked``) change in place on the device.
+"""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+from numbanorm import _checks as chk
+
+cuda = pytest.importorskip("numba.cuda", reason="numba-cuda (the cuda extra) is not installed")
+if not cuda.is_available():
+    pytest.skip("no CUDA device and no simulator", allow_module_level=True)
+if not cuda.simulator_enabled if hasattr(cuda, "simulator_enabled") else False:
+    pytest.skip("the counting hooks are the simulator's", allow_module_level=True)
+
+from numba.cuda.simulator import kernel as sim_kernel  # noqa: E402
+from numba.cuda.simulator.cudadrv import devicearray as sim_array  # noqa: E402
+
+
+class Traffic:
+    def __init__(self):
+        self.launches, self.transfers = [], []
+
+
+@contextlib.contextmanager
+def counted(monkeypatch):
+    """Count kernel launches and host<->device traffic inside the block."""
+    seen = Traffic()
+    call = sim_kernel.FakeCUDAKernel.__call__
+
+    def launch(self, *args):
+        if not self._device and sim_kernel._kernel_context is None:
+            seen.launches.append(self.fn.__name__)
+            seen.transfers += [f"{self.fn.__name__}: a host array argument" for a in args
+                               if isinstance(a, np.ndarray) and a.ndim > 0]
+        return call(self, *args)
+
+    def note(what, fn):
+        def wrapped(*args, **kwargs):
+            seen.transfers.append(what)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    with monkeypatch.context() as m:
+        m.setattr(sim_kernel.FakeCUDAKernel, "__call__", launch)
+        m.setattr(cuda, "to_device", note("to_device", cuda.to_device))
+        m.setattr(cuda, "synchronize", note("synchronize", cuda.synchronize))
+        m.setattr(sim_array.FakeCUDAArray, "copy_to_host", note("copy_to_host", sim_array.FakeCUDAArray.copy_to_host))
+        m.setattr(sim_array.FakeCUDAArray, "copy_to_device",
+                  note("copy_to_device", sim_array.FakeCUDAArray.copy_to_device))
+        yield seen
+
+
+# the issue's launch budget per call
+BUDGET = {"layer": (1, 2), "rms": (1, 2), "batch": (3, 3), "batch-eval": (1, 3), "instance": (3, 3),
+          "instance-running": (3, 3), "instance-eval": (1, 3), "group": (3, 3)}
+# what this implementation launches (forward, backward): pinned so that a regression shows
+LAUNCHES = {"layer": (1, 2), "rms": (1, 2), "batch": (2, 2), "batch-eval": (1, 2), "instance": (2, 2),
+            "instance-running": (2, 2), "instance-eval": (1, 2), "group": (2, 2)}
+
+
+def _arrays(ca, rng, dtype=np.float64):
+    x = rng.normal(size=(3, 4, 5, 3)) * 2 + 1
+    if ca == -1:
+        x = np.moveaxis(x, 1, -1)
+    host = [np.ascontiguousarray(a, dtype) for a in
+            (x, rng.normal(size=x.shape), rng.normal(size=4), rng.normal(size=4), rng.normal(size=4),
+             rng.uniform(0.5, 2, 4))]
+    return host, [cuda.to_device(a) for a in host]
+
+
+def _row_weight(x):
+    """Layer/RMS norm weights on the device, for the trailing two axes of ``x``."""
+    return cuda.to_device(np.linspace(0.5, 1.5, int(np.prod(x.shape[2:]))).reshape(tuple(x.shape)[-2:]))
+
+
+_ROW_WEIGHTS = {}
+
+
+def _lw(x):
+    key = tuple(x.shape)
+    if key not in _ROW_WEIGHTS:
+        _ROW_WEIGHTS[key] = _row_weight(x)
+    return _ROW_WEIGHTS[key]
+
+
+def _forward(op, x, w, b, rm, rv, ca, nbt=None, momentum=0.3):
+    if op == "batch":
+        return nn.batch_norm(x, rm, rv, w, b, training=True, momentum=momentum, channel_axis=ca, return_stats=True,
+                             num_batches_tracked=nbt)
+    if op == "batch-eval":
+        return nn.batch_norm(x, rm, rv, w, b, training=False, channel_axis=ca, return_stats=True)
+    if op == "instance":
+        return nn.instance_norm(x, None, None, w, b, channel_axis=ca, return_stats=True)
+    if op == "instance-running":
+        return nn.instance_norm(x, rm, rv, w, b, momentum=0.3, channel_axis=ca, return_stats=True)
+    if op == "instance-eval":
+        return nn.instance_norm(x, rm, rv, w, b, use_input_stats=False, channel_axis=ca, return_stats=True)
+    if op == "group":
+        return nn.group_norm(x, 2, w, b, channel_axis=ca, return_stats=True)
+    if op == "layer":
+        return nn.layer_norm(x, x.shape[-2:], _lw(x), _lw(x), return_stats=True)
+    return nn.rms_norm(x, x.shape[-2:], _lw(x), return_stats=True)
+
+
+def _backward(op, dy, x, stats, w, ca):
+    if op.startswith("batch"):
+        return nn.batch_norm_backward(dy, x, stats, w, channel_axis=ca)
+    if op.startswith("instance"):
+        return nn.instance_norm_backward(dy, x, stats, w, channel_axis=ca)
+    if op == "group":
+        return nn.group_norm_backward(dy, x, stats, 2, w, channel_axis=ca)
+    if op == "layer":
+        return nn.layer_norm_backward(dy, x, stats, x.shape[-2:], _lw(x))
+    return nn.rms_norm_backward(dy, x, stats, x.shape[-2:], _lw(x))
+
+
+@pytest.mark.parametrize("ca", [1, -1])
+@pytest.mark.parametrize("op", list(BUDGET))
+def test_a_call_stays_on_the_device(monkeypatch, op, ca):
+    rng = np.random.default_rng(14)
+    (x, dy, w, b, rm, rv), (X, DY, W, B, RM, RV) = _arrays(ca, rng)
+    NBT = cuda.to_device(np.zeros(1, np.int64))
+    _backward(op, DY, X, _forward(op, X, W, B, RM, RV, ca, NBT)[1], W, ca)  # warm-up: scratch, compilation
+    before_m, before_v = RM.copy_to_host(), RV.copy_to_host()
+    with counted(monkeypatch) as fwd:
+        y, stats = _forward(op, X, W, B, RM, RV, ca, NBT)
+    with counted(monkeypatch) as bwd:
+        grads = _backward(op, DY, X, stats, W, ca)
+    assert fwd.transfers == [] and bwd.transfers == [], (fwd.transfers, bwd.transfers)
+    budget = BUDGET[op]
+    assert len(fwd.launches) <= budget[0] and len(bwd.launches) <= budget[1], (fwd.launches, bwd.launches)
+    assert (len(fwd.launches), len(bwd.launches)) == LAUNCHES[op], (fwd.launches, bwd.launches)
+    assert chk.is_device_array(y) and chk.is_device_array(stats.mean) and chk.is_device_array(stats.rstd)
+    assert all(g is None or chk.is_device_array(g) for g in grads)
+    if op in ("batch", "instance-running"):  # updated in place, by a kernel
+        assert not np.allclose(RM.copy_to_host(), before_m) and not np.allclose(RV.copy_to_host(), before_v)
+    else:
+        assert np.array_equal(RM.copy_to_host(), before_m) and np.array_equal(RV.copy_to_host(), before_v)
+    if op == "batch":
+        assert NBT.copy_to_host()[0] == 2  # the device counter, incremented by the kernel
+
+
+def test_batch_norm_running_statistics_match_the_cpu_with_a_device_counter():
+    rng = np.random.default_rng(15)
+    (x, _, w, b, rm, rv), (X, _, W, B, RM, RV) = _arrays(1, rng)
+    nbt, NBT = np.zeros(1, np.int64), cuda.to_device(np.zeros(1, np.int64))
+    for _ in range(3):  # the cumulative average (momentum=None) reads the counter on the device
+        y_ref, st_ref = _forward("batch", x, w, b, rm, rv, 1, nbt, None)
+        y, st = _forward("batch", X, W, B, RM, RV, 1, NBT, None)
+    np.testing.assert_allclose(RM.copy_to_host(), rm, rtol=1e-12)
+    np.testing.assert_allclose(RV.copy_to_host(), rv, rtol=1e-12)
+    assert NBT.copy_to_host()[0] == nbt[0] == 3
+    np.testing.assert_allclose(st.mean.copy_to_host(), st_ref.mean, rtol=1e-12)
+    np.testing.assert_allclose(y.copy_to_host(), y_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("axes", [(0, 2, 3), (1,), (0,), (2, 3), (1, 2), (0, 1, 2, 3)])
+def test_moments_stay_on_the_device(monkeypatch, axes):
+    x = np.random.default_rng(16).normal(size=(3, 4, 5, 6)) + 3
+    X = cuda.to_device(x)
+    nn.moments(X, axes)
+    with counted(monkeypatch) as seen:
+        mean, var = nn.moments(X, axes, keepdims=True)
+    assert seen.transfers == [] and 1 <= len(seen.launches) <= 2, (seen.transfers, seen.launches)
+    np.testing.assert_allclose(mean.copy_to_host(), x.mean(axis=axes, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(var.copy_to_host(), x.var(axis=axes, keepdims=True), rtol=1e-10)
+
+
+@pytest.mark.parametrize("op", ["batch", "group", "layer"])
+def test_many_pieces_per_group_finalize_on_the_device(op):
+    """Groups long enough to be split over several blocks: the last block merges the pieces."""
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(2, 4, 16, 24)) + 5  # batch norm: 768 values per channel, 12 pieces of 64
+    dy, w, b = rng.normal(size=x.shape), rng.normal(size=4), rng.normal(size=4)
+    X, DY, W, B = (cuda.to_device(a) for a in (x, dy, w, b))
+    if op == "layer":
+        w, b = rng.normal(size=(16, 24)), rng.normal(size=(16, 24))
+        W, B = cuda.to_device(w), cuda.to_device(b)
+        y_ref, st_ref = nn.layer_norm(x, (16, 24), w, b, return_stats=True)
+        y, st = nn.layer_norm(X, (16, 24), W, B, return_stats=True)
+        g_ref, g = nn.layer_norm_backward(dy, x, st_ref, (16, 24), w), nn.layer_norm_backward(DY, X, st, (16, 24), W)
+    elif op == "batch":
+        y_ref, st_ref = nn.batch_norm(x, None, None, w, b, training=True, return_stats=True)
+        y, st = nn.batch_norm(X, None, None, W, B, training=True, return_stats=True)
+        g_ref, g = nn.batch_norm_backward(dy, x, st_ref, w), nn.batch_norm_backward(DY, X, st, W)
+    else:
+        y_ref, st_ref = nn.group_norm(x, 2, w, b, return_stats=True)
+        y, st = nn.group_norm(X, 2, W, B, return_stats=True)
+        g_ref, g = nn.group_norm_backward(dy, x, st_ref, 2, w), nn.group_norm_backward(DY, X, st, 2, W)
+    np.testing.assert_allclose(y.copy_to_host(), y_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(st.rstd.copy_to_host(), st_ref.rstd, rtol=1e-12)
+    for got, want in zip(g, g_ref):
+        np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-9, atol=1e-9)
