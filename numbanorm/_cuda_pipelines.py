@@ -32,7 +32,7 @@ from ._cuda_kernels import _chan, _merge_states, _sum_pairs
 TPB = CUDA_THREADS
 MAX_BLOCKS = 4096  # grid-stride elementwise loops need no more
 TARGET_BLOCKS = 1024  # reductions: enough (group, piece) blocks to fill a GPU
-SIMULATOR = bool(_numba_config.ENABLE_CUDASIM)
+SIMULATOR = bool(getattr(_numba_config, "ENABLE_CUDASIM", False))
 
 
 # -- device helpers -----------------------------------------------------------------------------
@@ -599,7 +599,7 @@ class Device:
                     mode)
 
 
-_DEVICE = []
+_DEVICE: list = []
 
 
 def device():

@@ -89,18 +89,20 @@ def _over_batch_and_height(x, ca, weight):
     """`normalize`'s axes in the registry: the batch and the first spatial axis (statistics per
     channel and width: an axis set no named norm covers), and the per-channel weight shaped to
     broadcast in the layout."""
+    height = () if x.ndim < 3 else (2,) if ca == 1 else (1,)
     if ca == 1:
-        return (0, 2), None if weight is None else weight.reshape(-1, *([1] * (x.ndim - 2)))
-    return (0, 1), weight
+        return (0, *height), None if weight is None else weight.reshape(-1, *([1] * (x.ndim - 2)))
+    return (0, *height), weight
 
 
 def _torch_normalize(F, X, W, B, groups):
     """`normalize`'s registry call in PyTorch ops (NCHW): statistics over (0, 2)."""
     import torch
 
-    var, mean = torch.var_mean(X, dim=(0, 2), keepdim=True, correction=0)
+    var, mean = torch.var_mean(X, dim=(0, 2) if X.dim() > 2 else (0,), keepdim=True, correction=0)
     y = (X - mean) * torch.rsqrt(var + 1e-5)
-    return y if W is None else y * W[:, None, None] + B[:, None, None]
+    shape = (-1,) + (1,) * (X.dim() - 2)
+    return y if W is None else y * W.view(shape) + B.view(shape)
 
 
 def _normalize_forward(fn, x, w, b, ca, groups, **kw):
