@@ -27,7 +27,7 @@ from numba import cuda, float64
 from numba.core import config as _numba_config
 
 from ._config import CUDA_THREADS
-from ._cuda_kernels import _chan, _merge_states, _sum_pairs
+from ._cuda_kernels import _chan, _merge_states, _sum_pairs, _welford
 
 TPB = CUDA_THREADS
 MAX_BLOCKS = 4096  # grid-stride elementwise loops need no more
@@ -36,14 +36,6 @@ SIMULATOR = bool(getattr(_numba_config, "ENABLE_CUDASIM", False))
 
 
 # -- device helpers -----------------------------------------------------------------------------
-
-@cuda.jit(device=True)
-def _welford(n, mu, q, v):
-    n += 1.0
-    d = v - mu
-    mu += d / n
-    return n, mu, q + d * (v - mu)
-
 
 @cuda.jit(device=True)
 def _span(piece, pieces, total):
