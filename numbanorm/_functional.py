@@ -1303,6 +1303,10 @@ def switchable_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: Sw
     mix_mean = _softmax_logits("mean_weight", mean_weight, terms)
     mix_var = _softmax_logits("var_weight", var_weight, terms)
     weight = chk.parameter("weight", weight, (c,), xk.dtype)
+    if x.size == 0:  # an empty batch: nothing depends on the parameters or the mixture
+        zeros = np.zeros(c, x.dtype)
+        return SwitchableGrads(np.empty_like(x), None if weight is None else zeros,
+                               zeros.copy() if stats.has_bias else None, np.zeros(terms), np.zeros(terms))
     w = np.ones(c) if weight is None else weight.astype(np.float64)
     mean, rstd = stats.mean, stats.rstd
     plan = _grid_plan(xk, ch)

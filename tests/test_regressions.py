@@ -88,3 +88,31 @@ def test_switchable_backward_float32_with_stale_running_statistics(rng):
         return nn.switchable_norm_backward(dy, x, stats, mean_weight, var_weight).input
 
     assert _relative_error(grad(x, dy), grad(x.astype(np.float64), dy.astype(np.float64))) < 1e-6
+
+
+# found by the differential tests: the forward took an empty batch, the backward divided by zero
+@pytest.mark.parametrize("using_bn", [False, True])
+def test_switchable_backward_of_an_empty_batch(using_bn):
+    x = np.zeros((0, 3, 4), np.float32)
+    logits = np.zeros(3 if using_bn else 2)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    running = (np.zeros(3, np.float32), np.ones(3, np.float32)) if using_bn else (None, None)
+    y, stats = nn.switchable_norm(x, logits, logits, *running, w, b, using_bn=using_bn, return_stats=True)
+    grads = nn.switchable_norm_backward(x, x, stats, logits, logits, w)
+    assert y.shape == grads.input.shape == x.shape
+    np.testing.assert_array_equal(grads.weight, np.zeros(3))
+    np.testing.assert_array_equal(grads.bias, np.zeros(3))
+    np.testing.assert_array_equal(grads.mean_weight, np.zeros(logits.size))
+
+
+# found by the differential tests: few channels and a row count that does not fold summed one
+# float32 chain of 2048 values per column
+@pytest.mark.parametrize("rows", [2029, 2048])
+def test_float32_statistics_of_few_channels_keep_their_digits(rows):
+    x = (-1000 + 0.01 * np.random.default_rng(0).standard_normal((rows, 2))).astype(np.float32)
+    exact = x.astype(np.float64)
+    _, var = nn.moments(x, 0)
+    assert _relative_error(var, exact.var(0)) < 1e-6
+    y = nn.batch_norm(x, None, None, training=True, channel_axis=-1)
+    expected = (exact - exact.mean(0)) / np.sqrt(exact.var(0) + 1e-5)
+    assert np.abs(y - expected).max() < 2e-6
