@@ -34,6 +34,10 @@ from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 
 ROW_CHUNK = 1024  # elements of one row per exact chunk (4 KiB of float32: L1-resident)
 COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
+# ... and at most this many rows: each column's sums run down the rows one add after another in
+# the input precision, so few channels (C = 2 and a row count too prime to fold) would otherwise
+# sum 2048 float32 values in one chain (variance error 1.3e-5 on -1000 + 0.01 N(0, 1))
+COL_CHUNK_ROWS = 256
 FLUSH_ROWS = 32  # rows of layer-norm weight/bias gradient summed in the input precision
 
 _jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
@@ -619,28 +623,32 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, blocks, out, sum
 
 
 @njit(**_jit)
-def _slab_sums(rows, acc):
-    """``acc[c] = sum over rows of rows[b, c]``: a chunk's first pass, rows four at a time (the
-    per-column accumulators live in memory, C being known only at run time, so each row added
-    alone would cost a load and a store of them: measured 27 % slower on (N, 3136, 64))."""
+def _slab_sums(rows, shift, acc):
+    """``acc[c] = sum over rows of (rows[b, c] - shift[c])``: a chunk's first pass, taken around
+    a nearby value (the previous chunk's guess) so that the float32 sum of a large offset does not
+    round the guess far from the mean; rows four at a time (the per-column accumulators live in
+    memory, C being known only at run time, so each row added alone would cost a load and a store
+    of them: measured 27 % slower on (N, 3136, 64))."""
     k, width = rows.shape
     quads = k & ~3
     acc[:] = 0
     for b in range(0, quads, 4):
         r0, r1, r2, r3 = rows[b], rows[b + 1], rows[b + 2], rows[b + 3]
         for c in range(width):
-            acc[c] += (r0[c] + r1[c]) + (r2[c] + r3[c])
+            s = shift[c]
+            acc[c] += ((r0[c] - s) + (r1[c] - s)) + ((r2[c] - s) + (r3[c] - s))
     for b in range(quads, k):
         row = rows[b]
         for c in range(width):
-            acc[c] += row[c]
+            acc[c] += row[c] - shift[c]
 
 
 @njit(**_jit)
 def _slab_deviations(chunk, guess, dev, sq, following, ahead):
     """A chunk's second pass -- per-column ``sum(x - guess)`` into ``dev`` and
-    ``sum((x - guess)**2)`` into ``sq`` -- with the first pass of ``following`` (as many rows)
-    into ``ahead`` in the same loop, as ``_deviation_sums`` does for rows."""
+    ``sum((x - guess)**2)`` into ``sq`` -- with the first pass of ``following`` (as many rows),
+    ``sum(following - guess)``, into ``ahead`` in the same loop, as ``_deviation_sums`` does for
+    rows."""
     k, width = chunk.shape
     quads = k & ~3
     dev[:] = 0
@@ -654,7 +662,7 @@ def _slab_deviations(chunk, guess, dev, sq, following, ahead):
             d0, d1, d2, d3 = r0[c] - g, r1[c] - g, r2[c] - g, r3[c] - g
             dev[c] += (d0 + d1) + (d2 + d3)
             sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            ahead[c] += (f0[c] + f1[c]) + (f2[c] + f3[c])
+            ahead[c] += ((f0[c] - g) + (f1[c] - g)) + ((f2[c] - g) + (f3[c] - g))
     for b in range(quads, k):
         row = chunk[b]
         nxt = following[b]
@@ -662,7 +670,7 @@ def _slab_deviations(chunk, guess, dev, sq, following, ahead):
             d = row[c] - guess[c]
             dev[c] += d
             sq[c] += d * d
-            ahead[c] += nxt[c]
+            ahead[c] += nxt[c] - guess[c]
 
 
 @njit(**_jit)
@@ -672,7 +680,7 @@ def _slab_moments(xs, mean, m2):
     Chunks of about COL_CHUNK elements, each exact by two passes and merged with Chan's
     formula; the second pass of a chunk does the first pass of the next one."""
     length, width = xs.shape
-    block = max(4, (COL_CHUNK // width) & ~3)
+    block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
     ahead = np.empty(width, xs.dtype)
     guess = np.empty(width, xs.dtype)
     dev = np.empty(width, xs.dtype)
@@ -680,18 +688,21 @@ def _slab_moments(xs, mean, m2):
     mean[:] = 0.0
     m2[:] = 0.0
     n = 0.0
-    _slab_sums(xs[:block], ahead)
+    if length == 0:
+        return n  # an empty piece: merges as nothing
+    guess[:] = xs[0]  # the first chunk's sum is taken around its first row
+    _slab_sums(xs[:block], guess, ahead)
     for b0 in range(0, length, block):
         chunk = xs[b0:b0 + block]
         k = chunk.shape[0]
         for c in range(width):
-            guess[c] = ahead[c] / k
+            guess[c] += ahead[c] / k  # ahead: the chunk's sum around the previous guess
         following = xs[b0 + block:b0 + 2 * block]
         if following.shape[0] == k:
             _slab_deviations(chunk, guess, dev, sq, following, ahead)
         else:  # the last chunk, or the one before a shorter last
             _slab_deviations(chunk, guess, dev, sq, chunk, ahead)
-            _slab_sums(following, ahead)
+            _slab_sums(following, guess, ahead)
         frac = k / (n + k)
         for c in range(width):
             chunk_mean, chunk_m2 = _corrected(k, guess[c], dev[c], sq[c], 0.0)
@@ -708,7 +719,7 @@ def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
     (rows four at a time, as in ``_slab_moments``; the centre's low part applied per chunk, see
     ``_less_low``)."""
     length, width = xs.shape
-    block = max(4, (COL_CHUNK // width) & ~3)
+    block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
     s1 = np.empty(width, xs.dtype)
     s2 = np.empty(width, xs.dtype)
     for b0 in range(0, length, block):
