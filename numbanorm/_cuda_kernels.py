@@ -48,7 +48,7 @@ def _thread_state(v, start, stop, step):
     """Welford state of ``v[start:stop:step]`` (a 1-D view), four values at a time: their own
     mean and M2 over registers, merged by Chan's formula.  Per-value Welford spends a float64
     division on every element and waits on it before the next load; four at once keeps four
-    loads in flight and divides once (measured on an H100: the per-value loop read 0.7 TB/s)."""
+    loads in flight and divides once."""
     n = 0.0
     mu = 0.0
     q = 0.0
@@ -279,9 +279,9 @@ def _grid(n):
     return max(1, min(MAX_BLOCKS, math.ceil(n / TPB)))
 
 
-# A Numba-CUDA host-to-device copy costs ~0.1 ms of host time whatever its size, a device-to-host
-# copy or an allocation ~0.02 ms (measured on an H100), so each launch sends its per-row or
-# per-channel coefficients as one stacked array and brings its partial results back as one.
+# A Numba-CUDA host-to-device copy costs host time whatever its size, more than a device-to-host
+# copy or an allocation, so each launch sends its per-row or per-channel coefficients as one
+# stacked array and brings its partial results back as one.
 
 def _upload(*arrays):
     """Host arrays of one shape -> one device array stacked along a new first axis."""

@@ -297,3 +297,40 @@ def test_cuda_arrays_are_not_implemented_yet():
         nn.welford(x, 0, weights=cuda.to_device(np.ones((3, 4))))
     with pytest.raises(NotImplementedError, match="moments with nan_policy='omit' does not take CUDA"):
         nn.moments(x, 0, nan_policy="omit")
+
+
+# -- TensorFlow itself, where it is installed ------------------------------------------------------
+
+@pytest.mark.parametrize("axes", [(0,), (0, 2), (1, 2)])
+def test_tensorflow_itself_agrees(axes):
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(21)
+    x = rng.normal(3.0, 2.0, (4, 5, 6))
+    w = rng.uniform(0.0, 2.0, (4, 5, 1))
+    close = lambda ours, theirs: np.testing.assert_allclose(np.asarray(ours), np.asarray(theirs), rtol=1e-10,
+                                                              atol=1e-12)
+    for ours, theirs in zip(nn.weighted_moments(x, axes, w), tf.nn.weighted_moments(tf.constant(x), axes, w)):
+        close(ours, theirs)
+    for ours, theirs in zip(nn.moments(x, axes), tf.nn.moments(tf.constant(x), axes)):
+        close(ours, theirs)
+    stats = nn.sufficient_statistics(x, axes, shift=3.0)
+    tf_stats = tf.nn.sufficient_statistics(tf.constant(x), axes, shift=tf.constant(3.0, tf.float64))
+    for ours, theirs in zip(stats, tf_stats):
+        close(ours, theirs)
+    for ours, theirs in zip(nn.normalize_moments(*stats), tf.nn.normalize_moments(*tf_stats)):
+        close(ours, theirs)
+    mean, var = nn.moments(x, axes, keepdims=True)
+    offset, scale = rng.normal(size=(1, 5, 1)), rng.normal(size=(1, 5, 1))
+    dy = rng.normal(size=x.shape)
+    args = [tf.Variable(a) for a in (x, mean, var, offset, scale)]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(tf.nn.batch_normalization(*args, 1e-3) * dy)
+    for ours, theirs in zip(nn.batch_normalization_backward(dy, x, mean, var, offset, scale, 1e-3),
+                            tape.gradient(loss, args)):
+        close(ours, theirs)
+    g_mean, g_var = rng.normal(size=mean.shape), rng.normal(size=var.shape)
+    X = tf.Variable(x)
+    with tf.GradientTape() as tape:
+        m, v = tf.nn.moments(X, axes, keepdims=True)
+        loss = tf.reduce_sum(m * g_mean) + tf.reduce_sum(v * g_var)
+    close(nn.moments_backward(g_mean, g_var, x, axes), tape.gradient(loss, X))
