@@ -213,7 +213,7 @@ def test_normalize_bad_arguments_are_refused_clearly(call, exc, words):
     np.testing.assert_array_equal(x, before)
 
 
-@pytest.mark.parametrize("axes", [(0, 2), (1, 2, 3), (3,)])
+@pytest.mark.parametrize("axes", [(0, 2), (1, 2, 3)])
 def test_normalize_on_cuda_arrays_equals_the_cpu(axes):
     cuda = pytest.importorskip("numba.cuda", reason="numba-cuda (the cuda extra) is not installed")
     rng = np.random.default_rng(11)
