@@ -174,7 +174,7 @@ class _Call:
         raise TypeError(f"{name} must be a CUDA array like {self.first_name}, got {chk._describe(value)}")
 
     def full(self, name, value, like=None):
-        """A full-size array (input, grad_output): float32/float64, C-contiguous; (user, flat view)."""
+        """A full-size array (input, grad_output, out): float32/float64, C-contiguous, shaped like ``like``."""
         d = self.view(name, value)
         if d.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} on the GPU must be float32 or float64, got dtype {d.dtype}")
@@ -221,14 +221,7 @@ class _Call:
         """``out`` checked against ``x``: (user, flat view), or a new array when None."""
         if out is None:
             return self.empty(x.shape, x.dtype)
-        d = self.view("out", out)
-        if tuple(d.shape) != tuple(x.shape):
-            raise ValueError(f"out must have shape {tuple(x.shape)}, got shape {tuple(d.shape)}")
-        if d.dtype != x.dtype:
-            raise TypeError(f"out must have dtype {x.dtype}, got dtype {d.dtype}")
-        if not d.is_c_contiguous():
-            raise ValueError(f"out on the GPU must be C-contiguous, got strides {d.strides}")
-        return out, d.reshape(-1)
+        return out, self.full("out", out, like=x).reshape(-1)
 
 
 _streams = {}
