@@ -110,3 +110,48 @@ class Cuda(_Grid):
 
     def time_copy(self, *params):
         self.fns["copy"]()
+
+
+SMALL_ELEMENTS = ["64", "2K", "16K", "64K"]  # the four shapes of each kind in bench.SMALL_SHAPES
+
+
+class _SmallGrid:
+    """Calls of 64 to 64 K elements (``python -m numbanorm bench --small``): there a call's time
+    is mostly what surrounds its arithmetic."""
+
+    params = [OPS, LAYOUTS, DTYPES, SMALL_ELEMENTS]
+    param_names = ["op", "layout", "dtype", "elements"]
+    timer = timeit.default_timer
+    peers = ()
+    needs = ()
+
+    def setup(self, op, layout, dtype, elements):
+        kind = bench.OPS[op].kind
+        if kind != "grid" and layout != "nchw":
+            raise NotImplementedError(f"{kind} ops have one layout")
+        case = bench.small_cases([op], [layout])[SMALL_ELEMENTS.index(elements)]
+        self.fns = bench.contenders(case, np.dtype(dtype), self.peers)
+        missing = [name for name in self.needs if name not in self.fns]
+        if missing:
+            raise NotImplementedError(f"not available here: {missing}")
+        for fn in self.fns.values():
+            fn()
+
+
+class SmallNumbanorm(_SmallGrid):
+    def time_forward(self, *params):
+        self.fns["forward"]()
+
+    def time_forward_backward(self, *params):
+        self.fns["forward_backward"]()
+
+
+class SmallTorch(_SmallGrid):
+    peers = ("torch",)
+    needs = ("torch_forward",)
+
+    def time_forward(self, *params):
+        self.fns["torch_forward"]()
+
+    def time_forward_backward(self, *params):
+        self.fns["torch_forward_backward"]()

@@ -54,6 +54,10 @@ def _threading_layer():
     return _layer
 
 
+_NO_GUARD = contextlib.nullcontext()
+_guard = None
+
+
 def launch_guard():
     """A lock around the kernels where Numba's threading layer cannot take concurrent launches.
 
@@ -61,12 +65,10 @@ def launch_guard():
     nor an OpenMP runtime is present) aborts the process when two threads launch parallel
     kernels at once, so there calls from several threads (Dask's threaded scheduler) take turns.
     """
-    if _threading_layer() == "workqueue":
-        return _workqueue_lock
-    return _NO_GUARD
-
-
-_NO_GUARD = contextlib.nullcontext()
+    global _guard
+    if _guard is None:
+        _guard = _workqueue_lock if _threading_layer() == "workqueue" else _NO_GUARD
+    return _guard
 
 
 def _refuse_mixed(signature, args, kwargs, backend, first):
@@ -102,7 +104,7 @@ def dispatch(fn=None, *, route_by=None):
 
     @functools.wraps(fn)
     def routed(*args, **kwargs):
-        if all(type(v) in _HOST_TYPES for v in args) and all(type(v) in _HOST_TYPES for v in kwargs.values()):
+        if _HOST_TYPES.issuperset(map(type, args)) and (not kwargs or _HOST_TYPES.issuperset(map(type, kwargs.values()))):
             backend = None  # NumPy and plain values only: the common case, at a glance
         else:
             backend = backend_of(decider(args, kwargs))

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as chk
-from . import _cpu, _engine
+from . import _cpu, _engine, _small
 from ._plan import Plan, fold_for
 
 if TYPE_CHECKING:
@@ -321,6 +321,10 @@ def _grid_batch_forward(x, xk, ch, grouping, weight, bias, eps, out):
     """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group
     (``count`` a number where every group has the same)."""
     n, c = x.shape[0], x.shape[ch]
+    if _small.fits(x):
+        y, (count, mean, var, rstd) = _small.grid_forward(x, ch, grouping.groups, grouping.over_batch, weight, bias,
+                                                          eps, out)
+        return y, float(count[0, 0]), mean, var, rstd
     x2 = _grid_rows(xk, ch, grouping)
     if x2 is not None:
         shape = (grouping.groups, c // grouping.groups)
@@ -351,6 +355,11 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
     if x.size == 0:  # an empty batch: the parameters had no effect
         zeros = np.zeros(c, x.dtype)
         return np.empty_like(x), None if weight is None else zeros, zeros.copy() if has_bias else None
+    if _small.fits(x, dy):
+        dx, grad_weight, grad_bias = _small.grid_backward(dy, x, ch, mean, rstd, weight, grouping.over_batch,
+                                                          batch_stats)
+        return (dx, None if weight is None else grad_weight.astype(weight.dtype),
+                grad_bias.astype(x.dtype) if has_bias else None)
     x2 = _grid_rows(x, ch, grouping) if batch_stats and _is_c(dy) else None
     if x2 is not None:
         cg = c // grouping.groups
@@ -1414,8 +1423,9 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - k]
     length = math.prod(shape)
-    x2 = _fused_rows(xk, math.prod(lead), 1)
-    if x2 is not None:
+    if _small.fits(x):
+        y, mean, rstd = _small.row_forward(x, math.prod(lead), length, weight, bias, eps, centered, out)
+    elif (x2 := _fused_rows(xk, math.prod(lead), 1)) is not None:
         w, b = _fused_params(weight, bias, (1, length), xk.dtype)
         y, mean, _, rstd = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
@@ -1440,6 +1450,10 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     weight = chk.parameter("weight", weight, shape, xk.dtype)
     mean, rstd, _, has_bias = _stats_arg(stats, lead)
     length = math.prod(shape)
+    if _small.fits(xk, dy):
+        dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered)
+        return _grads(x, dx, None if weight is None else grad_w.reshape(shape).astype(xk.dtype),
+                      grad_b.reshape(shape).astype(xk.dtype) if has_bias else None)
     x2 = _fused_rows(xk, mean.size, 1) if _is_c(dy) else None
     if x2 is not None:
         w = np.ones(length, xk.dtype) if weight is None else weight.reshape(length)

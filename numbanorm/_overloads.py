@@ -560,26 +560,6 @@ def _grid_shape(shape, ch):
     return (shape[0], _prod(shape, 1, ch), shape[ch], _prod(shape, ch + 1, len(shape)))
 
 
-@njit(cache=False)
-def _grid_stats(x4, groups, over_batch, eps):
-    """Per-group (count, base, offset, var, rstd) of ``x4``, each (1 or N, G) float64."""
-    n, _, c, _ = x4.shape
-    states = np.empty((4, n, c))
-    S.grid_states(x4, states)
-    merged = np.empty((4, 1 if over_batch else n, groups))
-    S.merge_grid(states, groups, over_batch, merged)
-    var = merged[3] / merged[0]
-    return merged[0], merged[1], merged[2], var, 1.0 / np.sqrt(var + eps)
-
-
-@njit(cache=False)
-def _normalize(x4, y4, base, offset, rstd, w, b):
-    c = x4.shape[2]
-    coef = np.empty((4, rstd.shape[0], c), x4.dtype)
-    S.grid_coefficients(base, offset, rstd, w, b, c, coef)
-    S.grid_affine(x4, coef, y4)
-
-
 def _check_running_types(running_mean, running_var, num_batches_tracked):
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
         if not _is_none(t):
@@ -721,8 +701,8 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
                                   input.shape)
             x4 = _view(input, shape4)
             y4 = _result(out, shape4, dtype)
-            count, base, offset, var, rstd = _grid_stats(x4, c, over_batch, e)
-            _normalize(x4, y4, base, offset, rstd, w, b)
+            count, base, offset, var, rstd = S.grid_stats(x4, c, over_batch, e)
+            S.grid_normalize(x4, y4, base, offset, rstd, w, b)
             mean = base + offset
             if running_mean is not None and running_var is not None and n:
                 k = count[0, 0]
@@ -736,7 +716,7 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
             mean, rstd = _eval_stats(running_mean, running_var, s_, c, e, flag)
             x4 = _view(input, shape4)
             y4 = _result(out, shape4, dtype)
-            _normalize(x4, y4, mean, np.zeros((s_, c)), rstd, w, b)
+            S.grid_normalize(x4, y4, mean, np.zeros((s_, c)), rstd, w, b)
         y = _deliver(out, y4, input.shape)
         return y, mean, rstd, e
     body = njit(cache=False)(body)
@@ -824,8 +804,8 @@ def _ov_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, channel_
         shape4 = _grid_shape(input.shape, ch)
         x4 = _view(input, shape4)
         y4 = _result(out, shape4, dtype)
-        _, base, offset, _, rstd = _grid_stats(x4, groups, False, e)
-        _normalize(x4, y4, base, offset, rstd, w, b)
+        _, base, offset, _, rstd = S.grid_stats(x4, groups, False, e)
+        S.grid_normalize(x4, y4, base, offset, rstd, w, b)
         return _deliver(out, y4, input.shape), base + offset, rstd, e
 
     if stats:
@@ -881,17 +861,10 @@ def _grid_backward_impl(grad_output, input, stats, weight, channel_axis, kind):
         shape4 = _grid_shape(input.shape, ch)
         x4 = _view(input, shape4)
         dy4 = _view(grad_output, shape4)
-        coef = np.empty((5, s_, c), dtype)
-        S.grid_coefficients(mean, np.zeros((s_, groups)), rstd, None, None, c, coef[:4])
-        sums = np.empty((2, n, c))
-        S.grid_grad_sums(dy4, x4, coef, sums)
         grad_weight = np.empty(c)
         grad_bias = np.empty(c)
-        per_group = input.size / (s_ * groups)
-        S.grid_backward_coefficients(sums, rstd, w, over_batch, batch_stats, per_group, coef, grad_weight,
-                                     grad_bias)
         dx4 = np.empty(shape4, dtype)
-        S.grid_input_grad(dy4, x4, coef, dx4)
+        S.grid_backward(dy4, x4, mean, rstd, w, over_batch, batch_stats, dx4, grad_weight, grad_bias)
         gw = grad_weight.astype(dtype) if has_weight else None
         return dx4.reshape(input.shape), gw, grad_bias.astype(dtype)
     return body, flags["has_bias"]

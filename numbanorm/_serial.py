@@ -334,3 +334,54 @@ def grid_input_grad(dy4, x4, coef, dx4):
             for c in range(c_):
                 _segment_input_grad(dy4[n, p, c], x4[n, p, c], dx4[n, p, c], coef[2, s, c], coef[0, s, c],
                                     coef[1, s, c], coef[3, s, c], coef[4, s, c])
+
+
+# -- whole grid passes: one call from statistics to output ----------------------------------------
+
+@njit(**_ew)
+def grid_stats(x4, groups, over_batch, eps):
+    """Per-group (count, base, offset, var, rstd) of ``x4``, each (1 or N, G) float64."""
+    n, _, c, _ = x4.shape
+    states = np.empty((4, n, c))
+    grid_states(x4, states)
+    merged = np.empty((4, 1 if over_batch else n, groups))
+    merge_grid(states, groups, over_batch, merged)
+    var = merged[3] / merged[0]
+    return merged[0], merged[1], merged[2], var, 1.0 / np.sqrt(var + eps)
+
+
+@njit(**_ew)
+def grid_normalize(x4, y4, base, offset, rstd, weight, bias):
+    """``y4`` from ``x4`` with per-group centre ``base + offset`` and ``rstd`` (S, G)."""
+    c = x4.shape[2]
+    coef = np.empty((4, rstd.shape[0], c), x4.dtype)
+    grid_coefficients(base, offset, rstd, weight, bias, c, coef)
+    grid_affine(x4, coef, y4)
+
+
+@njit(**_ew)
+def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
+    """Batch statistics of ``x4`` and its normalization into ``y4``; ``stats`` (4, 1 or N, G)
+    float64 receives each group's count, mean, biased variance and rstd."""
+    count, base, offset, var, rstd = grid_stats(x4, groups, over_batch, eps)
+    grid_normalize(x4, y4, base, offset, rstd, weight, bias)
+    stats[0] = count
+    stats[1] = base + offset
+    stats[2] = var
+    stats[3] = rstd
+
+
+@njit(**_ew)
+def grid_backward(dy4, x4, mean, rstd, weight, over_batch, batch_stats, dx4, grad_weight, grad_bias):
+    """Input gradient into ``dx4`` and float64 per-channel ``grad_weight``/``grad_bias`` of a
+    forward that normalized with per-group ``mean``/``rstd`` (S, G)."""
+    n, _, c, _ = x4.shape
+    s_, groups = rstd.shape
+    coef = np.empty((5, s_, c), x4.dtype)
+    grid_coefficients(mean, np.zeros((s_, groups)), rstd, None, None, c, coef[:4])
+    sums = np.empty((2, n, c))
+    grid_grad_sums(dy4, x4, coef, sums)
+    per_group = x4.size / (s_ * groups)
+    grid_backward_coefficients(sums, rstd, weight, over_batch, batch_stats, per_group, coef, grad_weight,
+                               grad_bias)
+    grid_input_grad(dy4, x4, coef, dx4)

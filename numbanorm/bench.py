@@ -28,6 +28,13 @@ from ._ops import GROUPS, OPS, of_kind
 GRID_SHAPE = (32, 64, 56, 56)
 LAYER_SHAPES = ((8192, 1024), (65536, 128))
 WEIGHT_SHAPE = (1024, 512, 3, 3)
+# ``--small``: calls of 64 to 64 K elements, where the time of a call is mostly not its arithmetic
+SMALL_SHAPES = {
+    "grid": ((1, 32, 2, 1), (4, 32, 4, 4), (16, 32, 8, 4), (16, 64, 8, 8)),
+    "rows": ((4, 16), (16, 128), (128, 128), (256, 256)),
+    "weight": ((8, 8, 1, 1), (32, 64, 1, 1), (128, 128, 1, 1), (256, 256, 1, 1)),
+}
+SMALL_CALLS = 200  # back-to-back calls per timed round of ``--small``
 GRID_OPS = tuple(op.name for op in of_kind("grid"))
 ROW_OPS = tuple(op.name for op in of_kind("rows"))
 WEIGHT_OPS = tuple(op.name for op in of_kind("weight"))
@@ -39,9 +46,10 @@ class Case(NamedTuple):
     layout: str  # "nchw" / "nhwc" for grid ops, "rows" for row ops, "weight" for weight ops
 
 
-def _median_times(fns, repeats, lead_in=0.05):
-    """Median seconds of each callable, timed in interleaved rounds: on a shared, noisy machine
-    a slow spell then hits every contender alike, so the ratios between them hold.
+def _median_times(fns, repeats, lead_in=0.05, calls=1):
+    """Median seconds of one call of each callable, timed in interleaved rounds: on a shared,
+    noisy machine a slow spell then hits every contender alike, so the ratios between them hold.
+    A round times ``calls`` calls back to back (microsecond calls need many to a reading).
 
     In every round each callable first runs untimed for ``lead_in`` seconds (at least once), and
     only the call after that is timed, as in a loop that repeats one op.  A call's time depends
@@ -59,8 +67,9 @@ def _median_times(fns, repeats, lead_in=0.05):
             while time.perf_counter() < until:
                 fn()
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                fn()
+            times[name].append((time.perf_counter() - start) / calls)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -113,6 +122,20 @@ def _torch(case, x, dy, w, b, to=None):
             peer(F, tx, *params, GROUPS)
 
     return forward, both
+
+
+def small_cases(ops, layouts):
+    """The ``--small`` grid: each op at 64, 2 K, 16 K and 64 K elements (weight ops: near them)."""
+    out = []
+    for op in ops:
+        kind = OPS[op].kind
+        for shape in SMALL_SHAPES[kind]:
+            if kind != "grid":
+                out.append(Case(op, shape, kind))
+                continue
+            n, c, h, w = shape
+            out += [Case(op, (n, c, h, w) if layout == "nchw" else (n, h, w, c), layout) for layout in layouts]
+    return out
 
 
 def cases(ops, layouts, shapes=None):
@@ -229,12 +252,13 @@ def _torch_cuda_module():
     return torch if torch.cuda.is_available() else None
 
 
-def measure(case, dtype, repeats, compare, device="cpu"):
+def measure(case, dtype, repeats, compare, device="cpu", calls=1):
     fns = _device_contenders(case, dtype, compare, device)
     numpy_forward = fns.pop("numpy_forward", None)
     row = dict(op=case.op, shape=list(case.shape), layout=case.layout, dtype=np.dtype(dtype).name,
                device=device, threads=numba.get_num_threads())
-    row.update({f"{name}_s": t for name, t in _median_times(_on_device(fns, device), repeats).items()})
+    times = _median_times(_on_device(fns, device), repeats, calls=calls)
+    row.update({f"{name}_s": t for name, t in times.items()})
     x, _, w, b = inputs(case, dtype)
     y = fns["forward"]()[0]
     y = y.copy_to_host() if hasattr(y, "copy_to_host") else y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
@@ -268,11 +292,11 @@ COLUMNS = [
     ("shape", lambda r: "x".join(map(str, r["shape"]))),
     ("dtype", lambda r: r["dtype"]),
     ("threads", lambda r: str(r["threads"])),
-    ("fwd ms", lambda r: f"{r['forward_s'] * 1e3:.2f}"),
+    ("fwd ms", lambda r: f"{r['forward_s'] * 1e3:.3g}"),
     ("fwd GB/s", lambda r: f"{r['forward_gbs']:.1f}"),
     ("% copy bw", lambda r: f"{100 * r['copy_s'] / r['forward_s']:.0f}%"),
     ("fwd/copy", _ratio("forward_s", "copy_s")),
-    ("fwd+bwd ms", lambda r: f"{r['forward_backward_s'] * 1e3:.2f}"),
+    ("fwd+bwd ms", lambda r: f"{r['forward_backward_s'] * 1e3:.3g}"),
     ("f+b/copy", _ratio("forward_backward_s", "copy_s")),
     ("vs torch fwd", _ratio("torch_forward_s", "forward_s")),
     ("vs torch f+b", _ratio("torch_forward_backward_s", "forward_backward_s")),
@@ -423,6 +447,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15, help="timed runs per measurement (median)")
     parser.add_argument("--compare", default="torch", help="peers: torch, numpy, both (torch,numpy) or none")
     parser.add_argument("--scaling", action="store_true", help="time against size and thread count")
+    parser.add_argument("--small", action="store_true",
+                        help=f"the small-shapes grid: each op at 64 to 64 K elements, {SMALL_CALLS} calls a round")
     parser.add_argument("--njit-loop", action="store_true",
                         help="time a user's @njit loop calling layer_norm on each row (of the first 2-D --shapes, "
                              "default 100000x64) beside the same loop written by hand")
@@ -456,8 +482,10 @@ def main(argv=None):
         print(_table(rows, [("sweep", lambda r: r["sweep"]), ("elements", lambda r: f"{r['elements']:.0e}")]
                      + COLUMNS[3:10]))
     else:
-        todo = cases(args.ops.split(","), args.layouts.split(","), args.shapes)
-        rows = [measure(case, dtype, args.repeats, compare, args.device) for case in _progress(todo, "bench")]
+        ops, layouts = args.ops.split(","), args.layouts.split(",")
+        todo = small_cases(ops, layouts) if args.small else cases(ops, layouts, args.shapes)
+        calls = SMALL_CALLS if args.small else 1
+        rows = [measure(case, dtype, args.repeats, compare, args.device, calls) for case in _progress(todo, "bench")]
         print(f"\n{args.dtype}, {numba.get_num_threads()} threads, {args.device}, medians of {args.repeats} "
               "interleaved runs\n")
         print(format_table(rows))

@@ -40,6 +40,17 @@ def test_bench_shapes_option(monkeypatch, capsys):
     assert [(r["op"], tuple(r["shape"])) for r in rows] == [("group_norm", (2, 4, 4, 64)), ("layer_norm", (16, 8))]
 
 
+def test_small_shapes_grid(monkeypatch):
+    """``--small`` times every op at 64 to 64 K elements, many calls to a reading."""
+    monkeypatch.setattr(bench, "SMALL_CALLS", 3)
+    rows = bench.main(["--small", "--ops", "group_norm,rms_norm", "--repeats", "1", "--compare", "torch"])
+    shapes = [(r["op"], r["layout"], tuple(r["shape"])) for r in rows]
+    assert shapes[:2] == [("group_norm", "nchw", (1, 32, 2, 1)), ("group_norm", "nhwc", (1, 2, 1, 32))]
+    assert [np.prod(s) for _, _, s in shapes] == [64, 64, 2048, 2048, 16384, 16384, 65536, 65536,
+                                                  64, 2048, 16384, 65536]
+    assert all(r["forward_s"] > 0 and r["max_error"] < 1e-4 for r in rows)
+
+
 def test_scaling_and_its_plot(tmp_path):
     rows = bench.scaling("layer_norm", np.dtype(np.float32), 1, [1, 2], sizes=(2048, 8192))
     assert [r["sweep"] for r in rows] == ["size", "size", "threads", "threads"]

@@ -1,0 +1,113 @@
+"""Small inputs: the whole pass in one compiled, serial call.
+
+Below ``SMALL_ELEMENTS`` the work of a call is a few microseconds, less than what the general
+path spends around it: planning the view, a parallel launch per kernel, merging partial results
+in Python between them.  There the front hands the checked arguments to one of the serial
+drivers of ``_serial`` (the kernels behind the ``@njit`` overloads, with ``_cpu``'s numerical
+scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R, L)`` (row
+norms).  Each lane returns None when the input does not qualify, and the caller goes on with
+the general path.
+
+Absent parameters are passed as shared read-only ones and zeros rather than None: scaling by 1
+and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
+combination of absent arguments.
+"""
+
+import functools
+import math
+
+import numpy as np
+
+from . import _serial as S
+from ._config import SMALL_ELEMENTS
+
+_KERNEL_DTYPES = (np.float32, np.float64)
+
+
+def fits(x, *others):
+    """``x`` (and each of ``others`` that is not None) NumPy arrays, C-contiguous, non-empty and
+    small, in a dtype the drivers take."""
+    if type(x) is not np.ndarray or not 0 < x.size <= SMALL_ELEMENTS or x.dtype.type not in _KERNEL_DTYPES or not x.flags.c_contiguous:
+        return False
+    return all(a is None or (type(a) is np.ndarray and a.flags.c_contiguous) for a in others)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value, length, dtype):
+    a = np.full(length, value, dtype)
+    a.flags.writeable = False
+    return a
+
+
+def _or_ones(weight, length, dtype):
+    return _constant(1.0, length, dtype) if weight is None else weight.reshape(length)
+
+
+def _or_zeros(bias, length, dtype):
+    return _constant(0.0, length, dtype) if bias is None else bias.reshape(length)
+
+
+@functools.lru_cache(maxsize=256)
+def grid_shape(shape, ch):
+    """(N, P, C, Q): the batch axis, the axes before the channels, the channels, the axes after."""
+    return shape[0], math.prod(shape[1:ch]), shape[ch], math.prod(shape[ch + 1:])
+
+
+def _target(out, x):
+    """``out`` if the driver can write it directly, else a new array like ``x``."""
+    if out is not None and out.dtype == x.dtype and out.flags.c_contiguous:
+        return out
+    return np.empty_like(x)
+
+
+def _deliver(y, out):
+    if out is not None and y is not out:
+        np.copyto(out, y, casting="unsafe")
+        return out
+    return y
+
+
+def grid_forward(x, ch, groups, over_batch, weight, bias, eps, out):
+    """Batch statistics and normalization of a grid norm: (y, stats) with ``stats`` (4, S, G)
+    float64 = count, mean, biased variance, rstd per group (S = 1 over the batch, else N)."""
+    shape4 = grid_shape(x.shape, ch)
+    c = shape4[2]
+    y = _target(out, x)
+    stats = np.empty((4, 1 if over_batch else shape4[0], groups))
+    S.grid_forward(x.reshape(shape4), groups, over_batch, _or_ones(weight, c, x.dtype), _or_zeros(bias, c, x.dtype),
+                   eps, y.reshape(shape4), stats)
+    return _deliver(y, out), stats
+
+
+def grid_backward(dy, x, ch, mean, rstd, weight, over_batch, batch_stats):
+    """(dx, grad_weight, grad_bias), the gradients float64 (C,), of a grid norm that normalized
+    with per-group ``mean``/``rstd`` (S, G) float64."""
+    shape4 = grid_shape(x.shape, ch)
+    c = shape4[2]
+    dx = np.empty_like(x)
+    grad_weight, grad_bias = np.empty((2, c))
+    S.grid_backward(dy.reshape(shape4), x.reshape(shape4), mean, rstd, _or_ones(weight, c, x.dtype), over_batch,
+                    batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
+    return dx, grad_weight, grad_bias
+
+
+def row_forward(x, rows, length, weight, bias, eps, centered, out):
+    """Layer norm (``centered``) or RMS norm of each of ``rows`` rows: (y, mean, rstd), the
+    statistics float64 (rows,)."""
+    y = _target(out, x)
+    mean, rstd = np.empty((2, rows))
+    S.norm_rows(x.reshape(rows, length), _or_ones(weight, length, x.dtype), _or_zeros(bias, length, x.dtype), eps,
+                centered, y.reshape(rows, length), mean, rstd)
+    return _deliver(y, out), mean, rstd
+
+
+def row_backward(dy, x, mean, rstd, weight, centered):
+    """(dx, grad_weight, grad_bias) of a row norm, the gradients float64 (L,)."""
+    rows = mean.size
+    length = x.size // rows
+    dx = np.empty_like(x)
+    grad_weight, grad_bias = np.zeros((2, length))
+    S.norm_rows_backward(dy.reshape(rows, length), x.reshape(rows, length), _or_ones(weight, length, x.dtype),
+                         mean.reshape(rows), rstd.reshape(rows), centered, dx.reshape(rows, length), grad_weight,
+                         grad_bias)
+    return dx, grad_weight, grad_bias

@@ -1,0 +1,150 @@
+"""Issue #15: small inputs run in one serial compiled call (``_small``), decided by size.
+
+On both sides of the crossover an op must give the general path's result (and the float64
+reference's), and the small lane must be taken exactly where it should: below the crossover for
+C-contiguous float32/float64 NumPy input, never above it or for other layouts.
+"""
+
+import numpy as np
+import pytest
+
+import numbanorm as nn
+from numbanorm import _serial, _small
+from numbanorm import reference as ref
+from numbanorm._ops import OPS
+
+DRIVERS = ("grid_forward", "grid_backward", "norm_rows", "norm_rows_backward")
+LANE_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
+GROUPS = 4
+
+
+@pytest.fixture
+def driver_calls(monkeypatch):
+    """The names of the serial drivers called, in order."""
+    calls = []
+    for name in DRIVERS:
+        original = getattr(_serial, name)
+
+        def spy(*args, _name=name, _original=original):
+            calls.append(_name)
+            return _original(*args)
+
+        monkeypatch.setattr(_serial, name, spy)
+    return calls
+
+
+def _case(op, layout, elements, dtype, seed=0):
+    """Inputs of ``op`` with exactly ``elements`` elements."""
+    rng = np.random.default_rng(seed)
+    kind = OPS[op].kind
+    if kind == "rows":
+        shape = (elements // 32, 32)
+    elif kind == "weight":
+        shape = (elements // 72, 8, 3, 3)
+    else:
+        shape = (elements // 256, 16, 4, 4) if layout == "nchw" else (elements // 256, 4, 4, 16)
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    pshape = OPS[op].param_shape(shape, layout)
+    w, b = (None, None) if pshape is None else (rng.standard_normal(pshape).astype(dtype) for _ in range(2))
+    return x, dy, w, b, (-1 if layout == "nhwc" else 1)
+
+
+def _run(api, op, x, dy, w, b, ca):
+    y, stats = OPS[op].run_forward(api, x, w, b, ca, GROUPS)
+    if OPS[op].stats is None:  # weight standardization: the backward recomputes its statistics
+        return y, OPS[op].run_backward(api, dy, x, None, w, ca, GROUPS)
+    return y, OPS[op].run_backward(api, dy, x, stats, w, ca, GROUPS)
+
+
+def _layouts(op):
+    return OPS[op].layouts
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op,layout", [(op, layout) for op in LANE_OPS for layout in _layouts(op)])
+def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monkeypatch):
+    """Just below the crossover the small lane runs; forcing the general path on the same input
+    gives the same result, and both match the float64 reference; just above it the general path
+    runs by itself."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608)
+    x, dy, w, b, ca = _case(op, layout, 4608, dtype)
+    small_y, small_grads = _run(nn, op, x, dy, w, b, ca)
+    assert driver_calls, "the small lane was not taken below the crossover"
+    driver_calls.clear()
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4607)
+    general_y, general_grads = _run(nn, op, x, dy, w, b, ca)
+    assert not driver_calls, f"the small lane ran above the crossover: {driver_calls}"
+    ref_y, ref_grads = _run(ref, op, x.astype(np.float64), dy.astype(np.float64),
+                            *(None if p is None else p.astype(np.float64) for p in (w, b)), ca)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(small_y, general_y, **tol)
+    np.testing.assert_allclose(small_y, ref_y, **tol)
+    assert small_y.dtype == general_y.dtype == np.dtype(dtype)
+    for name, s, g, r in zip(ref_grads._fields, small_grads, general_grads, ref_grads):
+        if r is None:
+            assert s is None and g is None, name
+            continue
+        scale = max(1.0, float(np.abs(r).max()))
+        np.testing.assert_allclose(s, g, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=name)
+        np.testing.assert_allclose(s, r, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=name)
+        assert s.dtype == g.dtype, name
+
+
+def test_small_lane_keeps_running_statistics_and_stats(driver_calls):
+    """Batch norm in the small lane updates the running statistics as the general path does and
+    returns the same NormStats."""
+    x, _, w, b, _ = _case("batch_norm", "nchw", 512, "float32", seed=3)
+    results = []
+    for small in (True, False):
+        rm, rv, nbt = np.zeros(16, np.float32), np.ones(16, np.float32), np.zeros(1, np.int64)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(_small, "SMALL_ELEMENTS", 10**6 if small else 0)
+            y, stats = nn.batch_norm(x, rm, rv, w, b, training=True, momentum=None, num_batches_tracked=nbt,
+                                     return_stats=True)
+        results.append((y, stats, rm, rv, nbt))
+    assert driver_calls == ["grid_forward"]
+    (y1, s1, rm1, rv1, n1), (y2, s2, rm2, rv2, n2) = results
+    np.testing.assert_allclose(y1, y2, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(s1.mean, s2.mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s1.rstd, s2.rstd, rtol=1e-12)
+    np.testing.assert_allclose(rm1, rm2, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rv1, rv2, rtol=1e-6)
+    assert s1.mean.dtype == s2.mean.dtype == np.float64 and s1.mean.shape == s2.mean.shape == (16,)
+    assert n1[0] == n2[0] == 1
+
+
+@pytest.mark.parametrize("make,lane", [
+    (lambda x: np.asfortranarray(x), False),
+    (lambda x: x[:, ::-1], False),
+    (lambda x: x.astype(np.float16), False),
+    (lambda x: x.astype(">f4"), True),  # swapped to native order by the checks: then C-contiguous
+], ids=["fortran", "negative-stride", "float16", "big-endian"])
+def test_layouts_and_dtypes_outside_the_lane(make, lane, driver_calls):
+    """The drivers take C-contiguous native float32/float64 only; the rest is planned as before;
+    every one is correct."""
+    x = make(np.random.default_rng(1).standard_normal((8, 16, 3, 3)).astype(np.float32))
+    y = nn.group_norm(x, 4)
+    assert bool(driver_calls) == lane
+    expected = ref.group_norm(np.asarray(x, np.float64), 4)
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=2e-3 if x.dtype == np.float16 else 1e-5,
+                               atol=2e-3 if x.dtype == np.float16 else 1e-5)
+
+
+def test_out_argument_in_the_small_lane(driver_calls):
+    """``out`` is written in place (directly when C-contiguous, by a copy otherwise)."""
+    x = np.random.default_rng(2).standard_normal((16, 32)).astype(np.float32)
+    for out in (np.empty_like(x), np.empty_like(x, order="F")):
+        y = nn.layer_norm(x, 32, out=out)
+        assert y is out
+        np.testing.assert_allclose(out, ref.layer_norm(x.astype(np.float64), 32), rtol=1e-5, atol=1e-5)
+    assert driver_calls == ["norm_rows", "norm_rows"]
+
+
+def test_absent_parameters_are_not_written(driver_calls):
+    """The shared ones/zeros that stand in for absent weight and bias are read-only."""
+    x = np.random.default_rng(4).standard_normal((4, 8, 5)).astype(np.float64)
+    nn.instance_norm(x)
+    assert driver_calls == ["grid_forward"]
+    ones = _small._constant(1.0, 8, np.dtype(np.float64))
+    assert not ones.flags.writeable and (ones == 1).all()
