@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ._config import ELEMENTWISE_FASTMATH
+from ._config import ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._cpu import (
     ROW_CHUNK,
     _chan_merge,
@@ -46,15 +46,16 @@ from ._cpu import (
 
 # elementwise flags (no "reassoc": ``(x - hi) - lo`` must not fold); a 0/0 is NaN, not an exception
 _ew: dict[str, Any] = dict(cache=False, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
+_reduce: dict[str, Any] = dict(cache=False, fastmath=REDUCE_FASTMATH, error_model="numpy")
 
 
 # -- rows: layer norm and RMS norm --------------------------------------------------------------
 
 @njit(**_ew)
-def row_stats(xs):
-    """(base, offset, var) of a 1-D span: the mean is ``base + offset`` (a float64 and its
-    correction), ``var`` the biased variance.  Rows of at most ROW_CHUNK are one exact chunk
-    (as ``_cpu.row_normalize``'s short rows); longer ones go through ``_span_moments``."""
+def span_moments(xs):
+    """``_span_moments`` of a 1-D span (count, base, offset, M2), a span of at most ROW_CHUNK
+    taken as one exact chunk (as ``_cpu.row_normalize``'s short rows): a plain sum then the
+    deviation sums, without the chunk loop."""
     length = xs.shape[0]
     if 0 < length <= ROW_CHUNK:
         dtype = xs.dtype.type
@@ -62,8 +63,15 @@ def row_stats(xs):
         dev, sq, _ = _deviation_sums(xs, guess, xs)
         base = np.float64(guess)
         offset, m2 = _corrected(length, guess, dev, sq, base)
-        return base, offset, m2 / length
-    n, base, offset, m2 = _span_moments(xs)
+        return np.float64(length), base, offset, m2
+    return _span_moments(xs)
+
+
+@njit(**_ew)
+def row_stats(xs):
+    """(base, offset, var) of a 1-D span: the mean is ``base + offset`` (a float64 and its
+    correction), ``var`` the biased variance."""
+    n, base, offset, m2 = span_moments(xs)
     return base, offset, m2 / n
 
 
@@ -179,7 +187,7 @@ def grid_states(x4, states):
     for n in range(n_):
         for p in range(p_):
             for c in range(c_):
-                k, b, o, q = _span_moments(x4[n, p, c])
+                k, b, o, q = span_moments(x4[n, p, c])
                 if k == 0.0:
                     continue
                 if count[n, c] == 0.0:
@@ -359,11 +367,76 @@ def grid_normalize(x4, y4, base, offset, rstd, weight, bias):
     grid_affine(x4, coef, y4)
 
 
+@njit(**_reduce)
+def channel_deviations(x4, shift, acc):
+    """Per-(sample, channel) float64 sums of ``x - shift`` and of its square into ``acc``
+    (2, N, C); ``shift`` (S, C) float64, S = 1 (every sample) or N."""
+    n_, p_, c_, q_ = x4.shape
+    per_sample = shift.shape[0] > 1
+    acc[:, :, :] = 0.0
+    for n in range(n_):
+        s = n if per_sample else 0
+        for p in range(p_):
+            if q_ == 1:  # channels last: the vector loop runs along the channels
+                for c in range(c_):
+                    d = np.float64(x4[n, p, c, 0]) - shift[s, c]
+                    acc[0, n, c] += d
+                    acc[1, n, c] += d * d
+                continue
+            for c in range(c_):
+                centre = shift[s, c]
+                t1 = 0.0
+                t2 = 0.0
+                for q in range(q_):
+                    d = np.float64(x4[n, p, c, q]) - centre
+                    t1 += d
+                    t2 += d * d
+                acc[0, n, c] += t1
+                acc[1, n, c] += t2
+
+
+@njit(**_ew)
+def _group_totals(per_channel, groups, over_batch, totals):
+    """Sum (N, C) per-channel values into (1 or N, G) groups of consecutive channels."""
+    n_, c_ = per_channel.shape
+    members = c_ // groups
+    totals[:, :] = 0.0
+    for n in range(n_):
+        s = 0 if over_batch else n
+        for c in range(c_):
+            totals[s, c // members] += per_channel[n, c]
+
+
 @njit(**_ew)
 def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
-    """Batch statistics of ``x4`` and its normalization into ``y4``; ``stats`` (4, 1 or N, G)
-    float64 receives each group's count, mean, biased variance and rstd."""
-    count, base, offset, var, rstd = grid_stats(x4, groups, over_batch, eps)
+    """Batch statistics of a small ``x4`` and its normalization into ``y4``; ``stats`` (4, 1 or
+    N, G) float64 receives each group's count, mean, biased variance and rstd.
+
+    For the ``_small`` lane only (at most a few tens of thousands of values): the statistics are
+    the corrected two-pass sums over each whole group in float64 -- the mean of a first pass, then
+    the sums of the deviations from it, which correct it, and of their squares -- with no chunk
+    states to merge, the per-segment divisions that cost most at this size."""
+    n_, _, c_, _ = x4.shape
+    s_ = stats.shape[1]
+    members = c_ // groups
+    count = x4.size / (s_ * groups)
+    acc = np.empty((2, n_, c_))
+    shift = np.zeros((s_, c_))
+    base = np.empty((s_, groups))
+    channel_deviations(x4, shift, acc)
+    _group_totals(acc[0], groups, over_batch, base)
+    base /= count
+    for s in range(s_):
+        for c in range(c_):
+            shift[s, c] = base[s, c // members]
+    channel_deviations(x4, shift, acc)
+    dev = np.empty((s_, groups))
+    sq = np.empty((s_, groups))
+    _group_totals(acc[0], groups, over_batch, dev)
+    _group_totals(acc[1], groups, over_batch, sq)
+    offset = dev / count
+    var = np.maximum(sq - dev * offset, 0.0) / count
+    rstd = 1.0 / np.sqrt(var + eps)
     grid_normalize(x4, y4, base, offset, rstd, weight, bias)
     stats[0] = count
     stats[1] = base + offset
