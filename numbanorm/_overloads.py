@@ -427,6 +427,8 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
             def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
                 return body(input, normalized_shape, weight, bias, eps, out)[0]
         else:  # the per-sample loop's call: checks, then the row kernel straight into ``out``
+            norm_row = S.norm_row if _is_none(weight) or _is_none(bias) else S.norm_row_inline
+
             def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
                 n = input.shape[0]
                 e = _float_or(eps, default_eps)
@@ -435,7 +437,7 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
                 if (_shape_tuple(normalized_shape)[0] != n or out.shape[0] != n or not (0.0 <= e < np.inf)
                         or _len_or(weight, n) != n or _len_or(bias, n) != n):
                     _row_errors(input, normalized_shape, weight, bias, eps, out)
-                S.norm_row(input, weight, bias, e, centered, out)
+                norm_row(input, weight, bias, e, centered, out)
                 return out
         return impl
 

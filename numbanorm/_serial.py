@@ -51,7 +51,7 @@ _reduce: dict[str, Any] = dict(cache=False, fastmath=REDUCE_FASTMATH, error_mode
 
 # -- rows: layer norm and RMS norm --------------------------------------------------------------
 
-@njit(**_ew)
+@njit(inline="always", **_ew)
 def span_moments(xs):
     """``_span_moments`` of a 1-D span (count, base, offset, M2), a span of at most ROW_CHUNK
     taken as one exact chunk (as ``_cpu.row_normalize``'s short rows): a plain sum then the
@@ -67,7 +67,7 @@ def span_moments(xs):
     return _span_moments(xs)
 
 
-@njit(**_ew)
+@njit(inline="always", **_ew)
 def row_stats(xs):
     """(base, offset, var) of a 1-D span: the mean is ``base + offset`` (a float64 and its
     correction), ``var`` the biased variance."""
@@ -104,6 +104,11 @@ def norm_row(xs, weight, bias, eps, centered, ys):
         for i in range(n):
             ys[i] = ((xs[i] - h) - l) * s * weight[i] + bias[i]
     return base + offset, inv
+
+
+# the same function inlined into the caller (a user's per-row loop), for the weight-and-bias case
+# only: an inlined body's "weight is None" tests are not pruned, and None would fail to type
+norm_row_inline = njit(inline="always", **_ew)(norm_row.py_func)
 
 
 @njit(**_ew)
