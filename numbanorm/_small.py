@@ -21,15 +21,12 @@ import numpy as np
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
 
-_KERNEL_DTYPES = (np.float32, np.float64)
-
-
-def fits(x, *others):
-    """``x`` (and each of ``others`` that is not None) NumPy arrays, C-contiguous, non-empty and
-    small, in a dtype the drivers take."""
-    if type(x) is not np.ndarray or not 0 < x.size <= SMALL_ELEMENTS or x.dtype.type not in _KERNEL_DTYPES or not x.flags.c_contiguous:
+def fits(x, other=None):
+    """``x`` (and ``other`` unless None) NumPy arrays, C-contiguous, non-empty, small and of a
+    dtype the drivers take (native float32/float64: the checks have made it native)."""
+    if type(x) is not np.ndarray or not 0 < x.size <= SMALL_ELEMENTS or x.dtype.char not in "fd":
         return False
-    return all(a is None or (type(a) is np.ndarray and a.flags.c_contiguous) for a in others)
+    return x.flags.c_contiguous and (other is None or (type(other) is np.ndarray and other.flags.c_contiguous))
 
 
 @functools.lru_cache(maxsize=256)
@@ -39,12 +36,20 @@ def _constant(value, length, dtype):
     return a
 
 
+def _flat(a, length):
+    return a if a.ndim == 1 else a.reshape(length)
+
+
 def _or_ones(weight, length, dtype):
-    return _constant(1.0, length, dtype) if weight is None else weight.reshape(length)
+    return _constant(1.0, length, dtype) if weight is None else _flat(weight, length)
 
 
 def _or_zeros(bias, length, dtype):
-    return _constant(0.0, length, dtype) if bias is None else bias.reshape(length)
+    return _constant(0.0, length, dtype) if bias is None else _flat(bias, length)
+
+
+def _rows(a, rows, length):
+    return a if a.ndim == 2 else a.reshape(rows, length)
 
 
 @functools.lru_cache(maxsize=256)
@@ -55,13 +60,13 @@ def grid_shape(shape, ch):
 
 def _target(out, x):
     """``out`` if the driver can write it directly, else a new array like ``x``."""
-    if out is not None and out.dtype == x.dtype and out.flags.c_contiguous:
-        return out
-    return np.empty_like(x)
+    if out is None:
+        return np.empty_like(x)
+    return out if out.dtype == x.dtype and out.flags.c_contiguous else np.empty_like(x)
 
 
 def _deliver(y, out):
-    if out is not None and y is not out:
+    if out is not None and y is not out:  # an ``out`` the driver could not write
         np.copyto(out, y, casting="unsafe")
         return out
     return y
@@ -96,8 +101,8 @@ def row_forward(x, rows, length, weight, bias, eps, centered, out):
     statistics float64 (rows,)."""
     y = _target(out, x)
     mean, rstd = np.empty((2, rows))
-    S.norm_rows(x.reshape(rows, length), _or_ones(weight, length, x.dtype), _or_zeros(bias, length, x.dtype), eps,
-                centered, y.reshape(rows, length), mean, rstd)
+    S.norm_rows(_rows(x, rows, length), _or_ones(weight, length, x.dtype), _or_zeros(bias, length, x.dtype), eps,
+                centered, _rows(y, rows, length), mean, rstd)
     return _deliver(y, out), mean, rstd
 
 
@@ -107,7 +112,7 @@ def row_backward(dy, x, mean, rstd, weight, centered):
     length = x.size // rows
     dx = np.empty_like(x)
     grad_weight, grad_bias = np.zeros((2, length))
-    S.norm_rows_backward(dy.reshape(rows, length), x.reshape(rows, length), _or_ones(weight, length, x.dtype),
-                         mean.reshape(rows), rstd.reshape(rows), centered, dx.reshape(rows, length), grad_weight,
+    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype),
+                         mean.reshape(rows), rstd.reshape(rows), centered, _rows(dx, rows, length), grad_weight,
                          grad_bias)
     return dx, grad_weight, grad_bias
