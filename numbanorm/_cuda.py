@@ -1,19 +1,18 @@
 """CUDA backend: the public functions on GPU arrays.
 
-Two paths:
-
-* **the device data path** (issue #14) for batch, instance, group, layer and RMS norm, their
-  backwards and `moments` (of layouts ``[kept][reduced][kept][reduced]``): this module checks the
-  arguments and plans the layout, then hands the whole pipeline to the CUDA device
-  (``_cuda_pipelines.Device``) passed explicitly.  Nothing in a call copies between host and device
-  or synchronizes; the forward's ``stats`` are device arrays of the input's family; running
-  statistics (and a device ``num_batches_tracked``) are updated in place by a kernel; results are
-  allocated by the input's library and kernels launch on the caller's current stream.
-* **the engine path** (``_call``) for the functions not ported yet (switchable norm, welford,
-  batch_normalization, normalize, weight standardization and moments of other layouts): the
-  function's CPU-side code with the CUDA engine swapped in for the call, whose per-channel
-  arithmetic runs on the host between kernels (small arrays are read to the host, running
-  statistics written back).
+Every function served here (``_served``: the named norms and their backwards, switchable norm,
+`normalize`, `batch_normalization`, weight standardization, `moments` and `welford`) takes the
+device data path (issue #14): this module checks the arguments and plans the layout -- shapes,
+strides and groupings, no data -- then hands the whole pipeline to the CUDA device
+(``_cuda_pipelines.Device``) passed explicitly.  Layouts the grid and row pipelines read as runs
+(``(A, C, S)`` geometries, rows) use them; other groupings and broadcast parameters (`normalize`,
+`batch_normalization`, `moments`/`welford` of any axes) are planned as shapes and element strides
+for the strided kernels.  Nothing in a call copies between host and device or synchronizes; the
+forward's ``stats`` (and `welford`'s `Moments`, float64 arrays of the kept axes' shape) are device
+arrays of the input's family; running statistics (and a device ``num_batches_tracked``) are
+updated in place by a kernel; results are allocated by the input's library and kernels launch on
+the caller's current stream.  A public function not served here is a NotImplementedError naming
+it (``_dispatch``).
 
 Rules for the arguments of one call:
 
@@ -28,22 +27,14 @@ Rules for the arguments of one call:
   out).
 """
 
-import inspect
 import math
 
 import numpy as np
 
 from . import _checks as chk
-from . import _engine
 from . import _functional as F
 from . import _normalize
 from ._dispatch import backend_of
-from ._ops import STATS_TYPES
-
-_FULL_SIZE = {"input", "x", "grad_output", "out"}
-_WRITTEN = {"running_mean", "running_var"}
-_HOST_OK = {"num_batches_tracked"}
-_engine_cache = []
 
 
 def _cuda():
@@ -53,14 +44,6 @@ def _cuda():
         raise RuntimeError("a CUDA array was given, but Numba finds no usable GPU (no device, driver or "
                            "CUDA runtime); check `python -m numbanorm info`")
     return cuda
-
-
-def _engine_for_cuda():
-    if not _engine_cache:
-        from ._cuda_kernels import CUDADevice
-
-        _engine_cache.append(_engine.Engine(CUDADevice))
-    return _engine_cache[0]
 
 
 def _family(value):
@@ -80,72 +63,6 @@ def _as_numba(cuda, name, value):
 def _is_host_array(value):
     return isinstance(value, np.ndarray) or (
         backend_of(value) is None and (hasattr(value, "__array__") or hasattr(value, "__array_interface__")))
-
-
-def _back_to(cuda, value, family):
-    """Results in the input's family; forward stats stay on the host."""
-    if isinstance(value, STATS_TYPES) or value is None or isinstance(value, (bool, float)):
-        return value
-    if isinstance(value, tuple):
-        converted = [_back_to(cuda, v, family) for v in value]
-        return type(value)(*converted) if hasattr(value, "_fields") else tuple(converted)
-    if isinstance(value, np.ndarray):
-        value = cuda.to_device(np.ascontiguousarray(value))
-    if family == "torch":
-        import torch
-
-        return torch.as_tensor(value, device="cuda")
-    if family == "cupy":
-        import cupy
-
-        return cupy.asarray(value)
-    return value
-
-
-def _served(name):
-    """The CPU-side code of the public function ``name`` where it runs on CUDA arrays: the named
-    norms and statistics, and `normalize` (the TensorFlow statistics API does not yet)."""
-    for module in (F, _normalize):
-        fn = getattr(module, name, None)
-        if callable(fn) and hasattr(fn, "cpu"):
-            return fn.cpu
-    return None
-
-
-def _call(name, args, kwargs):
-    cuda = _cuda()
-    fn = _served(name)
-    signature = inspect.signature(fn)
-    bound = signature.bind(*args, **kwargs)
-    first = next(iter(signature.parameters))
-    family = _family(bound.arguments[first])
-    written = []
-    for pname, value in list(bound.arguments.items()):
-        if backend_of(value) == "cuda" or chk.is_device_array(value):
-            device = _as_numba(cuda, pname, value)
-            if pname in _FULL_SIZE:
-                if device.dtype not in (np.float32, np.float64):
-                    raise TypeError(f"{pname} on the GPU must be float32 or float64, got dtype {device.dtype}")
-                if not device.is_c_contiguous():
-                    raise ValueError(f"{pname} on the GPU must be C-contiguous (copy it first), got strides "
-                                     f"{device.strides}")
-                bound.arguments[pname] = device
-            else:
-                host = device.copy_to_host()
-                bound.arguments[pname] = host
-                if pname in _WRITTEN:
-                    written.append((device, host))
-        elif _is_host_array(value) and pname not in _HOST_OK:
-            raise TypeError(f"{pname} is a host array but {first} is on the GPU: pass a device array "
-                            "(numbanorm makes no silent copies between host and device)")
-    F._current.engine = _engine_for_cuda()
-    try:
-        result = fn(*bound.args, **bound.kwargs)
-    finally:
-        del F._current.engine
-    for device, host in written:
-        device.copy_to_device(host)
-    return _back_to(cuda, result, family)
 
 
 # -- the device data path: checks and layout here, the whole pipeline on the device ----------------
@@ -566,10 +483,11 @@ def moments(x, axes, keepdims=False, *, nan_policy="propagate"):
 def welford(x, axes, keepdims=False, *, weights=None, nan_policy="propagate"):
     """The `Moments` of a CUDA array: ``count``, ``mean`` and ``m2`` are float64 device arrays of
     the input's family, of the kept axes' shape (0-d for a full reduction), as the CPU's arrays."""
-    if weights is not None:
-        raise NotImplementedError("welford with weights does not take CUDA arrays yet: copy x to the host (a NumPy "
-                                  "array) first")
-    _refuse_omit("welford", nan_policy)
+    from ._tfstats import nan_policy_value
+
+    if weights is not None or nan_policy_value(nan_policy) != "propagate":
+        raise NotImplementedError("welford with weights or nan_policy='omit' does not take CUDA arrays yet: copy x "
+                                  "to the host (a NumPy array) first")
     call = _Call("x", x)
     d = call.full("x", x)
     axes_t = chk.axes_tuple("axes", axes, d.ndim)
@@ -820,7 +738,8 @@ _PORTED = {f.__name__: f for f in (batch_norm, instance_norm, group_norm, batch_
                                   switchable_norm_backward)}
 
 
-def __getattr__(name):
-    if name.startswith("_") or _served(name) is None:
-        raise AttributeError(name)
-    return lambda *args, **kwargs: _call(name, args, kwargs)
+
+def _served(name):
+    """The CUDA implementation of the public function ``name``, or None where CUDA does not run it
+    (the dispatcher then raises NotImplementedError naming it)."""
+    return _PORTED.get(name)
