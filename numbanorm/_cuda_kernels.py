@@ -10,7 +10,7 @@ import numpy as np
 from numba import cuda, float64
 
 from ._config import CUDA_THREADS
-from ._cpu import chan_merge
+from ._scalar import chan_merge
 
 TPB = CUDA_THREADS  # threads per block, a power of two
 
