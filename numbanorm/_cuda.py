@@ -18,7 +18,9 @@ Rules for the arguments of one call:
 
 * the input decides: any argument with ``__cuda_array_interface__`` (Numba device arrays, CuPy
   arrays, PyTorch CUDA tensors) is used in place, zero-copy;
-* full-size arrays (input, grad_output, out) must be C-contiguous float32/float64 device arrays;
+* full-size arrays (input, grad_output, out) must be C-contiguous float16/float32/float64 device
+  arrays; float16 is computed in float32 (float64 accumulations, float64 stats) and stored as
+  float16, and the named norms' weight/bias gradients are float32, as on the CPU;
 * small arrays (weight, bias, running statistics, stats, logits) must be device arrays too;
 * a host array (NumPy, a CPU tensor) among device arrays is a TypeError naming it -- no silent
   copies -- except ``num_batches_tracked``, an integer counter (a host one is incremented on the
@@ -93,8 +95,8 @@ class _Call:
     def full(self, name, value, like=None):
         """A full-size array (input, grad_output, out): float32/float64, C-contiguous, shaped like ``like``."""
         d = self.view(name, value)
-        if d.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name} on the GPU must be float32 or float64, got dtype {d.dtype}")
+        if d.dtype not in (np.float16, np.float32, np.float64):
+            raise TypeError(f"{name} on the GPU must be float16, float32 or float64, got dtype {d.dtype}")
         if like is not None:
             if tuple(d.shape) != tuple(like.shape):
                 raise ValueError(f"{name} must have the shape of input {tuple(like.shape)}, got shape {tuple(d.shape)}")
@@ -302,8 +304,8 @@ def _grid_backward(grad_output, input, stats, weight, channel_axis, over_batch, 
     if num_groups is not None:
         batch_stats = True
     user, dx = call.empty(x.shape, x.dtype)
-    gw_u, gw = call.empty((c,), x.dtype) if w is not None else (None, None)
-    gb_u, gb = call.empty((c,), x.dtype) if has_bias else (None, None)
+    gw_u, gw = call.empty((c,), chk.compute_dtype(x.dtype)) if w is not None else (None, None)
+    gb_u, gb = call.empty((c,), chk.compute_dtype(x.dtype)) if has_bias else (None, None)
     if x.size == 0:
         raise ValueError("the CUDA backward of an empty batch is not supported")
     call.device.grid_backward(dy.reshape(-1), x.reshape(-1), dx, _grid_geometry(x.shape, ch, over_batch, groups),
@@ -357,8 +359,8 @@ def _row_backward(grad_output, input, stats, normalized_shape, weight, centered)
     w = call.small("weight", weight, shape)
     mean, rstd, _, has_bias = _stats_views(call, stats, lead)
     user, dx = call.empty(x.shape, x.dtype)
-    gw_u, gw = call.empty(shape, x.dtype) if w is not None else (None, None)
-    gb_u, gb = call.empty(shape, x.dtype) if has_bias else (None, None)
+    gw_u, gw = call.empty(shape, chk.compute_dtype(x.dtype)) if w is not None else (None, None)
+    gb_u, gb = call.empty(shape, chk.compute_dtype(x.dtype)) if has_bias else (None, None)
     if x.size:
         call.device.row_backward(dy.reshape(-1), x.reshape(-1), dx, math.prod(lead), math.prod(shape), mean, rstd, w,
                                  centered, gw, gb, call.stream)
@@ -721,8 +723,8 @@ def switchable_norm_backward(grad_output, input, stats, mean_weight, var_weight,
     if x.size == 0:
         raise ValueError("the CUDA backward of an empty batch is not supported")
     user, dx = call.empty(x.shape, x.dtype)
-    gw_u, gw = call.empty((c,), x.dtype) if w is not None else (None, None)
-    gb_u, gb = call.empty((c,), x.dtype) if has_bias else (None, None)
+    gw_u, gw = call.empty((c,), chk.compute_dtype(x.dtype)) if w is not None else (None, None)
+    gb_u, gb = call.empty((c,), chk.compute_dtype(x.dtype)) if has_bias else (None, None)
     gm_u, gm = call.empty((terms,), np.float64)
     gv_u, gv = call.empty((terms,), np.float64)
     call.device.switchable_backward(dy.reshape(-1), x.reshape(-1), dx, _grid_geometry(x.shape, ch, False, c), mean,

@@ -383,10 +383,10 @@ def _row_backward(dy, x, L, mean, rstd, w, mode, coef, out):
     kb = coef[3, r]
     kc = coef[4, r]
     for j in range(t, L, TPB):
-        g = dy[row + j]
+        g = dy[row + j] * ka  # first by a coefficient: float16 data computes in its float32
         if mode & 8:
             g = g * w[j]
-        out[row + j] = g * ka + ((x[row + j] - hi) - lo) * kb + kc
+        out[row + j] = g + ((x[row + j] - hi) - lo) * kb + kc
 
 
 @cuda.jit
@@ -781,6 +781,12 @@ def _switchable_grads(N, C, spatial, terms, mode, cellsum, mean, rstd, means, va
 
 # -- the device -------------------------------------------------------------------------------------
 
+def _compute(dtype):
+    """The coefficients' dtype, which the elementwise passes compute in: float16 data is loaded
+    into float32 arithmetic (``x - coef`` promotes) and rounded to float16 on the store."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
 def _blocks(n):
     return max(1, min(MAX_BLOCKS, -(-n // TPB)))
 
@@ -859,7 +865,7 @@ class Device:
         partial = self.scratch("partial3", (3, groups * P), np.float64, stream)
         counter = self.counter(groups + 1, stream)
         cells = (A // apn) * C
-        coef = self.scratch("coef4", (4, cells), x.dtype, stream)
+        coef = self.scratch("coef4", (4, cells), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         mode = 1 | (8 if weight is not None else 0) | (16 if bias is not None else 0)
         if running is not None:
@@ -896,7 +902,7 @@ class Device:
         cellsum = self.scratch("cellsum", (2, cells), np.float64, stream)
         group_sums = self.scratch("groupsums", (2, rstd.shape[0]), np.float64, stream)
         counter = self.counter(cells + 1, stream)
-        coef = self.scratch("coef5", (5, cells), x.dtype, stream)
+        coef = self.scratch("coef5", (5, cells), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         mode = (1 if batch_stats else 0) | (8 if weight is not None else 0)
         mode |= 16 if grad_bias is not None else 0
@@ -921,7 +927,7 @@ class Device:
     def row_forward(self, x, out, rows, length, weight, bias, eps, centered, mean, rstd, stream=0):
         """Layer norm (``centered``) or RMS norm of each row (``out`` None: the statistics only):
         1 launch."""
-        coef = self.scratch("coef5", (5, rows), x.dtype, stream)
+        coef = self.scratch("coef5", (5, rows), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         mode = (1 if centered else 0) | (8 if weight is not None else 0) | (16 if bias is not None else 0)
         mode |= 32 if out is None else 0
@@ -933,7 +939,7 @@ class Device:
         """The input gradient per row (1 launch), then the weight/bias gradients as column sums
         over blocks of rows, added by each column tile's last block (1 more launch, only when
         wanted)."""
-        coef = self.scratch("coef5", (5, rows), x.dtype, stream)
+        coef = self.scratch("coef5", (5, rows), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         mode = (1 if centered else 0) | (8 if weight is not None else 0)
         self.launch(_row_backward, rows, TPB, stream, dy, x, length, mean, rstd,
@@ -1008,7 +1014,7 @@ class Device:
         self.moments(x, geometry, in_mean, in_var, stream)
         ln = self.scratch("sw_rows", (2, N), np.float64, stream)
         bn = self.scratch("sw_cols", (2, C), np.float64, stream)
-        coef = self.scratch("coef4", (4, cells), x.dtype, stream)
+        coef = self.scratch("coef4", (4, cells), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         mode = (8 if weight is not None else 0) | (16 if bias is not None else 0)
         rm = rv = f64
@@ -1040,7 +1046,7 @@ class Device:
         cellsum = self.scratch("cellsum", (2, cells), np.float64, stream)
         group_sums = self.scratch("groupsums", (2, cells), np.float64, stream)
         counter = self.counter(cells + 1, stream)
-        coef = self.scratch("coef5", (5, cells), x.dtype, stream)
+        coef = self.scratch("coef5", (5, cells), _compute(x.dtype), stream)
         f64 = self.absent(np.float64)
         w = weight if weight is not None else f64
         mode = (8 if weight is not None else 0) | (16 if grad_bias is not None else 0)
