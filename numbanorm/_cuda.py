@@ -519,19 +519,11 @@ def batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     return user
 
 
-def _normalize_axes(d, axes):
-    axes = chk.axes_tuple("axes", axes, d.ndim)
-    if any(d.shape[a] == 0 for a in axes):
-        raise ValueError(f"axes {axes} must not include an axis of length 0 (input of shape {tuple(d.shape)}): "
-                         "there would be no values to take statistics of")
-    return axes
-
-
 def normalize(x, axes, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None, nan_policy="propagate"):
     _refuse_omit("normalize", nan_policy)
     call = _Call("x", x)
     d = call.full("x", x)
-    axes = _normalize_axes(d, axes)
+    axes = _normalize._check_axes(d, axes)
     shape = tuple(d.shape)
     w_shape, w, ws = _broadcast_param(call, "weight", weight, shape, "x")
     b_shape, b, bs = _broadcast_param(call, "bias", bias, shape, "x")
@@ -556,7 +548,7 @@ def normalize_backward(grad_output, input, stats, axes, weight=None):
     call = _Call("input", input)
     x = call.full("input", input)
     dy = call.full("grad_output", grad_output, like=x)
-    axes = _normalize_axes(x, axes)
+    axes = _normalize._check_axes(x, axes)
     shape = tuple(x.shape)
     w_shape, w, ws = _broadcast_param(call, "weight", weight, shape, "input")
     keep = tuple(1 if i in axes else s for i, s in enumerate(shape))

@@ -73,6 +73,67 @@ def _last_block(counter, index, blocks, flag):
     return flag[0] == 1
 
 
+@cuda.jit(device=True)
+def _piece_state(n, mu, q, partial, group, p, pieces, counter):
+    """Every thread of a (group, piece) block with its Welford state: the block's merged state
+    becomes the piece's partial; returns whether this block is the group's last (which then
+    merges the pieces with ``_merged_pieces``)."""
+    t = cuda.threadIdx.x
+    sn = cuda.shared.array(TPB, float64)
+    sm = cuda.shared.array(TPB, float64)
+    sq = cuda.shared.array(TPB, float64)
+    flag = cuda.shared.array(1, np.int32)
+    sn[t] = n
+    sm[t] = mu
+    sq[t] = q
+    cuda.syncthreads()
+    _merge_states(sn, sm, sq, t, TPB, 0, 1)
+    if t == 0:
+        k = group * pieces + p
+        partial[0, k] = sn[0]
+        partial[1, k] = sm[0]
+        partial[2, k] = sq[0]
+    return _last_block(counter, group, pieces, flag)
+
+
+@cuda.jit(device=True)
+def _merged_pieces(partial, group, pieces):
+    n = 0.0
+    mu = 0.0
+    q = 0.0
+    for k in range(group * pieces, group * pieces + pieces):
+        n, mu, q = _chan(n, mu, q, partial[0, k], partial[1, k], partial[2, k])
+    return n, mu, q
+
+
+@cuda.jit(device=True)
+def _piece_sums(s1, s2, partial, group, p, pieces, counter):
+    """``_piece_state`` for two sums per thread: the block's totals become the piece's partials."""
+    t = cuda.threadIdx.x
+    sh1 = cuda.shared.array(TPB, float64)
+    sh2 = cuda.shared.array(TPB, float64)
+    flag = cuda.shared.array(1, np.int32)
+    sh1[t] = s1
+    sh2[t] = s2
+    cuda.syncthreads()
+    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
+    if t == 0:
+        k = group * pieces + p
+        partial[0, k] = sh1[0]
+        partial[1, k] = sh2[0]
+    return _last_block(counter, group, pieces, flag)
+
+
+@cuda.jit(device=True)
+def _summed_pieces(partial, group, pieces):
+    s1 = 0.0
+    s2 = 0.0
+    for k in range(group * pieces, group * pieces + pieces):
+        s1 += partial[0, k]
+        s2 += partial[1, k]
+    return s1, s2
+
+
 # -- grid norms: statistics, finalized by the last block ---------------------------------------------
 
 @cuda.jit
@@ -97,28 +158,10 @@ def _grid_stats(x, C, S, apn, G, P, partial, counter, mean, var, rstd, coef, w, 
     q = 0.0
     for e in range(start + t, stop, TPB):
         n, mu, q = _welford(n, mu, q, float64(x[_element(e, base, run, C * S)]))
-    sn = cuda.shared.array(TPB, float64)
-    sm = cuda.shared.array(TPB, float64)
-    sq = cuda.shared.array(TPB, float64)
-    flag = cuda.shared.array(1, np.int32)
-    sn[t] = n
-    sm[t] = mu
-    sq[t] = q
-    cuda.syncthreads()
-    _merge_states(sn, sm, sq, t, TPB, 0, 1)
-    if t == 0:
-        k = gi * P + p
-        partial[0, k] = sn[0]
-        partial[1, k] = sm[0]
-        partial[2, k] = sq[0]
-    if not _last_block(counter, gi, P, flag):
+    if not _piece_state(n, mu, q, partial, gi, p, P, counter):
         return
     if t == 0:
-        n = 0.0
-        mu = 0.0
-        q = 0.0
-        for k in range(gi * P, gi * P + P):
-            n, mu, q = _chan(n, mu, q, partial[0, k], partial[1, k], partial[2, k])
+        n, mu, q = _merged_pieces(partial, gi, P)
         v = q / n
         r = _rsqrt(v + eps)
         mean[gi] = mu
@@ -138,6 +181,7 @@ def _grid_stats(x, C, S, apn, G, P, partial, counter, mean, var, rstd, coef, w, 
     if not mode & 2:
         return
     groups = cuda.gridDim.x // P
+    flag = cuda.shared.array(1, np.int32)
     if not _last_block(counter, groups, groups, flag):
         return
     samples = groups // G
@@ -224,24 +268,10 @@ def _grid_sums(dy, x, C, S, apn, G, P, mean, rstd, w, mode, partial, counter, ce
         g = float64(dy[i])
         s1 += g
         s2 += g * float64((x[i] - hi) - lo)
-    sh1 = cuda.shared.array(TPB, float64)
-    sh2 = cuda.shared.array(TPB, float64)
-    sh1[t] = s1
-    sh2[t] = s2
-    cuda.syncthreads()
-    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
-    if t == 0:
-        k = cell * P + p
-        partial[0, k] = sh1[0]
-        partial[1, k] = sh2[0]
-    if not _last_block(counter, cell, P, flag):
+    if not _piece_sums(s1, s2, partial, cell, p, P, counter):
         return
     if t == 0:
-        s1 = 0.0
-        s2 = 0.0
-        for k in range(cell * P, cell * P + P):
-            s1 += partial[0, k]
-            s2 += partial[1, k]
+        s1, s2 = _summed_pieces(partial, cell, P)
         cellsum[0, cell] = s1
         cellsum[1, cell] = s2
     cells = cuda.gridDim.x // P
@@ -469,28 +499,10 @@ def _strided_stats(x, gshape, rshape, xs, P, partial, counter, eps, mode, count,
     for e in range(start + t, stop, TPB):
         o, _, _, _ = _offsets(e, rshape, xs, xs, xs, xs)
         n, mu, q = _welford(n, mu, q, float64(x[base + o]))
-    sn = cuda.shared.array(TPB, float64)
-    sm = cuda.shared.array(TPB, float64)
-    sq = cuda.shared.array(TPB, float64)
-    flag = cuda.shared.array(1, np.int32)
-    sn[t] = n
-    sm[t] = mu
-    sq[t] = q
-    cuda.syncthreads()
-    _merge_states(sn, sm, sq, t, TPB, 0, 1)
-    if t == 0:
-        k = gi * P + p
-        partial[0, k] = sn[0]
-        partial[1, k] = sm[0]
-        partial[2, k] = sq[0]
-    if not _last_block(counter, gi, P, flag):
+    if not _piece_state(n, mu, q, partial, gi, p, P, counter):
         return
     if t == 0:
-        n = 0.0
-        mu = 0.0
-        q = 0.0
-        for k in range(gi * P, gi * P + P):
-            n, mu, q = _chan(n, mu, q, partial[0, k], partial[1, k], partial[2, k])
+        n, mu, q = _merged_pieces(partial, gi, P)
         v = q / n if n > 0.0 else math.nan
         mean[gi] = mu
         spread[gi] = q if mode & 2 else v
@@ -531,25 +543,10 @@ def _strided_sums(dy, x, gshape, rshape, xs, ss, ws, P, mean, rstd, w, mode, par
             xc *= float64(rstd[si])
         s1 += g
         s2 += g * xc
-    sh1 = cuda.shared.array(TPB, float64)
-    sh2 = cuda.shared.array(TPB, float64)
-    flag = cuda.shared.array(1, np.int32)
-    sh1[t] = s1
-    sh2[t] = s2
-    cuda.syncthreads()
-    _sum_pairs(sh1, sh2, t, TPB, 0, 1)
-    if t == 0:
-        k = gi * P + p
-        partial[0, k] = sh1[0]
-        partial[1, k] = sh2[0]
-    if not _last_block(counter, gi, P, flag):
+    if not _piece_sums(s1, s2, partial, gi, p, P, counter):
         return
     if t == 0:
-        s1 = 0.0
-        s2 = 0.0
-        for k in range(gi * P, gi * P + P):
-            s1 += partial[0, k]
-            s2 += partial[1, k]
+        s1, s2 = _summed_pieces(partial, gi, P)
         if mode & 1:
             r = float64(rstd[gi])
             out1[gi] = -r * r * r * s2 / per_group
