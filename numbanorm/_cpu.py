@@ -31,6 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
+from ._scalar import chan_merge, piece
 
 ROW_CHUNK = 1024  # elements of one row per exact chunk (4 KiB of float32: L1-resident)
 COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
@@ -44,27 +45,9 @@ _jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
 _ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
 
 
-# Scalar helpers shared with the CUDA kernels: plain Python here (so that Numba's on-disk cache,
-# keyed on this file, sees their changes), compiled for each target where it is used.
-
-def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Merge two (count, mean, M2) states (Chan et al.); safe when either count is zero."""
-    n = n_a + n_b
-    if n_b == 0.0:
-        return n_a, mean_a, m2_a
-    delta = mean_b - mean_a
-    frac = n_b / n
-    return n, mean_a + delta * frac, m2_a + m2_b + delta * delta * n_a * frac
-
-
-def piece(task, pieces, extent):
-    """Task number -> (outer index, piece, start, stop): the tasks split each of the outer
-    indices' ``extent`` into ``pieces`` near-equal spans."""
-    outer = task // pieces
-    part = task - outer * pieces
-    step = (extent + pieces - 1) // pieces
-    start = min(extent, part * step)
-    return outer, part, start, min(extent, start + step)
+# The scalar helpers shared with the CUDA kernels live in _scalar.py; Numba's cache does not see
+# that file, so its hash is kept here (checked by tests/test_scalar.py): editing it edits this file.
+SCALAR_SHA256 = "f8641d116536acdc0652ba5ff0608b1160cd89ef8f4d183129927d2bca44cffb"
 
 
 @njit(cache=False)  # it reads a runtime pointer, which Numba's disk cache cannot keep

@@ -1,10 +1,10 @@
 """The engine: runs a device's kernels on a ``Plan`` and merges their partial results.
 
-One ``Engine`` serves every device.  A device supplies the kernels (``_cpu`` or
-``_cuda_kernels``, with the same names and arguments) and a few array services: the kernel view
-of a full-size array and a place for a result.  The small per-row or per-channel arrays are host
-NumPy arrays on every device: kernels take their coefficients and fill their partial results
-there (the CUDA launchers move each launch's small arrays in one copy each way).
+The CPU engine (``CPU``): a device supplies the kernels (``_cpu``) and a few array services: the
+kernel view of a full-size array and a place for a result.  The small per-row or per-channel
+arrays are NumPy arrays: kernels take their coefficients and fill their partial results there.
+The GPU does not go through an engine: ``_cuda_pipelines.Device`` runs each op family's whole
+data path in kernels, with no small arrays on the host.
 
 Small arrays come in two orders.  ``states``, ``grad_states``, ``affine_coef`` and
 ``input_grad_coef`` speak the kernels' order (see ``Plan.coef_shape``, ``Plan.kernel_cells``),

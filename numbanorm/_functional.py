@@ -11,7 +11,6 @@ parameters along the row.
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, Protocol, Sequence, TypeVar, Union, overload
 
 import math
-import threading
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -130,14 +129,6 @@ class Grads(NamedTuple):
 
 # -- helpers ------------------------------------------------------------------------------------
 
-_current = threading.local()
-
-
-def _eng():
-    """The engine of this call: the CPU one unless a backend (CUDA) set its own for the call."""
-    return getattr(_current, "engine", _engine.CPU)
-
-
 def _is_c(a):
     """A C-contiguous NumPy array (the fused CPU kernels' precondition)."""
     return isinstance(a, np.ndarray) and a.flags.c_contiguous
@@ -214,7 +205,7 @@ FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two pas
 def _fused_rows(x, rows, segments):
     """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
     not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
-    if _eng() is not _engine.CPU or not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
+    if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
         return None
     length = x.size // rows
     if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
@@ -279,7 +270,7 @@ def _on_grid(a, x, ch):
 
 def _grid_sums(dy, x, plan, ch, center):
     """Gradient sums per (sample, channel), (N, C) -- or (1, C) where the plan merged the samples."""
-    s1, s2 = _eng().grad_sums(dy, x, plan, center)
+    s1, s2 = _engine.CPU.grad_sums(dy, x, plan, center)
     c = x.shape[ch]
     return s1.reshape(-1, c), s2.reshape(-1, c)
 
@@ -292,7 +283,7 @@ def _grid_forward(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan):
     _cpu.grid_coefficients(samples.reshape(-1), channels.reshape(-1), x.shape[ch] // grouping.groups,
                            mean, rstd, weight, bias, coef)
     direct_out = out if out is not None and out.dtype == xk.dtype else None
-    return _deliver(_eng().affine_coef(xk, plan, coef, out=direct_out), x.dtype, out), mean, rstd
+    return _deliver(_engine.CPU.affine_coef(xk, plan, coef, out=direct_out), x.dtype, out), mean, rstd
 
 
 def _grid_rows(x, ch, grouping):
@@ -343,7 +334,7 @@ def _grid_batch_forward(x, xk, ch, grouping, weight, bias, eps, out):
         count = float(x.size // (n * grouping.groups))
         return y, count, mean, var, _rstd(var, eps)
     plan = _grid_plan(xk, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    count, mean, m2 = grouping.merge_states(_eng().states(xk, plan), plan, ch, n)
+    count, mean, m2 = grouping.merge_states(_engine.CPU.states(xk, plan), plan, ch, n)
     var = m2 / count
     y, mean, rstd = _grid_forward(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan)
     return y, count, mean, var, rstd
@@ -388,11 +379,11 @@ def _grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bia
     coef = np.empty((5, samples.size), x.dtype)  # (hi, lo, ka, kb, kc) at each outer position
     _cpu.grid_coefficients(samples, channels, members, mean, rstd, None, None, coef[:4])
     hi, lo = (a.reshape(plan.coef_shape) for a in coef[:2])
-    sums = _eng().grad_states(dy, x, plan, hi, lo)
+    sums = _engine.CPU.grad_states(dy, x, plan, hi, lo)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
     _cpu.grid_backward_coefficients(sums, samples, channels, members, x.size / mean.size, rstd, weight,
                                     batch_stats, coef, grad_weight, grad_bias)
-    dx, _, _ = _eng().input_grad_coef(dy, x, plan, coef)
+    dx, _, _ = _engine.CPU.input_grad_coef(dy, x, plan, coef)
     return (dx, None if weight is None else grad_weight.astype(weight.dtype),
             grad_bias.astype(dx.dtype) if has_bias else None)
 
@@ -1208,7 +1199,7 @@ def switchable_norm(input: ArrayLike, mean_weight: ArrayLike, var_weight: ArrayL
         eval_mean = chk.parameter("running_mean", running_mean, (c,), np.float64)
         eval_var = chk.parameter("running_var", running_var, (c,), np.float64)
     plan = _grid_plan(xk, ch)
-    states = _eng().states(xk, plan)  # one statistics pass, merged three ways: IN, LN, BN
+    states = _engine.CPU.states(xk, plan)  # one statistics pass, merged three ways: IN, LN, BN
     count_in, mean_in, m2_in = _Grouping(c, False).merge_states(states, plan, ch, n)
     count_ln, mean_ln, m2_ln = _Grouping(1, False).merge_states(states, plan, ch, n)
     means = [mean_in, np.broadcast_to(mean_ln, (n, c))]
@@ -1340,7 +1331,7 @@ def switchable_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: Sw
         var_coef = mix_var[k] * 2.0 * reduce[k](d_var) / sizes[k]
         kb = kb + var_coef
         kc = kc + mix_mean[k] * reduce[k](d_mean) / sizes[k] + var_coef * (centre - stats.means[k])
-    dx, _, _ = _eng().input_grad(dy, xk, plan, *(_on_grid(a, xk, ch) for a in (centre, rstd * w, kb, kc)))
+    dx, _, _ = _engine.CPU.input_grad(dy, xk, plan, *(_on_grid(a, xk, ch) for a in (centre, rstd * w, kb, kc)))
     # logits: softmax Jacobian of sum_nc dL/dmean * mean_k; deviations from the mixture keep the
     # digits that a large common offset would cancel (the Jacobian ignores a common shift)
     var_mix = (mix_var @ stats.variances.reshape(terms, -1)).reshape(n, c)
@@ -1430,14 +1421,14 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
         y, mean, _, rstd = _fused_forward(x, x2, w, b, 1, eps, out, centered)
     else:
         xk, plan = _row_plan(xk, k, weight is not None or bias is not None)
-        count, mean, m2 = _eng().moments(xk, [i < x.ndim - k for i in range(x.ndim)], plan)
+        count, mean, m2 = _engine.CPU.moments(xk, [i < x.ndim - k for i in range(x.ndim)], plan)
         spread = m2 / count
         if not centered:
             spread, mean = spread + mean * mean, np.zeros_like(mean)
         w, b = _row_params(weight, bias, length, xk.dtype)
         direct_out = out if out is not None and out.dtype == xk.dtype else None
         rstd = _rstd(spread, eps)
-        y = _deliver(_eng().affine(xk, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
+        y = _deliver(_engine.CPU.affine(xk, plan, mean, rstd, np.zeros_like(rstd), out=direct_out,
                                     weight=w, bias=b), x.dtype, out)
     return y, NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None, eps)
 
@@ -1469,12 +1460,12 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     xk, plan = _row_plan(xk, k, w is not None)
     keep = lead + (1,) * k
     mean, rstd = mean.reshape(keep), rstd.reshape(keep)
-    sum_wdy, sum_wdy_xc = _eng().grad_sums(dy, xk, plan, mean, weight=w)
+    sum_wdy, sum_wdy_xc = _engine.CPU.grad_sums(dy, xk, plan, mean, weight=w)
     # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
     ka = rstd
     kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
     kc = -rstd * (sum_wdy / length) if centered else np.zeros_like(rstd)
-    dx, grad_w, grad_b = _eng().input_grad(dy, xk, plan, mean, ka, kb, kc, weight=w)
+    dx, grad_w, grad_b = _engine.CPU.input_grad(dy, xk, plan, mean, ka, kb, kc, weight=w)
     grad_weight = None if weight is None else grad_w.reshape(shape).astype(weight.dtype)
     grad_bias = grad_b.reshape(shape).astype(xk.dtype) if has_bias else None
     return _grads(x, dx, grad_weight, grad_bias)
@@ -1956,7 +1947,7 @@ def moments(x: ArrayLike, axes: AxesLike, keepdims: bool = False, *,
     kept = [i not in axes for i in range(arr.ndim)]
     if arr.size == 0:
         raise ValueError(f"x must not be empty, got shape {arr.shape}")
-    count, mean, m2 = _eng().moments(xk, kept)
+    count, mean, m2 = _engine.CPU.moments(xk, kept)
     var = m2 / count
     if not keepdims:
         mean, var = mean.reshape([arr.shape[i] for i in range(arr.ndim) if kept[i]]), var.reshape(
@@ -2032,7 +2023,7 @@ def batch_normalization(x: ArrayLike, mean: ArrayLike, variance: ArrayLike, offs
     plan = Plan.of(xk, kept)
     full = lambda a: np.broadcast_to(a, [arr.shape[i] if kept[i] else 1 for i in range(arr.ndim)])
     beta = beta.reshape((1,) * (arr.ndim - beta.ndim) + beta.shape)
-    y = _eng().affine(xk, plan, full(params["mean"]), full(alpha), full(beta))
+    y = _engine.CPU.affine(xk, plan, full(params["mean"]), full(alpha), full(beta))
     return _deliver(y, arr.dtype, None)
 
 
@@ -2154,7 +2145,7 @@ def welford(x: ArrayLike, axes: AxesLike, keepdims: bool = False, *, weights: Op
     if arr.size == 0:
         count, mean, m2 = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     else:
-        count, mean, m2 = _eng().moments(xk, kept)
+        count, mean, m2 = _engine.CPU.moments(xk, kept)
     if not keepdims:
         out_shape = [arr.shape[i] for i in range(arr.ndim) if kept[i]]
         count, mean, m2 = (a.reshape(out_shape) for a in (count, mean, m2))

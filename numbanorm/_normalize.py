@@ -14,6 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _checks as chk
+from . import _engine
 from . import _functional as F
 from ._functional import Array, AxesLike, Grads, InPlace
 from ._plan import Plan
@@ -222,13 +223,13 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
         none = present == 0  # a group of NaN only: NaN statistics
         mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
     else:
-        count, mean, m2 = F._eng().moments(xk, kept)
+        count, mean, m2 = _engine.CPU.moments(xk, kept)
     rstd = F._rstd(m2 / count, eps)
     plan = Plan.of(xk, _union_kept(arr.shape, axes, w_shape, b_shape))
     alpha = rstd if w is None else rstd * w.astype(np.float64)
     beta = np.zeros(()) if b is None else b
     direct_out = out if out is not None and out.dtype == xk.dtype else None
-    y = F._deliver(F._eng().affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
+    y = F._deliver(_engine.CPU.affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
     stats = NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
                            b is not None, eps, b_shape, policy)
     return (y, stats) if return_stats else y
@@ -317,7 +318,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
         return _omit_backward(arr, xk, dy, axes, mean, rstd, w, w_shape, b_shape if has_bias else None)
     kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
     plan = Plan.of(xk, kept_u)
-    s1, s2 = F._eng().grad_sums(dy, xk, plan, mean)
+    s1, s2 = _engine.CPU.grad_sums(dy, xk, plan, mean)
     # per union cell: sum(dy) and sum(dy*(x - mean)); the weight is constant on each cell
     wf = np.ones((1,) * arr.ndim) if w is None else w.astype(np.float64)
     inner = tuple(i for i in axes if kept_u[i])  # reduced axes the weight varies along
@@ -325,7 +326,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
     sum_g_xhat = (wf * s2 * rstd).sum(axis=inner, keepdims=True) if inner else wf * s2 * rstd
     n = math.prod(arr.shape[a] for a in axes)
     # dx = rstd*(dy*w - mean(dy*w) - xhat*mean(dy*w*xhat)), xhat = (x - mean)*rstd
-    dx, _, _ = F._eng().input_grad(dy, xk, plan, mean, rstd * wf, -rstd * rstd * sum_g_xhat / n, -rstd * sum_g / n)
+    dx, _, _ = _engine.CPU.input_grad(dy, xk, plan, mean, rstd * wf, -rstd * rstd * sum_g_xhat / n, -rstd * sum_g / n)
     grad_weight = None if w is None else reduce_to(s2 * rstd, w_shape, arr.ndim).astype(arr.dtype)
     grad_bias = reduce_to(s1, b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
     return F._grads(arr, dx, grad_weight, grad_bias)

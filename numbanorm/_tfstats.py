@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
+from . import _engine
 from . import _functional as F
 from ._functional import Array, AxesLike
 from ._plan import Plan
@@ -440,7 +441,7 @@ def _sums(dy, xk, kept, center):
     """``sum(dy)`` and ``sum(dy*(x - center))`` over the axes not ``kept``, keepdims-shaped float64;
     and the plan (over ``kept``) that computed them."""
     plan = Plan.of(xk, kept)
-    s1, s2 = F._eng().grad_sums(dy, xk, plan, center)
+    s1, s2 = _engine.CPU.grad_sums(dy, xk, plan, center)
     rest = tuple(i for i in range(xk.ndim) if not kept[i] and i not in plan.reduced_axes)
     if rest:
         s1, s2 = s1.sum(axis=rest, keepdims=True), s2.sum(axis=rest, keepdims=True)
@@ -526,8 +527,8 @@ def moments_backward(grad_mean: Optional[ArrayLike], grad_variance: Optional[Arr
     if arr.size == 0:
         return np.empty_like(arr)
     kept = [i not in axes for i in range(arr.ndim)]
-    count, mean, _ = F._eng().moments(xk, kept)
-    dx = F._eng().affine(xk, Plan.of(xk, kept), mean, 2.0 * gv / n, gm / n)
+    count, mean, _ = _engine.CPU.moments(xk, kept)
+    dx = _engine.CPU.affine(xk, Plan.of(xk, kept), mean, 2.0 * gv / n, gm / n)
     return F._deliver(dx, arr.dtype, None)
 
 
@@ -660,7 +661,7 @@ def batch_normalization_backward(grad_output: ArrayLike, x: ArrayLike, mean: Arr
         dx = np.empty_like(arr)
     else:
         s1, s2, plan = _sums(dy, xk, kept, m)
-        dx, _, _ = F._eng().input_grad(dy, xk, plan, m, scale_v * rstd, np.zeros(()), np.zeros(()))
+        dx, _, _ = _engine.CPU.input_grad(dy, xk, plan, m, scale_v * rstd, np.zeros(()), np.zeros(()))
     grads = {
         "mean": -s1 * scale_v * rstd,
         "variance": -0.5 * s2 * scale_v * rstd ** 3,

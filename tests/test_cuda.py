@@ -120,8 +120,52 @@ def test_cuda_argument_rules():
         nn.batch_norm(X, None, None, np.ones(4), training=True)
     with pytest.raises(TypeError, match="weight is a cuda array but input is a NumPy array"):
         nn.group_norm(x, 2, W)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        nn.layer_norm(cuda.to_device(x.astype(np.float16)), 3)
+    with pytest.raises(TypeError, match="float16, float32 or float64"):
+        nn.layer_norm(cuda.to_device(x.astype(np.int32)), 3)
     strided = cuda.to_device(np.ascontiguousarray(np.repeat(x, 2, axis=-1)))[:, :, ::2]
     with pytest.raises(ValueError, match="C-contiguous"):
         nn.layer_norm(strided, 3)
+
+
+@pytest.mark.parametrize("ca", [1, -1])
+@pytest.mark.parametrize("op", CASES)
+def test_cuda_float16_matches_the_cpu_float16(op, ca):
+    """Half-precision data computes in float32 (float64 accumulations) on both devices and is
+    rounded to float16 on the store: the results agree to float16's rounding, dtypes included."""
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(3, 4, 5, 3)) * 2 + 1).astype(np.float16)
+    if ca == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    dy = rng.normal(size=x.shape).astype(np.float16)
+    w, b = rng.normal(size=4).astype(np.float16), rng.normal(size=4).astype(np.float16)
+    rm, rv = rng.normal(size=4).astype(np.float16), rng.uniform(0.5, 2, 4).astype(np.float16)
+    rm_d, rv_d = _dev(rm, rv)
+    y_ref, g_ref = _run(op, x, dy, w, b, rm, rv, ca)
+    y, g = _run(op, *_dev(x, dy, w, b), rm_d, rv_d, ca)
+    assert _host(y).dtype == y_ref.dtype == np.float16
+    np.testing.assert_allclose(_host(y).astype(np.float64), y_ref, rtol=2e-3, atol=2e-3)
+    for field in g_ref._fields:
+        want = getattr(g_ref, field)
+        if want is None:
+            assert getattr(g, field) is None, field
+            continue
+        got = _host(getattr(g, field))
+        assert got.dtype == np.asarray(want).dtype, field
+        scale = max(1.0, float(np.abs(np.asarray(want, np.float64)).max()))
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=0, atol=3e-3 * scale, err_msg=field)
+    np.testing.assert_allclose(_host(rm_d).astype(np.float64), rm, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(_host(rv_d).astype(np.float64), rv, rtol=2e-3, atol=2e-3)
+
+
+def test_cuda_float16_statistics_match_the_cpu():
+    x = (np.random.default_rng(5).normal(size=(4, 3, 6)) + 5).astype(np.float16)
+    (X,) = _dev(x)
+    for axes in [(0, 2), (1,), (0, 1, 2)]:
+        for got, want in zip(nn.moments(X, axes), nn.moments(x, axes)):
+            assert _host(got).dtype == want.dtype == np.float16
+            np.testing.assert_allclose(_host(got).astype(np.float64), want, rtol=2e-3, atol=2e-3)
+    y, st = nn.normalize(X, (0, 2), return_stats=True)
+    y_ref, st_ref = nn.normalize(x, (0, 2), return_stats=True)
+    assert _host(y).dtype == np.float16
+    np.testing.assert_allclose(_host(y).astype(np.float64), y_ref, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(_host(st.rstd), st_ref.rstd, rtol=1e-6)

@@ -200,3 +200,124 @@ def test_many_pieces_per_group_finalize_on_the_device(op):
     np.testing.assert_allclose(st.rstd.copy_to_host(), st_ref.rstd, rtol=1e-12)
     for got, want in zip(g, g_ref):
         np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-9, atol=1e-9)
+
+
+# -- the ops ported after the named norms: switchable norm, normalize, batch_normalization, weight
+# standardization, welford and moments of any layout.  (forward, backward) launches: budget and pinned.
+MORE_BUDGET = {"switchable": (4, 4), "switchable-eval": (4, 4), "switchable-no-bn": (4, 4), "normalize": (2, 3),
+               "batch_normalization": (1, 0), "weight_standardization": (1, 2), "welford": (1, 0)}
+MORE_LAUNCHES = {"switchable": (3, 3), "switchable-eval": (3, 3), "switchable-no-bn": (3, 3), "normalize": (2, 3),
+                 "batch_normalization": (1, 0), "weight_standardization": (1, 2), "welford": (1, 0)}
+
+
+def _host_tree(value):
+    if value is None or isinstance(value, (bool, float, str, tuple)) and not hasattr(value, "_fields"):
+        return value
+    if hasattr(value, "_fields"):
+        return type(value)(*(_host_tree(v) for v in value))
+    return value.copy_to_host() if chk.is_device_array(value) else value
+
+
+def _more(op, ca, rng):
+    """(forward(arrays), backward(arrays, forward's result) or None, host arrays, device arrays)."""
+    x = rng.normal(size=(3, 4, 5, 3)) * 2 + 1
+    if ca == -1:
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+    channels = (4,) if ca == -1 else (4, 1, 1)
+    host = {"x": x, "dy": rng.normal(size=x.shape), "w": rng.normal(size=4), "b": rng.normal(size=4),
+            "rm": rng.normal(size=4), "rv": rng.uniform(0.5, 2, 4), "logits": np.array([0.3, -0.2, 0.1]),
+            "vlogits": np.array([-0.1, 0.4, 0.2]), "pw": rng.normal(size=channels), "pb": rng.normal(size=channels),
+            "mean": rng.normal(size=channels), "var": rng.uniform(0.5, 2, channels)}
+    if op == "switchable-no-bn":
+        host["logits"], host["vlogits"] = host["logits"][:2], host["vlogits"][:2]
+    if op == "weight_standardization":
+        host["x"], host["dy"] = rng.normal(size=(6, 4, 3, 3)) + 2, rng.normal(size=(6, 4, 3, 3))
+    dev = {k: cuda.to_device(np.ascontiguousarray(v)) for k, v in host.items()}
+    stat_axes = (0, 2, 3) if ca == 1 else (0, 1, 2)
+
+    def forward(a):
+        if op.startswith("switchable"):
+            return nn.switchable_norm(a["x"], a["logits"], a["vlogits"], a["rm"], a["rv"], a["w"], a["b"],
+                                      training=op == "switchable" or op == "switchable-no-bn", momentum=0.3,
+                                      channel_axis=ca, using_bn=op != "switchable-no-bn", return_stats=True)
+        if op == "normalize":
+            return nn.normalize(a["x"], stat_axes, a["pw"], a["pb"], return_stats=True)
+        if op == "batch_normalization":
+            return nn.batch_normalization(a["x"], a["mean"], a["var"], a["pb"], a["pw"], 1e-3)
+        if op == "weight_standardization":
+            return nn.weight_standardization(a["x"])
+        return nn.welford(a["x"], stat_axes)
+
+    def backward(a, result):
+        if op.startswith("switchable"):
+            return nn.switchable_norm_backward(a["dy"], a["x"], result[1], a["logits"], a["vlogits"], a["w"],
+                                               channel_axis=ca)
+        if op == "normalize":
+            return nn.normalize_backward(a["dy"], a["x"], result[1], stat_axes, a["pw"])
+        if op == "weight_standardization":
+            return nn.weight_standardization_backward(a["dy"], a["x"])
+        return None
+
+    return forward, backward, host, dev
+
+
+def _assert_tree_close(got, want, what):
+    if want is None or isinstance(want, (bool, str)):
+        assert got == want or (got is None) == (want is None), what
+        return
+    if isinstance(want, tuple):
+        for k, (g, w) in enumerate(zip(got, want)):
+            _assert_tree_close(g, w, f"{what}[{k}]")
+        return
+    if isinstance(want, float):
+        assert got == pytest.approx(want), what
+        return
+    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=1e-10, atol=1e-12,
+                               err_msg=what)
+
+
+@pytest.mark.parametrize("ca", [1, -1])
+@pytest.mark.parametrize("op", list(MORE_BUDGET))
+def test_the_other_ops_stay_on_the_device_and_match_the_cpu(monkeypatch, op, ca):
+    if op == "weight_standardization" and ca == -1:
+        pytest.skip("weight standardization has one layout (output channels first)")
+    forward, backward, host, dev = _more(op, ca, np.random.default_rng(18))
+    result = forward(dev)
+    backward(dev, result)  # warm-up: scratch, compilation
+    RM, RV = dev["rm"], dev["rv"]
+    before_m, before_v = RM.copy_to_host(), RV.copy_to_host()
+    with counted(monkeypatch) as fwd:
+        result = forward(dev)
+    with counted(monkeypatch) as bwd:
+        grads = backward(dev, result)
+    assert fwd.transfers == [] and bwd.transfers == [], (fwd.transfers, bwd.transfers)
+    budget = MORE_BUDGET[op]
+    assert len(fwd.launches) <= budget[0] and len(bwd.launches) <= budget[1], (fwd.launches, bwd.launches)
+    assert (len(fwd.launches), len(bwd.launches)) == MORE_LAUNCHES[op], (fwd.launches, bwd.launches)
+    flat = list(result) if isinstance(result, tuple) else [result]
+    flat += [v for part in flat if isinstance(part, tuple) for v in part]
+    flat += list(grads) if grads is not None else []
+    assert all(not isinstance(v, np.ndarray) for v in flat), [type(v) for v in flat]  # stats, grads: on the device
+    if op in ("switchable", "switchable-no-bn"):
+        moved = not np.allclose(RM.copy_to_host(), before_m)
+        assert moved == (op == "switchable")  # updated in place by a kernel, only with a batch term
+    # the CPU, from the state the device started from (two trainings already moved the running statistics)
+    host["rm"], host["rv"] = before_m, before_v
+    want = forward(host)
+    _assert_tree_close(_host_tree(result), want, f"{op} forward")
+    _assert_tree_close(_host_tree(grads), backward(host, want), f"{op} backward")
+    np.testing.assert_allclose(RM.copy_to_host(), host["rm"], rtol=1e-12)
+    np.testing.assert_allclose(RV.copy_to_host(), host["rv"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("axes", [(0, 2), (1, 3), (0, 1, 3), (3,)])
+def test_moments_of_any_layout_stay_on_the_device(monkeypatch, axes):
+    """Layouts that are not [kept][reduced][kept][reduced] go through the strided statistics."""
+    x = np.random.default_rng(19).normal(size=(3, 4, 5, 6)) + 3
+    X = cuda.to_device(x)
+    nn.moments(X, axes)
+    with counted(monkeypatch) as seen:
+        mean, var = nn.moments(X, axes)
+    assert seen.transfers == [] and len(seen.launches) == 1, (seen.transfers, seen.launches)
+    np.testing.assert_allclose(mean.copy_to_host(), x.mean(axis=axes), rtol=1e-12)
+    np.testing.assert_allclose(var.copy_to_host(), x.var(axis=axes), rtol=1e-10)
