@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from . import _arguments
 from . import _checks as chk
 from . import _functional as F
 from . import _normalize
@@ -176,7 +177,7 @@ def _host_counter(nbt, required):
         return None, None
     if backend_of(nbt) == "cuda" or chk.is_device_array(nbt):
         return None, nbt
-    return F._batch_counter(nbt, required), None
+    return _arguments._batch_counter(nbt, required), None
 
 
 def _grid_geometry(shape, ch, over_batch, groups):
@@ -228,7 +229,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
                 if momentum is None:
                     m = 1.0 / float(host_nbt.reshape(-1)[0])
             count = x.size // (cells * c)
-            running = (rm, rv, dev_nbt, m, F._bessel(count, unbiased))
+            running = (rm, rv, dev_nbt, m, _arguments._bessel(count, unbiased))
         _, var = call.empty((cells * c,), np.float64)
         dev.grid_forward(x.reshape(-1), y, geometry, w, b, eps, mean, var, rstd, call.stream, running)
     else:
@@ -262,7 +263,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     x = call.full("input", input)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
-    groups = F._num_groups(num_groups, c)
+    groups = _arguments._num_groups(num_groups, c)
     w, b = call.small("weight", weight, (c,)), call.small("bias", bias, (c,))
     eps = chk.eps_value("eps", eps)
     user, y = call.out(out, x)
@@ -297,7 +298,7 @@ def _grid_backward(grad_output, input, stats, weight, channel_axis, over_batch, 
     dy = call.full("grad_output", grad_output, like=x)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
-    groups = c if num_groups is None else F._num_groups(num_groups, c)
+    groups = c if num_groups is None else _arguments._num_groups(num_groups, c)
     w = call.small("weight", weight, (c,))
     shape = (c,) if over_batch else (n, groups)
     mean, rstd, batch_stats, has_bias = _stats_views(call, stats, shape)
@@ -670,7 +671,7 @@ def switchable_norm(input, mean_weight, var_weight, running_mean=None, running_v
                     host_nbt += 1
                     if momentum is None:
                         m = 1.0 / float(host_nbt.reshape(-1)[0])
-                running = (rm, rv, dev_nbt, m, F._bessel(x.size // c, unbiased))
+                running = (rm, rv, dev_nbt, m, _arguments._bessel(x.size // c, unbiased))
         elif rm is None or rv is None:
             raise ValueError("running_mean and running_var are required when training=False, got None")
         else:

@@ -25,6 +25,7 @@ import numpy as np
 from dask.array.core import _concatenate2
 from dask.utils import deepmap
 
+from . import _arguments
 from . import _checks as chk
 from . import _functional as F
 from ._engine import merge_axes
@@ -151,8 +152,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     _no_out(out)
     if training:
-        rm, rv = F._running_pair(running_mean, running_var, c)
-        nbt = F._batch_counter(num_batches_tracked, momentum is None and rm is not None)
+        rm, rv = _arguments._running_pair(running_mean, running_var, c)
+        nbt = _arguments._batch_counter(num_batches_tracked, momentum is None and rm is not None)
         if x.size // c < 2:
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
         count, mean, m2 = _states(x, tuple(i for i in range(x.ndim) if i != ch), False)
@@ -161,8 +162,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             count, mean, var = dask.compute(count, mean, var)
             if nbt is not None:
                 nbt += 1
-            F._update_running(rm, mean, momentum, nbt)
-            F._update_running(rv, var * F._bessel(count, unbiased), momentum, nbt)
+            _arguments._update_running(rm, mean, momentum, nbt)
+            _arguments._update_running(rv, var * _arguments._bessel(count, unbiased), momentum, nbt)
     else:
         if running_mean is None or running_var is None:
             raise ValueError("running_mean and running_var are required when training=False, got None")
@@ -249,15 +250,15 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     x = _dask_input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
-    weight, bias = F._grid_affine_params(weight, bias, c, chk.compute_dtype(x.dtype))
+    weight, bias = _arguments._grid_affine_params(weight, bias, c, chk.compute_dtype(x.dtype))
     _no_out(out)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
     unbiased = chk.flag("running_var_unbiased", running_var_unbiased)
     spatial = [i for i in range(1, x.ndim) if i != ch]
     if use_input_stats:
-        rm, rv = F._running_pair(running_mean, running_var, c)
-        nbt = F._batch_counter(num_batches_tracked, momentum is None and rm is not None)
+        rm, rv = _arguments._running_pair(running_mean, running_var, c)
+        nbt = _arguments._batch_counter(num_batches_tracked, momentum is None and rm is not None)
         if rm is not None:  # the running update needs every instance's statistics now: one pass
             count, mean, m2 = dask.compute(*_states(_whole(x, spatial), tuple(spatial), True))
             _running_from_instances(rm, rv, count, mean, m2, ch, momentum, nbt, unbiased)
@@ -280,11 +281,11 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
 def _running_from_instances(running_mean, running_var, count, mean, m2, ch, momentum, nbt, unbiased=True):
     n_axes = tuple(i for i in range(mean.ndim) if i not in (0, ch))
     mean = mean.squeeze(axis=n_axes).reshape(mean.shape[0], -1)
-    stored = (m2 / count * F._bessel(count, unbiased)).squeeze(axis=n_axes).reshape(mean.shape)
+    stored = (m2 / count * _arguments._bessel(count, unbiased)).squeeze(axis=n_axes).reshape(mean.shape)
     if nbt is not None:
         nbt += 1
-    F._update_running(running_mean, mean.mean(axis=0), momentum, nbt)
-    F._update_running(running_var, stored.mean(axis=0), momentum, nbt)
+    _arguments._update_running(running_mean, mean.mean(axis=0), momentum, nbt)
+    _arguments._update_running(running_var, stored.mean(axis=0), momentum, nbt)
 
 
 def _lazy_stats(x, ch, groups, eps, has_bias):
@@ -307,8 +308,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_a
     x = _dask_input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
-    groups = F._num_groups(num_groups, c)
-    weight, bias = F._grid_affine_params(weight, bias, c, chk.compute_dtype(x.dtype))
+    groups = _arguments._num_groups(num_groups, c)
+    weight, bias = _arguments._grid_affine_params(weight, bias, c, chk.compute_dtype(x.dtype))
     eps = chk.eps_value("eps", eps)
     _no_out(out)
     spatial = [i for i in range(1, x.ndim) if i != ch]
@@ -328,7 +329,7 @@ def _group_backward(grad_output, input, stats, weight, channel_axis, num_groups)
     dy = _dask_input("grad_output", grad_output, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
-    members = 1 if num_groups is None else c // F._num_groups(num_groups, c)
+    members = 1 if num_groups is None else c // _arguments._num_groups(num_groups, c)
     weight = chk.parameter("weight", weight, (c,), chk.compute_dtype(x.dtype))
     spatial = [i for i in range(1, x.ndim) if i != ch]
     if dy.shape != x.shape or dy.dtype != x.dtype:

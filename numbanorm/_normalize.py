@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from . import _arguments
 from . import _checks as chk
 from . import _engine
 from . import _functional as F
-from ._functional import Array, AxesLike, Grads, InPlace
+from ._types import Array, AxesLike, Grads, InPlace
 from ._plan import Plan
 from ._tfstats import _host_only, broadcast_param, nan_policy_value, omit_states, reduce_to
 
@@ -204,7 +205,7 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
     >>> nn.normalize(np.array([[1.0, np.nan, 3.0]]), 1, eps=0.0, nan_policy="omit")
     array([[-1., nan,  1.]])
     """
-    arr, xk = F._input("x", x, 0)
+    arr, xk = _arguments._input("x", x, 0)
     axes = _check_axes(arr, axes)
     w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "x")
     b_shape, b = _param("bias", bias, arr.shape, xk.dtype, "x")
@@ -224,12 +225,12 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
         mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
     else:
         count, mean, m2 = _engine.CPU.moments(xk, kept)
-    rstd = F._rstd(m2 / count, eps)
+    rstd = _arguments._rstd(m2 / count, eps)
     plan = Plan.of(xk, _union_kept(arr.shape, axes, w_shape, b_shape))
     alpha = rstd if w is None else rstd * w.astype(np.float64)
     beta = np.zeros(()) if b is None else b
     direct_out = out if out is not None and out.dtype == xk.dtype else None
-    y = F._deliver(_engine.CPU.affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
+    y = _arguments._deliver(_engine.CPU.affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
     stats = NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
                            b is not None, eps, b_shape, policy)
     return (y, stats) if return_stats else y
@@ -303,11 +304,11 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
     >>> bool(np.allclose(g.weight, (dy * xhat).sum(axis=(0, 1, 2)))), bool(np.allclose(g.bias, dy.sum(axis=(0, 1, 2))))
     (True, True)
     """
-    arr, xk, dy = F._backward_inputs(grad_output, input, 0)
+    arr, xk, dy = _arguments._backward_inputs(grad_output, input, 0)
     axes = _check_axes(arr, axes)
     w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "input")
     keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
-    mean, rstd, _, has_bias = F._stats_arg(stats, keep, "NormalizeStats returned by normalize",
+    mean, rstd, _, has_bias = _arguments._stats_arg(stats, keep, "NormalizeStats returned by normalize",
                                            f"(input's shape with 1 along axes {axes})")
     b_shape = getattr(stats, "bias_shape", None)
     b_shape = tuple(b_shape) if b_shape is not None else (() if has_bias else None)
@@ -329,7 +330,7 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
     dx, _, _ = _engine.CPU.input_grad(dy, xk, plan, mean, rstd * wf, -rstd * rstd * sum_g_xhat / n, -rstd * sum_g / n)
     grad_weight = None if w is None else reduce_to(s2 * rstd, w_shape, arr.ndim).astype(arr.dtype)
     grad_bias = reduce_to(s1, b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
-    return F._grads(arr, dx, grad_weight, grad_bias)
+    return _arguments._grads(arr, dx, grad_weight, grad_bias)
 
 
 def _omit_backward(arr, xk, dy, axes, mean, rstd, w, w_shape, b_shape):

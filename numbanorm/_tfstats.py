@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, TypeVar, 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from . import _arguments
 from . import _checks as chk
 from . import _engine
 from . import _functional as F
-from ._functional import Array, AxesLike
+from ._types import Array, AxesLike
 from ._plan import Plan
 
 if TYPE_CHECKING:
@@ -519,7 +520,7 @@ def moments_backward(grad_mean: Optional[ArrayLike], grad_variance: Optional[Arr
     >>> nn.moments_backward(np.ones((1, 3)), None, x, axes=0)[0].round(4)
     array([0.1667, 0.1667, 0.1667])
     """
-    arr, xk = F._input("x", x, 0)
+    arr, xk = _arguments._input("x", x, 0)
     axes = chk.axes_tuple("axes", axes, arr.ndim)
     gm = _grad_of_stat("grad_mean", grad_mean, arr.shape, axes)
     gv = _grad_of_stat("grad_variance", grad_variance, arr.shape, axes)
@@ -529,7 +530,7 @@ def moments_backward(grad_mean: Optional[ArrayLike], grad_variance: Optional[Arr
     kept = [i not in axes for i in range(arr.ndim)]
     count, mean, _ = _engine.CPU.moments(xk, kept)
     dx = _engine.CPU.affine(xk, Plan.of(xk, kept), mean, 2.0 * gv / n, gm / n)
-    return F._deliver(dx, arr.dtype, None)
+    return _arguments._deliver(dx, arr.dtype, None)
 
 
 class BatchNormalizationGrads(NamedTuple):
@@ -642,7 +643,7 @@ def batch_normalization_backward(grad_output: ArrayLike, x: ArrayLike, mean: Arr
     >>> bool(np.allclose(dx, nn.normalize_backward(dy, x, stats, 0, np.ones(3)).input))
     True
     """
-    arr, xk = F._input("x", x, 0)
+    arr, xk = _arguments._input("x", x, 0)
     dy = chk.same_array("grad_output", grad_output, arr, "x")
     dy = dy.astype(np.float32) if dy.dtype == np.float16 else dy
     eps = chk.eps_value("variance_epsilon", variance_epsilon)
@@ -669,5 +670,5 @@ def batch_normalization_backward(grad_output: ArrayLike, x: ArrayLike, mean: Arr
         "scale": s2 * rstd,
     }
     out = {name: reduce_to(grads[name], own, ndim).astype(arr.dtype) for name, (own, _) in params.items()}
-    return BatchNormalizationGrads(F._deliver(dx, arr.dtype, None), out["mean"], out["variance"],
+    return BatchNormalizationGrads(_arguments._deliver(dx, arr.dtype, None), out["mean"], out["variance"],
                                    out.get("offset"), out.get("scale"))

@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 import numbanorm
-import numbanorm._functional
+import numbanorm._grid_norms
+import numbanorm._row_norms
+import numbanorm._statistics
+import numbanorm._switchable
+import numbanorm._types
 import numbanorm._normalize
 import numbanorm._tfstats
 import numbanorm.layers
@@ -16,8 +20,9 @@ FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 
 
-@pytest.mark.parametrize("module", [numbanorm, numbanorm._functional, numbanorm._normalize, numbanorm._tfstats,
-                                    numbanorm.layers],
+@pytest.mark.parametrize("module", [numbanorm, numbanorm._types, numbanorm._grid_norms, numbanorm._switchable,
+                                    numbanorm._row_norms, numbanorm._statistics, numbanorm._normalize,
+                                    numbanorm._tfstats, numbanorm.layers],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     # the finder sees through the dispatch wrappers (functools.wraps keeps __module__)

@@ -1,0 +1,292 @@
+"""The CPU device: each op family's whole data path on NumPy arrays, once the front has checked
+the arguments.
+
+Batch, instance and group norm are one computation: per-(sample, channel) partial statistics
+from the engine, merged over a grouping of the ``(N, C)`` grid -- over the batch and per channel
+(batch norm), per sample and channel (instance norm), or per sample and group of channels (group
+norm).  Their backward likewise reduces ``dy`` per (sample, channel) once and does the grouping
+on those small arrays.  Layer and RMS norm are the same engine with statistics per row and the
+affine parameters along the row.
+
+Which kernels run is decided here, by size and layout: the small lane (``_small``: one serial
+call), the fused row and slab kernels (statistics and normalization while the data is in cache),
+or the general plan (``_plan``) over the engine's kernels.  ``_cuda_pipelines`` is the CUDA
+device's counterpart."""
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _cpu, _engine, _small
+from ._arguments import _deliver, _is_c, _rstd
+from ._plan import fold_for, Plan
+
+
+FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two passes
+
+
+def _fused_rows(x, rows, segments):
+    """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
+    not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
+    if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
+        return None
+    length = x.size // rows
+    if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
+        return None
+    return x.reshape(rows, length)
+
+
+def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
+    """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
+    Returns (y, mean, var, rstd) with the statistics per row."""
+    mean, var, rstd = np.empty((3, x2.shape[0]))
+    direct = out is not None and out.dtype == x2.dtype and _is_c(out)
+    y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
+    blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)
+    y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
+    return y, mean, var, rstd
+
+
+def _fused_params(weight, bias, shape, dtype):
+    w = np.ones(shape, dtype) if weight is None else weight.reshape(shape)
+    b = np.zeros(shape, dtype) if bias is None else bias.reshape(shape)
+    return w, b
+
+
+class Grouping(NamedTuple):
+    """How the (N, C) grid of per-(sample, channel) statistics is grouped."""
+
+    groups: int  # channel groups: C for batch and instance norm, num_groups for group norm
+    over_batch: bool  # batch norm merges the samples too
+
+    def merge_states(self, states, plan, ch, n):
+        """The moments kernels' states (see ``Engine.states``) merged into groups: (1 or N, G) each."""
+        merged = np.empty((3, 1 if self.over_batch else n, self.groups))
+        group_of = plan.memo(("groups", ch, self), lambda: self._group_of(plan, ch))
+        _cpu.merge_groups(states[0], states[1], states[2], group_of, *merged.reshape(3, -1))
+        return merged
+
+    def _group_of(self, plan, ch):
+        """The group of each (outer index, column) of the kernels' states, (K, W)."""
+        samples, channels = plan.kernel_cells(ch)
+        group = channels // (plan.shape[ch] // self.groups)
+        if not self.over_batch:
+            group = samples * self.groups + group
+        return group if group.ndim == 2 else group[:, None]
+
+
+def grid_plan(x, ch, over_batch=False):
+    """Statistics per (sample, channel), or per channel only where the samples are merged anyway
+    (batch norm: channels-last data then make one long cols view, one merge instead of two)."""
+    return Plan.of(x, [i == ch or (i == 0 and not over_batch) for i in range(x.ndim)])
+
+
+def on_grid(a, x, ch):
+    """A (1 or N, C) array shaped to broadcast against x."""
+    shape = [1] * x.ndim
+    shape[0], shape[ch] = a.shape[0], x.shape[ch]
+    return a.reshape(shape)
+
+
+def grid_sums(dy, x, plan, ch, center):
+    """Gradient sums per (sample, channel), (N, C) -- or (1, C) where the plan merged the samples."""
+    s1, s2 = _engine.CPU.grad_sums(dy, x, plan, center)
+    c = x.shape[ch]
+    return s1.reshape(-1, c), s2.reshape(-1, c)
+
+
+def grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan):
+    """Normalize with per-group ``mean``/``var`` of shape (1 or N, G); returns (y, mean, rstd)."""
+    rstd = _rstd(var, eps)
+    samples, channels = plan.kernel_cells(ch)
+    coef = np.empty((4, samples.size), xk.dtype)
+    _cpu.grid_coefficients(samples.reshape(-1), channels.reshape(-1), x.shape[ch] // grouping.groups,
+                           mean, rstd, weight, bias, coef)
+    direct_out = out if out is not None and out.dtype == xk.dtype else None
+    return _deliver(_engine.CPU.affine_coef(xk, plan, coef, out=direct_out), x.dtype, out), mean, rstd
+
+
+def _grid_rows(x, ch, grouping):
+    """NCHW instance/group norm as fused rows, one per (sample, group); None if that does not fit."""
+    n, c = x.shape[0], x.shape[ch]
+    if grouping.over_batch or ch != 1 or x.size < 2 * n * c:
+        return None
+    return _fused_rows(x, n * grouping.groups, c // grouping.groups)
+
+
+def _grid_slabs(x, ch, grouping):
+    """Channels-last instance/group norm as fused (N, spatial, C) slabs, folded when C is small
+    (see ``_plan.fold_for``): returns (slabs, fold), or (None, 1) if that does not fit."""
+    n, c = x.shape[0], x.shape[ch]
+    if grouping.over_batch or ch != x.ndim - 1 or x.size < 2 * n * c:
+        return None, 1
+    rows = _fused_rows(x, n, 1)
+    if rows is None:
+        return None, 1
+    spatial = rows.shape[1] // c
+    fold = fold_for(spatial, c)
+    return rows.reshape(n, spatial // fold, c * fold), fold
+
+
+def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
+    """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group
+    (``count`` a number where every group has the same)."""
+    n, c = x.shape[0], x.shape[ch]
+    if _small.fits(x):
+        y, (count, mean, var, rstd) = _small.grid_forward(x, ch, grouping.groups, grouping.over_batch, weight, bias,
+                                                          eps, out)
+        return y, float(count[0, 0]), mean, var, rstd
+    x2 = _grid_rows(xk, ch, grouping)
+    if x2 is not None:
+        shape = (grouping.groups, c // grouping.groups)
+        w, b = _fused_params(weight, bias, shape, xk.dtype)
+        y, mean, var, rstd = _fused_forward(x, x2, w, b, x.size // (n * c), eps, out)
+        mean, var, rstd = mean.reshape(n, -1), var.reshape(n, -1), rstd.reshape(n, -1)
+        return y, float(x2.shape[1]), mean, var, rstd
+    x3, fold = _grid_slabs(xk, ch, grouping)
+    if x3 is not None:
+        mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
+        direct = out is not None and out.dtype == xk.dtype and _is_c(out)
+        y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
+        w, b = _fused_params(weight, bias, (c,), xk.dtype)
+        _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var)
+        y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
+        count = float(x.size // (n * grouping.groups))
+        return y, count, mean, var, _rstd(var, eps)
+    plan = grid_plan(xk, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
+    count, mean, m2 = grouping.merge_states(_engine.CPU.states(xk, plan), plan, ch, n)
+    var = m2 / count
+    y, mean, rstd = grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan)
+    return y, count, mean, var, rstd
+
+
+def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
+    """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
+    n, c = x.shape[0], x.shape[ch]
+    if x.size == 0:  # an empty batch: the parameters had no effect
+        zeros = np.zeros(c, x.dtype)
+        return np.empty_like(x), None if weight is None else zeros, zeros.copy() if has_bias else None
+    if _small.fits(x, dy):
+        dx, grad_weight, grad_bias = _small.grid_backward(dy, x, ch, mean, rstd, weight, grouping.over_batch,
+                                                          batch_stats)
+        return (dx, None if weight is None else grad_weight.astype(weight.dtype),
+                grad_bias.astype(x.dtype) if has_bias else None)
+    x2 = _grid_rows(x, ch, grouping) if batch_stats and _is_c(dy) else None
+    if x2 is not None:
+        cg = c // grouping.groups
+        w, _ = _fused_params(weight, None, (grouping.groups, cg), x.dtype)
+        dx2 = np.empty_like(x2)
+        seg_dy, seg_dy_xhat = np.empty((2, x2.shape[0], cg))
+        blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+        _cpu.segment_normalize_backward(dy.reshape(x2.shape), x2, w, x.size // (n * c), mean.ravel(), rstd.ravel(),
+                                        blocks, dx2, seg_dy, seg_dy_xhat)
+        grad_weight = None if weight is None else seg_dy_xhat.reshape(n, c).sum(axis=0).astype(x.dtype)
+        grad_bias = seg_dy.reshape(n, c).sum(axis=0).astype(x.dtype) if has_bias else None
+        return dx2.reshape(x.shape), grad_weight, grad_bias
+    x3, fold = _grid_slabs(x, ch, grouping) if batch_stats and _is_c(dy) else (None, 1)
+    if x3 is not None:
+        w, _ = _fused_params(weight, None, (c,), x.dtype)
+        dx3 = np.empty_like(x3)
+        sum_dy, sum_dy_xhat = np.empty((n, c)), np.empty((n, c))
+        _cpu.col_normalize_backward(dy.reshape(x3.shape), x3, w, grouping.groups, mean, rstd, fold, dx3,
+                                    sum_dy, sum_dy_xhat)
+        grad_weight = None if weight is None else sum_dy_xhat.sum(axis=0).astype(x.dtype)
+        grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
+        return dx3.reshape(x.shape), grad_weight, grad_bias
+    plan = grid_plan(x, ch, grouping.over_batch)
+    samples, channels = (a.reshape(-1) for a in plan.kernel_cells(ch))
+    members = c // grouping.groups
+    coef = np.empty((5, samples.size), x.dtype)  # (hi, lo, ka, kb, kc) at each outer position
+    _cpu.grid_coefficients(samples, channels, members, mean, rstd, None, None, coef[:4])
+    hi, lo = (a.reshape(plan.coef_shape) for a in coef[:2])
+    sums = _engine.CPU.grad_states(dy, x, plan, hi, lo)
+    grad_weight, grad_bias = np.empty(c), np.empty(c)
+    _cpu.grid_backward_coefficients(sums, samples, channels, members, x.size / mean.size, rstd, weight,
+                                    batch_stats, coef, grad_weight, grad_bias)
+    dx, _, _ = _engine.CPU.input_grad_coef(dy, x, plan, coef)
+    return (dx, None if weight is None else grad_weight.astype(weight.dtype),
+            grad_bias.astype(dx.dtype) if has_bias else None)
+
+
+def _row_plan(x, k, with_params):
+    """A rows plan with the trailing ``k`` axes as the row; copies x to C order when the
+    parameters need the row in its natural order and x's memory order differs."""
+    kept = [i < x.ndim - k for i in range(x.ndim)]
+    plan = Plan.of(x, kept)
+    trailing = [i for i in range(x.ndim - k, x.ndim) if x.shape[i] != 1]
+    natural = (plan.kind == "rows" and list(plan.reduced_axes) == trailing
+               and not set(plan.flips) & set(trailing))
+    if with_params and not natural:
+        x = np.ascontiguousarray(x)
+        plan = Plan.of(x, kept)
+    return x, plan
+
+
+def _row_params(weight, bias, length, dtype):
+    """Row parameters as the kernels take them: both None, or both flat arrays."""
+    if weight is None and bias is None:
+        return None, None
+    w = np.ones(length, dtype) if weight is None else weight.reshape(length)
+    b = np.zeros(length, dtype) if bias is None else bias.reshape(length)
+    return w, b
+
+
+def row_forward(x, xk, k, weight, bias, eps, centered, out):
+    """Layer norm (``centered``) or RMS norm of ``x`` over its trailing ``k`` axes, ``xk`` being x
+    in the compute dtype and ``weight``/``bias`` checked (trailing shape, compute dtype) or None.
+    Returns (y, mean, rstd), the statistics float64 per row, flat."""
+    rows = math.prod(x.shape[: x.ndim - k])
+    length = math.prod(x.shape[x.ndim - k:])
+    if _small.fits(x):
+        return _small.row_forward(x, rows, length, weight, bias, eps, centered, out)
+    x2 = _fused_rows(xk, rows, 1)
+    if x2 is not None:
+        w, b = _fused_params(weight, bias, (1, length), xk.dtype)
+        y, mean, _, rstd = _fused_forward(x, x2, w, b, 1, eps, out, centered)
+        return y, mean, rstd
+    xk, plan = _row_plan(xk, k, weight is not None or bias is not None)
+    count, mean, m2 = _engine.CPU.moments(xk, [i < x.ndim - k for i in range(x.ndim)], plan)
+    spread = m2 / count
+    if not centered:
+        spread, mean = spread + mean * mean, np.zeros_like(mean)
+    w, b = _row_params(weight, bias, length, xk.dtype)
+    direct_out = out if out is not None and out.dtype == xk.dtype else None
+    rstd = _rstd(spread, eps)
+    y = _deliver(_engine.CPU.affine(xk, plan, mean, rstd, np.zeros_like(rstd), out=direct_out, weight=w, bias=b),
+                 x.dtype, out)
+    return y, mean.reshape(-1), rstd.reshape(-1)
+
+
+def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
+    """Gradients of a row norm over the trailing ``k`` axes: (dx, grad_weight, grad_bias), the
+    parameter gradients shaped like the row in the compute dtype (None where the forward had no
+    such parameter)."""
+    shape = xk.shape[xk.ndim - k:]
+    lead = xk.shape[: xk.ndim - k]
+    length = math.prod(shape)
+    if _small.fits(xk, dy):
+        dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered)
+    elif (x2 := _fused_rows(xk, mean.size, 1) if _is_c(dy) else None) is not None:
+        w = np.ones(length, xk.dtype) if weight is None else weight.reshape(length)
+        blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+        dx2 = np.empty_like(x2)
+        sum_dy, sum_dy_xhat = np.empty((2, blocks, length))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered,
+                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xk.dtype))
+        dx, grad_w, grad_b = dx2.reshape(xk.shape), sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
+    else:
+        w, _ = _row_params(weight, np.zeros(shape, xk.dtype) if has_bias else None, length, xk.dtype)
+        xk, plan = _row_plan(xk, k, w is not None)
+        keep = lead + (1,) * k
+        mean, rstd = mean.reshape(keep), rstd.reshape(keep)
+        sum_wdy, sum_wdy_xc = _engine.CPU.grad_sums(dy, xk, plan, mean, weight=w)
+        # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
+        ka = rstd
+        kb = -rstd * rstd * (sum_wdy_xc * rstd / length)
+        kc = -rstd * (sum_wdy / length) if centered else np.zeros_like(rstd)
+        dx, grad_w, grad_b = _engine.CPU.input_grad(dy, xk, plan, mean, ka, kb, kc, weight=w)
+    grad_weight = None if weight is None else grad_w.reshape(shape).astype(xk.dtype)
+    grad_bias = grad_b.reshape(shape).astype(xk.dtype) if has_bias else None
+    return dx, grad_weight, grad_bias
