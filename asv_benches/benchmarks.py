@@ -40,8 +40,11 @@ class _Grid:
     peers = ()
     needs = ()
 
+    def case(self, op, layout, size):
+        return make_case(op, layout, size)
+
     def setup(self, op, layout, dtype, size):
-        self.fns = bench.contenders(make_case(op, layout, size), np.dtype(dtype), self.peers)
+        self.fns = bench.contenders(self.case(op, layout, size), np.dtype(dtype), self.peers)
         missing = [name for name in self.needs if name not in self.fns]
         if missing:
             raise NotImplementedError(f"not available here: {missing}")
@@ -115,27 +118,17 @@ class Cuda(_Grid):
 SMALL_ELEMENTS = ["64", "2K", "16K", "64K"]  # the four shapes of each kind in bench.SMALL_SHAPES
 
 
-class _SmallGrid:
+class _SmallGrid(_Grid):
     """Calls of 64 to 64 K elements (``python -m numbanorm bench --small``): there a call's time
     is mostly what surrounds its arithmetic."""
 
     params = [OPS, LAYOUTS, DTYPES, SMALL_ELEMENTS]
     param_names = ["op", "layout", "dtype", "elements"]
-    timer = timeit.default_timer
-    peers = ()
-    needs = ()
 
-    def setup(self, op, layout, dtype, elements):
-        kind = bench.OPS[op].kind
-        if kind != "grid" and layout != "nchw":
-            raise NotImplementedError(f"{kind} ops have one layout")
-        case = bench.small_cases([op], [layout])[SMALL_ELEMENTS.index(elements)]
-        self.fns = bench.contenders(case, np.dtype(dtype), self.peers)
-        missing = [name for name in self.needs if name not in self.fns]
-        if missing:
-            raise NotImplementedError(f"not available here: {missing}")
-        for fn in self.fns.values():
-            fn()
+    def case(self, op, layout, elements):
+        if bench.OPS[op].kind != "grid" and layout != "nchw":
+            raise NotImplementedError(f"{bench.OPS[op].kind} ops have one layout")  # asv skips the case
+        return bench.small_cases([op], [layout])[SMALL_ELEMENTS.index(elements)]
 
 
 class SmallNumbanorm(_SmallGrid):
