@@ -379,15 +379,22 @@ def channel_deviations(x4, shift, acc):
     n_, p_, c_, q_ = x4.shape
     per_sample = shift.shape[0] > 1
     acc[:, :, :] = 0.0
+    if q_ == 1:  # channels last: the vector loop runs along each contiguous row of channels
+        x3 = x4.reshape((n_, p_, c_))
+        for n in range(n_):
+            centre = shift[n if per_sample else 0]
+            sums = acc[0, n]
+            squares = acc[1, n]
+            for p in range(p_):
+                row = x3[n, p]
+                for c in range(c_):
+                    d = np.float64(row[c]) - centre[c]
+                    sums[c] += d
+                    squares[c] += d * d
+        return
     for n in range(n_):
         s = n if per_sample else 0
         for p in range(p_):
-            if q_ == 1:  # channels last: the vector loop runs along the channels
-                for c in range(c_):
-                    d = np.float64(x4[n, p, c, 0]) - shift[s, c]
-                    acc[0, n, c] += d
-                    acc[1, n, c] += d * d
-                continue
             for c in range(c_):
                 centre = shift[s, c]
                 t1 = 0.0

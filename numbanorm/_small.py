@@ -49,7 +49,7 @@ def _or_zeros(bias, length, dtype):
 
 
 def _rows(a, rows, length):
-    return a if a.ndim == 2 else a.reshape(rows, length)
+    return a if a.shape == (rows, length) else a.reshape(rows, length)
 
 
 @functools.lru_cache(maxsize=256)

@@ -31,13 +31,14 @@ from hypothesis import strategies as st
 from numba.core.registry import CPUDispatcher
 
 import numbanorm as nn
-from numbanorm import _cpu, _plan
+from numbanorm import _cpu, _plan, _small
 
 GRID = ("batch", "instance", "group", "switchable")  # (N, C, *spatial), any channel axis but 0
 ROWS = ("layer", "rms")  # over the trailing normalized_shape
 FAMILIES = GRID + ROWS
 FLOATS = ("float16", "float32", "float64")
 DEFAULT_MIN_PIECE = _plan.MIN_PIECE
+DEFAULT_SMALL_ELEMENTS = _small.SMALL_ELEMENTS
 
 
 # -- tolerances --------------------------------------------------------------------------------
@@ -86,8 +87,11 @@ def engine(min_piece, threads):
     """Run with ``MIN_PIECE`` = ``min_piece`` (what NUMBANORM_MIN_PIECE sets at import: the fewest
     elements a parallel task takes; small, it splits small arrays into pieces merged like those of
     large ones) and ``threads`` Numba threads.  Plans are cached by shape, strides and threads
-    but not MIN_PIECE, so the cache is cleared on the way in and out."""
+    but not MIN_PIECE, so the cache is cleared on the way in and out.  With the default
+    ``min_piece`` small inputs take the small lane (``_small``), as users' do; with a small one the
+    lane is off, so that small arrays reach the fused and planned kernels they exercise."""
     old_threads = numba.get_num_threads()
+    _small.SMALL_ELEMENTS = DEFAULT_SMALL_ELEMENTS if min_piece == DEFAULT_MIN_PIECE else 0
     _plan.MIN_PIECE = min_piece
     _plan._cached_plan.cache_clear()
     numba.set_num_threads(threads)
@@ -96,6 +100,7 @@ def engine(min_piece, threads):
     finally:
         numba.set_num_threads(old_threads)
         _plan.MIN_PIECE = DEFAULT_MIN_PIECE
+        _small.SMALL_ELEMENTS = DEFAULT_SMALL_ELEMENTS
         _plan._cached_plan.cache_clear()
 
 
@@ -112,7 +117,8 @@ def engines():
 # moments/affine/gradient kernels of the generic path
 KERNELS = tuple(sorted(name for name, f in vars(_cpu).items() if not name.startswith("_")
                        and isinstance(f, CPUDispatcher) and f.targetoptions.get("parallel")))
-PATHS = KERNELS + ("long-row", "plan-copy", "fold", "pieces")
+SMALL_LANE = ("grid_forward", "grid_backward", "row_forward", "row_backward")  # _small's entries
+PATHS = KERNELS + ("long-row", "plan-copy", "fold", "pieces", "small-lane")
 
 
 @contextlib.contextmanager
@@ -120,9 +126,10 @@ def paths():
     """Collects the paths the calls inside take: the `KERNELS` run, ``long-row`` (a row
     kernel's rows longer than one exact chunk), and of the plans made, ``plan-copy`` (a layout
     with gaps, copied), ``fold`` (few channels read rows side by side) and ``pieces`` (a
-    reduction split in pieces)."""
+    reduction split in pieces) and ``small-lane`` (one serial call, ``_small``)."""
     seen = set()
     kernels = {name: getattr(_cpu, name) for name in KERNELS}
+    lane = {name: getattr(_small, name) for name in SMALL_LANE}
     view, of = _plan.Plan.view, _plan.Plan.__dict__["of"]
 
     def spy(name, kernel):
@@ -144,14 +151,24 @@ def paths():
         seen.update(name for name, used in (("fold", plan.fold > 1), ("pieces", plan.pieces > 1)) if used)
         return plan
 
+    def spied_lane(entry):
+        def run(*args):
+            seen.add("small-lane")
+            return entry(*args)
+        return run
+
     try:
         for name, kernel in kernels.items():
             setattr(_cpu, name, spy(name, kernel))
+        for name, entry in lane.items():
+            setattr(_small, name, spied_lane(entry))
         _plan.Plan.view, _plan.Plan.of = spied_view, classmethod(spied_of)
         yield seen
     finally:
         for name, kernel in kernels.items():
             setattr(_cpu, name, kernel)
+        for name, entry in lane.items():
+            setattr(_small, name, entry)
         _plan.Plan.view, _plan.Plan.of = view, of
 
 

@@ -150,3 +150,20 @@ def test_absent_parameters_are_not_written(driver_calls):
     assert driver_calls == ["grid_forward"]
     ones = _small._constant(1.0, 8, np.dtype(np.float64))
     assert not ones.flags.writeable and (ones == 1).all()
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_row_norm_over_a_whole_2d_array(op, driver_calls):
+    """A 2-D input normalized over both axes is one row of all its values, not its own rows."""
+    rng = np.random.default_rng(5)
+    x, dy = rng.standard_normal((2, 4, 7)), rng.standard_normal((4, 7))
+    x = x[0]
+    y, stats = getattr(nn, op)(x, (4, 7), return_stats=True)
+    grads = getattr(nn, op + "_backward")(dy, x, stats, (4, 7))
+    assert driver_calls == ["norm_rows", "norm_rows_backward"]
+    expected, ref_stats = getattr(ref, op)(x, (4, 7), return_stats=True)
+    np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats.rstd, ref_stats.rstd, rtol=1e-12)
+    assert stats.mean.shape == stats.rstd.shape == ()
+    np.testing.assert_allclose(grads.input, getattr(ref, op + "_backward")(dy, x, ref_stats, (4, 7)).input,
+                               rtol=1e-10, atol=1e-12)
