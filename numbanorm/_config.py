@@ -7,6 +7,8 @@
                          (default 16384; see ``_small.py``); 0 turns that path off.
 ``NUMBANORM_CUDA_THREADS`` threads per CUDA block, a power of two (default 256; the tests use
                          fewer under the CUDA simulator, where every thread is a Python thread).
+``NUMBANORM_CUDA_LAUNCH`` how a CUDA kernel gets its arguments: "specialized" (default), "typed"
+                         or "direct" (see ``_cuda_pipelines.Device.launch``).
 """
 
 import os
@@ -25,6 +27,10 @@ SMALL_ELEMENTS = int(os.environ.get("NUMBANORM_SMALL_ELEMENTS", "16384"))
 CUDA_THREADS = int(os.environ.get("NUMBANORM_CUDA_THREADS", "256"))
 if CUDA_THREADS < 1 or CUDA_THREADS & (CUDA_THREADS - 1):
     raise ValueError(f"NUMBANORM_CUDA_THREADS must be a power of two, got {CUDA_THREADS}")
+CUDA_LAUNCH_MODES = ("typed", "specialized", "direct")
+CUDA_LAUNCH = os.environ.get("NUMBANORM_CUDA_LAUNCH", "specialized").strip().lower()
+if CUDA_LAUNCH not in CUDA_LAUNCH_MODES:
+    raise ValueError(f"NUMBANORM_CUDA_LAUNCH must be one of {', '.join(CUDA_LAUNCH_MODES)}, got {CUDA_LAUNCH!r}")
 
 # fastmath without "nnan"/"ninf": NaN and inf still propagate, so a NaN spoils only its group.
 # Reductions may reassociate (that is what splits a sum into vector lanes).  Elementwise loops

@@ -60,7 +60,14 @@ def _as_numba(cuda, name, value):
     if _family(value) == "torch" and getattr(value, "requires_grad", False):
         raise TypeError(f"{name} is a torch tensor that requires grad; pass {name}.detach() (numbanorm "
                         "computes gradients itself, with the *_backward functions)")
-    return cuda.as_cuda_array(value)
+    # The interface is read once here (``as_cuda_array`` reads it; the checks before read only
+    # the type).  No stream synchronization for torch and CuPy: the kernels launch on the
+    # caller's current stream (``_stream_of``), which is the stream CuPy's interface names
+    # (torch's names none), so stream order already puts them after the producer's work, and
+    # ``sync=True`` would block the host until that stream drains, at every call.  Another
+    # producer's stream may not be the one launched on: the interface's rule (synchronize)
+    # stays.
+    return cuda.as_cuda_array(value, sync=_family(value) not in ("torch", "cupy"))
 
 
 def _is_host_array(value):
@@ -128,7 +135,7 @@ class _Call:
             import torch
 
             t = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), device=self.torch_device)
-            return t, self.cuda.as_cuda_array(t).reshape(-1)
+            return t, self.cuda.as_cuda_array(t, sync=False).reshape(-1)
         if self.family == "cupy":
             import cupy
 

@@ -26,13 +26,16 @@ import numpy as np
 from numba import cuda, float64
 from numba.core import config as _numba_config
 
-from ._config import CUDA_THREADS
+from ._config import CUDA_LAUNCH, CUDA_LAUNCH_MODES, CUDA_THREADS
 from ._cuda_kernels import _chan, _merge_states, _sum_pairs, _welford
 
 TPB = CUDA_THREADS
 MAX_BLOCKS = 4096  # grid-stride elementwise loops need no more
 TARGET_BLOCKS = 1024  # reductions: enough (group, piece) blocks to fill a GPU
 SIMULATOR = bool(getattr(_numba_config, "ENABLE_CUDASIM", False))
+# How ``Device.launch`` hands a kernel its arguments: read at every launch, so that
+# tools/gpu_host_time.py can measure the modes side by side in one process.
+LAUNCH = CUDA_LAUNCH
 
 
 # -- device helpers -----------------------------------------------------------------------------
@@ -788,6 +791,17 @@ def _blocks(n):
     return max(1, min(MAX_BLOCKS, -(-n // TPB)))
 
 
+def _arg_type(value):
+    """A launch argument's Numba type, as ``Device.launch``'s key: a device array's (cached)
+    ``_numba_type_``, a scalar's Python type, a tuple's element types."""
+    kind = type(value)
+    if kind is int or kind is float:
+        return kind
+    if kind is tuple:
+        return (tuple, *map(type, value))
+    return getattr(value, "_numba_type_", kind)
+
+
 def _pieces(groups, per_group):
     """Pieces per group for a reduction: enough blocks in all, a few elements per thread each."""
     return int(max(1, min(-(-TARGET_BLOCKS // max(groups, 1)), per_group // (4 * TPB))))
@@ -805,6 +819,7 @@ class Device:
         self._scratch = {}
         self._absent = {}
         self._configured = {}
+        self._specialized = {}
 
     # -- buffers --------------------------------------------------------------------------
     def scratch(self, role, shape, dtype, stream=0):
@@ -834,18 +849,61 @@ class Device:
 
     # -- launching --------------------------------------------------------------------------
     def launch(self, kernel, grid, block, stream, *args):
-        """Launch on ``stream`` with a configured kernel kept per (kernel, grid, block, stream)
-        (not in the simulator, whose configuring mutates the kernel object)."""
+        """Launch ``kernel`` on ``stream``, its arguments handed over as ``LAUNCH`` says.
+
+        * "typed": the lazy dispatcher types every argument at every launch (Numba's C typing,
+          which for a device array goes through its ``_numba_type_``) and looks up the overload.
+        * "specialized" (default): the kernel is compiled once per (kernel, argument types) with
+          an explicit signature -- ``kernel.specialize(*args)``, kept here -- and that
+          single-signature dispatcher launches without typing or overload lookup.  The key is
+          each argument's Numba type (a device array's cached ``_numba_type_``: dtype, ndim and
+          layout; a scalar's Python type; a tuple's element types), the same types
+          ``specialize`` compiles for, so a key never meets a kernel of other types.
+        * "direct": the specialization's one compiled kernel (``overloads``, numba-cuda's private
+          ``_Kernel``) launched by its own ``launch`` with the configured object's normalized
+          dims and stream, which skips the dispatcher's ``call`` (argument push, launch-config
+          checks, callbacks).
+
+        Raw-pointer arguments (``CPointer`` + ``carray``, one parameter per array) would need
+        kernels of their own; tools/gpu_host_time.py measures them on a toy kernel beside these.
+        Which mode is cheapest is a host-time question that only a GPU answers (the issue asks
+        for the variants measured side by side), hence the switch.  In the simulator
+        ``specialize`` returns the kernel itself and there is no compiled kernel, so "direct"
+        runs as "specialized"; configuring there mutates the kernel object, so nothing
+        configured is kept.  On a GPU the configured objects are kept per (kernel, grid, block,
+        stream) rather than in numba-cuda's one 128-entry LRU shared by all kernels."""
+        mode = LAUNCH
+        if mode != "typed":
+            key = (kernel, tuple(map(_arg_type, args)))
+            specialized = self._specialized.get(key)
+            if specialized is None:
+                if len(self._specialized) > 4096:
+                    self._specialized.clear()
+                specialized = self._specialized[key] = kernel.specialize(*args)
+            kernel = specialized
         if SIMULATOR:
             kernel[grid, block, stream](*args)
             return
-        key = (kernel, grid, block, stream)
-        configured = self._configured.get(key)
+        configured = self._configured.get((kernel, grid, block, stream, mode))
         if configured is None:
-            if len(self._configured) > 4096:
-                self._configured.clear()
-            configured = self._configured[key] = kernel[grid, block, stream]
-        configured(*args)
+            configured = self._configure(kernel, grid, block, stream, mode)
+        if mode == "direct":
+            compiled, config = configured
+            compiled.launch(args, config.griddim, config.blockdim, config.stream, config.sharedmem)
+        else:
+            configured(*args)
+
+    def _configure(self, kernel, grid, block, stream, mode):
+        """GPU only: the configured launch object (with "direct", the compiled kernel beside it)."""
+        if mode not in CUDA_LAUNCH_MODES:
+            raise ValueError(f"LAUNCH must be one of {', '.join(CUDA_LAUNCH_MODES)}, got {mode!r}")
+        if len(self._configured) > 4096:
+            self._configured.clear()
+        configured = kernel[grid, block, stream]
+        if mode == "direct":
+            configured = (next(iter(kernel.overloads.values())), configured)
+        self._configured[(kernel, grid, block, stream, mode)] = configured
+        return configured
 
     # -- pipelines --------------------------------------------------------------------------
     def grid_forward(self, x, out, geometry, weight, bias, eps, mean, var, rstd, stream=0, running=None):

@@ -35,6 +35,11 @@ def backend_of(value):
         return "cuda"
     if root == "torch":
         return "cuda" if getattr(value, "is_cuda", False) else None
+    # CuPy arrays by their class: their interface is a property that builds the dict (and looks
+    # up the current stream) at every read, and an argument is asked here several times per call.
+    # Not for any class: some (JAX's, torch's) raise from that property for host arrays.
+    if root == "cupy" and hasattr(type(value), "__cuda_array_interface__"):
+        return "cuda"
     if hasattr(value, "__cuda_array_interface__"):
         return "cuda"
     return None

@@ -321,3 +321,104 @@ def test_moments_of_any_layout_stay_on_the_device(monkeypatch, axes):
     assert seen.transfers == [] and len(seen.launches) == 1, (seen.transfers, seen.launches)
     np.testing.assert_allclose(mean.copy_to_host(), x.mean(axis=axes), rtol=1e-12)
     np.testing.assert_allclose(var.copy_to_host(), x.var(axis=axes), rtol=1e-10)
+
+
+# -- launch cost: kernels specialized once per argument types; an interface read once, unsynchronized --
+
+def test_kernels_are_specialized_once_per_argument_types(monkeypatch):
+    from numbanorm import _cuda_pipelines as pipelines
+
+    made = []
+    specialize = sim_kernel.FakeCUDAKernel.specialize
+
+    def counting(self, *args):
+        made.append((self.fn.__name__, args[0].dtype))
+        return specialize(self, *args)
+
+    monkeypatch.setattr(sim_kernel.FakeCUDAKernel, "specialize", counting)
+    monkeypatch.setattr(pipelines, "LAUNCH", "specialized")
+    monkeypatch.setattr(pipelines.device(), "_specialized", {})
+    rng = np.random.default_rng(17)
+    x32 = rng.normal(size=(3, 8)).astype(np.float32)
+    X32 = cuda.to_device(x32)
+    y = nn.layer_norm(X32, 8)
+    nn.layer_norm(cuda.to_device(rng.normal(size=(5, 4)).astype(np.float32)), 4)  # other shape, same types
+    assert made == [("_row_forward", np.float32)]
+    nn.layer_norm(cuda.to_device(x32.astype(np.float64)), 8)
+    assert made == [("_row_forward", np.float32), ("_row_forward", np.float64)]
+    np.testing.assert_allclose(y.copy_to_host(), nn.layer_norm(x32, 8), rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(pipelines, "LAUNCH", "typed")  # per-launch typing: no specialization
+    np.testing.assert_allclose(nn.layer_norm(X32, 8).copy_to_host(), y.copy_to_host(), rtol=0, atol=0)
+    assert len(made) == 2
+
+
+def test_a_launch_key_is_a_function_of_numbas_types():
+    """``_arg_type`` keys the specializations: two arguments of one key must have one Numba type."""
+    import numba
+
+    from numbanorm._cuda_pipelines import _arg_type
+
+    values = [0, 7, 2**40, -3, 0.5, 1e300, (1, 2), (3, 4), (1, 2, 3), (), np.float32(1), np.int32(2),
+              cuda.device_array(3), cuda.device_array((2, 3), np.float32), cuda.device_array(4, np.float16)]
+    seen = {}
+    for v in values:
+        assert seen.setdefault(_arg_type(v), numba.typeof(v)) == numba.typeof(v), v
+
+
+class _Producer:
+    """A ``__cuda_array_interface__`` producer holding a simulator device array; counts the reads
+    of its interface (a property, as CuPy's and torch's)."""
+
+    def __init__(self, array, stream=None):
+        self.array, self.stream, self.reads = array, stream, 0
+        self.shape, self.dtype = array.shape, array.dtype
+
+    @property
+    def __cuda_array_interface__(self):
+        self.reads += 1
+        desc = {"shape": self.array.shape, "typestr": self.array.dtype.str, "data": (0, False), "version": 3,
+                "strides": None}
+        if self.stream is not None:
+            desc["stream"] = self.stream
+        return desc
+
+
+def _producers(monkeypatch, module):
+    """The simulator has no ``as_cuda_array``: one that reads the interface, notes ``sync`` and
+    returns the producer's array; and producers whose class lives in ``module``."""
+    syncs = []
+
+    def as_cuda_array(obj, sync=True):
+        obj.__cuda_array_interface__
+        syncs.append(sync)
+        return obj.array
+
+    monkeypatch.setattr(cuda, "as_cuda_array", as_cuda_array, raising=False)
+    return type("ndarray", (_Producer,), {"__module__": module}), syncs
+
+
+def test_a_cupy_array_interface_is_read_once_per_call_without_a_stream_sync(monkeypatch):
+    import types
+
+    Producer, syncs = _producers(monkeypatch, "cupy._core.core")
+    fake = types.ModuleType("cupy")  # what _cuda uses of CuPy: the current stream and empty
+    fake.cuda = types.SimpleNamespace(get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    fake.empty = lambda shape, dtype: Producer(cuda.device_array(shape, dtype), stream=1)
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    rng = np.random.default_rng(18)
+    x, w, b = rng.normal(size=(4, 6)), rng.normal(size=6), rng.normal(size=6)
+    X, W, B = (Producer(cuda.to_device(a), stream=1) for a in (x, w, b))  # CuPy names its current stream
+    y = nn.layer_norm(X, 6, W, B)
+    assert (X.reads, W.reads, B.reads) == (1, 1, 1)
+    assert syncs and not any(syncs), syncs
+    np.testing.assert_allclose(y.array.copy_to_host(), nn.layer_norm(x, 6, w, b), rtol=1e-12, atol=1e-12)
+
+
+def test_another_producers_stream_is_synchronized(monkeypatch):
+    """A producer that is neither torch nor CuPy may name a stream other than the one launched on:
+    the interface's rule (the consumer synchronizes) holds."""
+    Producer, syncs = _producers(monkeypatch, "someproducer")
+    x = np.random.default_rng(19).normal(size=(4, 6))
+    y = nn.layer_norm(Producer(cuda.to_device(x), stream=5), 6)
+    assert syncs == [True]
+    np.testing.assert_allclose(y.copy_to_host(), nn.layer_norm(x, 6), rtol=1e-12, atol=1e-12)
