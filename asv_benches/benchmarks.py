@@ -131,20 +131,9 @@ class _SmallGrid(_Grid):
         return bench.small_cases([op], [layout])[SMALL_ELEMENTS.index(elements)]
 
 
-class SmallNumbanorm(_SmallGrid):
-    def time_forward(self, *params):
-        self.fns["forward"]()
-
-    def time_forward_backward(self, *params):
-        self.fns["forward_backward"]()
+class SmallNumbanorm(_SmallGrid, Numbanorm):
+    pass
 
 
-class SmallTorch(_SmallGrid):
-    peers = ("torch",)
-    needs = ("torch_forward",)
-
-    def time_forward(self, *params):
-        self.fns["torch_forward"]()
-
-    def time_forward_backward(self, *params):
-        self.fns["torch_forward_backward"]()
+class SmallTorch(_SmallGrid, Torch):
+    pass

@@ -130,6 +130,8 @@ def eps_value(name, eps):
 
 def flag(name, value):
     """A yes/no option: a bool (NumPy's included), as a Python bool."""
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {_describe(value)}")
     return bool(value)
@@ -138,6 +140,8 @@ def flag(name, value):
 def momentum_value(momentum):
     if momentum is None:
         return None
+    if type(momentum) is float and 0 <= momentum <= 1:
+        return momentum  # the common case, quickly
     if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, numbers.Real):
         raise TypeError(f"momentum must be a real number in [0, 1] or None, got {_describe(momentum)}")
     if not 0 <= momentum <= 1:
