@@ -3,8 +3,9 @@
 ``NUMBANORM_CACHE``      "0" turns off Numba's on-disk cache of compiled kernels (default on).
 ``NUMBANORM_MIN_PIECE``  fewest elements a parallel task is given (default 16384); smaller
                          tasks cost more in scheduling than they save.
-``NUMBANORM_SMALL_ELEMENTS`` inputs of at most this many elements run in one serial compiled call
-                         (default 16384; see ``_small.py``); 0 turns that path off.
+``NUMBANORM_SMALL_ELEMENTS`` inputs of at most this many elements (four times as many for batch
+                         norm) run in one serial compiled call (default 4096; see ``_small.py``);
+                         0 turns that path off.
 ``NUMBANORM_CUDA_THREADS`` threads per CUDA block, a power of two (default 256; the tests use
                          fewer under the CUDA simulator, where every thread is a Python thread).
 ``NUMBANORM_CUDA_LAUNCH`` how a CUDA kernel gets its arguments: "specialized" (default), "typed"
@@ -23,7 +24,7 @@ def _flag(name, default):
 
 CACHE = _flag("NUMBANORM_CACHE", True)
 MIN_PIECE = int(os.environ.get("NUMBANORM_MIN_PIECE", "16384"))
-SMALL_ELEMENTS = int(os.environ.get("NUMBANORM_SMALL_ELEMENTS", "16384"))
+SMALL_ELEMENTS = int(os.environ.get("NUMBANORM_SMALL_ELEMENTS", "4096"))
 CUDA_THREADS = int(os.environ.get("NUMBANORM_CUDA_THREADS", "256"))
 if CUDA_THREADS < 1 or CUDA_THREADS & (CUDA_THREADS - 1):
     raise ValueError(f"NUMBANORM_CUDA_THREADS must be a power of two, got {CUDA_THREADS}")
