@@ -656,18 +656,32 @@ def _slab_deviations(chunk, guess, dev, sq, following, ahead):
             ahead[c] += nxt[c] - guess[c]
 
 
+# the most threads a parallel region can have: a constant, so the kernels that size their per-thread
+# scratch by it stay cacheable (``numba.get_num_threads()`` reads a runtime pointer)
+_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+@njit(inline="always", **_jit)
+def _thread_scratch(scratch, rows, width, dtype):
+    """This thread's (rows, width) scratch from ``scratch`` (threads, rows, width), allocated once
+    per kernel: a slab's few accumulator rows, allocated per task, would make plans with many
+    small slabs spend their time in the allocator (and, threads contending for it, more)."""
+    tid = numba.get_thread_id()
+    if tid < scratch.shape[0]:
+        return scratch[tid]
+    return np.empty((rows, width), dtype)
+
+
 @njit(**_jit)
-def _slab_moments(xs, mean, m2):
+def _slab_moments(xs, mean, m2, scratch):
     """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count.
+    ``scratch`` (4, C) of the slab's dtype holds the chunk sums.
 
     Chunks of about COL_CHUNK elements, each exact by two passes and merged with Chan's
     formula; the second pass of a chunk does the first pass of the next one."""
     length, width = xs.shape
     block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
-    ahead = np.empty(width, xs.dtype)
-    guess = np.empty(width, xs.dtype)
-    dev = np.empty(width, xs.dtype)
-    sq = np.empty(width, xs.dtype)
+    ahead, guess, dev, sq = scratch[0], scratch[1], scratch[2], scratch[3]
     mean[:] = 0.0
     m2[:] = 0.0
     n = 0.0
@@ -697,14 +711,13 @@ def _slab_moments(xs, mean, m2):
 
 
 @njit(**_jit)
-def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc):
+def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc, scratch):
     """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums
     (rows four at a time, as in ``_slab_moments``; the centre's low part applied per chunk, see
-    ``_less_low``)."""
+    ``_less_low``); ``scratch`` (2, C) of the slab's dtype holds the chunk sums."""
     length, width = xs.shape
     block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
-    s1 = np.empty(width, xs.dtype)
-    s2 = np.empty(width, xs.dtype)
+    s1, s2 = scratch[0], scratch[1]
     for b0 in range(0, length, block):
         stop = min(b0 + block, length)
         quads = b0 + ((stop - b0) & ~3)
@@ -752,9 +765,11 @@ def _slab_input_grad(dy, xs, hi, lo, ka, kb, kc, ys):
 def col_moments(x, pieces, count, mean, m2):
     """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
     outer, length, width = x.shape
+    scratch = np.empty((_THREADS, 4, width), x.dtype)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
-        count[a, p, :] = _slab_moments(x[a, start:stop], mean[a, p], m2[a, p])
+        mine = _thread_scratch(scratch, 4, width, x.dtype)
+        count[a, p, :] = _slab_moments(x[a, start:stop], mean[a, p], m2[a, p], mine)
 
 
 @njit(parallel=True, **_ew)
@@ -770,11 +785,13 @@ def col_affine(x, hi, lo, alpha, beta, pieces, out):
 def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
     """Per-(a, piece, c) ``sum(dy)`` and ``sum(dy*(x - center[a, c]))`` into float64 (A, pieces, C)."""
     outer, length, width = x.shape
+    scratch = np.empty((_THREADS, 2, width), x.dtype)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
         sum_dy[a, p, :] = 0.0
         sum_dy_xc[a, p, :] = 0.0
-        _slab_dot_sums(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], sum_dy[a, p], sum_dy_xc[a, p])
+        _slab_dot_sums(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], sum_dy[a, p], sum_dy_xc[a, p],
+                       _thread_scratch(scratch, 2, width, x.dtype))
 
 
 @njit(parallel=True, **_ew)
@@ -806,7 +823,7 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
     for a in prange(outer):
         col_mean = np.empty(width)
         col_m2 = np.empty(width)
-        n = _slab_moments(x[a], col_mean, col_m2)
+        n = _slab_moments(x[a], col_mean, col_m2, np.empty((4, width), x.dtype))
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
         alpha = np.empty(width, x.dtype)
@@ -855,7 +872,7 @@ def col_normalize_backward(dy, x, weight, groups, mean, rstd, fold, out, sum_dy,
         t2 = np.empty(width)
         t1[:] = 0.0
         t2[:] = 0.0
-        _slab_dot_sums(dy[a], x[a], hi, lo, t1, t2)
+        _slab_dot_sums(dy[a], x[a], hi, lo, t1, t2, np.empty((2, width), x.dtype))
         c1 = sum_dy[a]
         c2 = sum_dy_xhat[a]
         c1[:] = 0.0

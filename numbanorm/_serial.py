@@ -162,13 +162,14 @@ def rows_moments(x2, count, mean, m2):
 @njit(**_ew)
 def slabs_moments(x3, count, mean, m2):
     """Per-(a, c) (count, mean, M2) of ``x3`` (A, B, C) reduced over B, into float64 (A, C)."""
+    scratch = np.empty((4, x3.shape[2]), x3.dtype)
     for a in range(x3.shape[0]):
         if x3.shape[1] == 0:
             count[a, :] = 0.0
             mean[a, :] = 0.0
             m2[a, :] = 0.0
         else:
-            count[a, :] = _slab_moments(x3[a], mean[a], m2[a])
+            count[a, :] = _slab_moments(x3[a], mean[a], m2[a], scratch)
 
 
 # -- grid: batch, instance and group norm on (N, P, C, Q) ----------------------------------------
@@ -185,9 +186,10 @@ def grid_states(x4, states):
     m2[:, :] = 0.0
     if q_ == 1:  # channels last: a (P, C) slab per sample, vectorised along C
         x3 = x4.reshape((n_, p_, c_))
+        scratch = np.empty((4, c_), x4.dtype)
         for n in range(n_):
             if p_ > 0:
-                count[n, :] = _slab_moments(x3[n], base[n], m2[n])
+                count[n, :] = _slab_moments(x3[n], base[n], m2[n], scratch)
         return
     for n in range(n_):
         for p in range(p_):
@@ -276,10 +278,11 @@ def grid_grad_sums(dy4, x4, coef, sums):
     sums[:, :, :] = 0.0
     if q_ == 1:
         x3 = x4.reshape((n_, p_, c_))
+        scratch = np.empty((2, c_), x4.dtype)
         d3 = dy4.reshape((n_, p_, c_))
         for n in range(n_):
             s = n if per_sample else 0
-            _slab_dot_sums(d3[n], x3[n], coef[0, s], coef[1, s], sums[0, n], sums[1, n])
+            _slab_dot_sums(d3[n], x3[n], coef[0, s], coef[1, s], sums[0, n], sums[1, n], scratch)
         return
     for n in range(n_):
         s = n if per_sample else 0
