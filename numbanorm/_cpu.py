@@ -662,12 +662,13 @@ _THREADS = numba.config.NUMBA_NUM_THREADS
 
 
 @njit(inline="always", **_jit)
-def _thread_scratch(scratch, rows, width, dtype):
-    """This thread's (rows, width) scratch from ``scratch`` (threads, rows, width), allocated once
-    per kernel: a slab's few accumulator rows, allocated per task, would make plans with many
-    small slabs spend their time in the allocator (and, threads contending for it, more)."""
+def _slab_scratch(scratch, rows, width, elements, dtype):
+    """A slab's (rows, width) accumulator rows.  A slab of fewer than COL_CHUNK ``elements`` takes
+    this thread's rows of ``scratch`` (threads, rows, width), allocated once per kernel: allocated
+    per task, plans with many small slabs would spend their time in the allocator (and, threads
+    contending for it, more).  A larger slab gets its own, which it amortizes."""
     tid = numba.get_thread_id()
-    if tid < scratch.shape[0]:
+    if elements < COL_CHUNK and tid < scratch.shape[0]:
         return scratch[tid]
     return np.empty((rows, width), dtype)
 
@@ -675,7 +676,7 @@ def _thread_scratch(scratch, rows, width, dtype):
 @njit(**_jit)
 def _slab_moments(xs, mean, m2, scratch):
     """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count.
-    ``scratch`` (4, C) of the slab's dtype holds the chunk sums.
+    ``scratch`` (4, C) of the slab's dtype holds the chunk sums (see `_slab_scratch`).
 
     Chunks of about COL_CHUNK elements, each exact by two passes and merged with Chan's
     formula; the second pass of a chunk does the first pass of the next one."""
@@ -768,7 +769,7 @@ def col_moments(x, pieces, count, mean, m2):
     scratch = np.empty((_THREADS, 4, width), x.dtype)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
-        mine = _thread_scratch(scratch, 4, width, x.dtype)
+        mine = _slab_scratch(scratch, 4, width, (stop - start) * width, x.dtype)
         count[a, p, :] = _slab_moments(x[a, start:stop], mean[a, p], m2[a, p], mine)
 
 
@@ -791,7 +792,7 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
         sum_dy[a, p, :] = 0.0
         sum_dy_xc[a, p, :] = 0.0
         _slab_dot_sums(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], sum_dy[a, p], sum_dy_xc[a, p],
-                       _thread_scratch(scratch, 2, width, x.dtype))
+                       _slab_scratch(scratch, 2, width, (stop - start) * width, x.dtype))
 
 
 @njit(parallel=True, **_ew)
