@@ -5,8 +5,8 @@ path spends around it: planning the view, a parallel launch per kernel, merging 
 in Python between them.  There the front hands the checked arguments to one of the serial
 drivers of ``_serial`` (the kernels behind the ``@njit`` overloads, with ``_cpu``'s numerical
 scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R, L)`` (row
-norms).  Each lane returns None when the input does not qualify, and the caller goes on with
-the general path.
+norms).  The CPU device (``_cpu_pipelines``) asks `fits` first and otherwise takes its fused or
+planned kernels.
 
 Absent parameters are passed as shared read-only ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
