@@ -658,7 +658,7 @@ def _slab_deviations(chunk, guess, dev, sq, following, ahead):
 
 # the most threads a parallel region can have: a constant, so the kernels that size their per-thread
 # scratch by it stay cacheable (``numba.get_num_threads()`` reads a runtime pointer)
-_THREADS = numba.config.NUMBA_NUM_THREADS
+_THREADS = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # set from the environment at import: no static type
 
 
 @njit(inline="always", **_jit)
