@@ -195,8 +195,8 @@ GRID = {"batch": _batch_train, "batch-eval": _batch_eval, "instance": _instance,
 
 
 # every op in both layouts in float32, and in float64 channels-first (each case compiles a function)
-@pytest.mark.parametrize("op,ca,dtype", [(op, ca, "float32") for op in GRID for ca in (1, -1)]
-                         + [(op, 1, "float64") for op in GRID])
+@pytest.mark.parametrize("op,ca,dtype", [(op, ca, np.float32) for op in GRID for ca in (1, -1)]
+                         + [(op, 1, np.float64) for op in GRID])
 def test_grid_norms_match_python(op, ca, dtype, rng):
     x = (rng.normal(size=(3, 4, 5, 3)) * 2 + 10).astype(dtype)
     if ca == -1:
