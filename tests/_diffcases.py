@@ -88,10 +88,10 @@ def engine(min_piece, threads):
     elements a parallel task takes; small, it splits small arrays into pieces merged like those of
     large ones) and ``threads`` Numba threads.  Plans are cached by shape, strides and threads
     but not MIN_PIECE, so the cache is cleared on the way in and out.  With the default
-    ``min_piece`` small inputs take the small lane (``_small``), as users' do; with a small one the
-    lane is off, so that small arrays reach the fused and planned kernels they exercise."""
+    ``min_piece`` and one thread small inputs take the small lane (``_small``), as users' do;
+    otherwise the lane is off, so that small arrays reach the fused and planned kernels."""
     old_threads = numba.get_num_threads()
-    _small.SMALL_ELEMENTS = DEFAULT_SMALL_ELEMENTS if min_piece == DEFAULT_MIN_PIECE else 0
+    _small.SMALL_ELEMENTS = DEFAULT_SMALL_ELEMENTS if (min_piece, threads) == (DEFAULT_MIN_PIECE, 1) else 0
     _plan.MIN_PIECE = min_piece
     _plan._cached_plan.cache_clear()
     numba.set_num_threads(threads)
