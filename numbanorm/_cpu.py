@@ -18,7 +18,9 @@ Accuracy: inside a chunk that stays in L1 the mean and the sum of squared deviat
 two-pass sums in the input precision (these loops vectorise, and have no division per element);
 the chunk results are then merged in float64 with Chan's formula.  The second pass also sums the
 deviations, which corrects the chunk mean for its own rounding (the "corrected two-pass"
-algorithm), so large offsets such as 1e4 + N(0, 1) in float32 keep their digits.
+algorithm), so large offsets such as 1e4 + N(0, 1) in float32 keep their digits.  The cols
+view's chunks skip the first pass where they can: their deviations are summed around the previous
+chunk's mean, which neighbouring rows rarely move far from (see ``_slab_moments``).
 
 Elementwise passes subtract the centre before scaling, ``(x - mean) * a + b``, never
 ``x * a + (b - mean * a)``, which loses the digits that the offset occupies.  The centre is
@@ -606,54 +608,27 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, blocks, out, sum
 
 
 @njit(**_jit)
-def _slab_sums(rows, shift, acc):
-    """``acc[c] = sum over rows of (rows[b, c] - shift[c])``: a chunk's first pass, taken around
-    a nearby value (the previous chunk's guess) so that the float32 sum of a large offset does not
-    round the guess far from the mean; rows four at a time (the per-column accumulators live in
-    memory, C being known only at run time, so each row added alone would cost a load and a store
-    of them)."""
-    k, width = rows.shape
-    quads = k & ~3
-    acc[:] = 0
-    for b in range(0, quads, 4):
-        r0, r1, r2, r3 = rows[b], rows[b + 1], rows[b + 2], rows[b + 3]
-        for c in range(width):
-            s = shift[c]
-            acc[c] += ((r0[c] - s) + (r1[c] - s)) + ((r2[c] - s) + (r3[c] - s))
-    for b in range(quads, k):
-        row = rows[b]
-        for c in range(width):
-            acc[c] += row[c] - shift[c]
-
-
-@njit(**_jit)
-def _slab_deviations(chunk, guess, dev, sq, following, ahead):
-    """A chunk's second pass -- per-column ``sum(x - guess)`` into ``dev`` and
-    ``sum((x - guess)**2)`` into ``sq`` -- with the first pass of ``following`` (as many rows),
-    ``sum(following - guess)``, into ``ahead`` in the same loop, as ``_deviation_sums`` does for
-    rows."""
+def _slab_shifted_sums(chunk, shift, dev, sq):
+    """Per-column ``dev = sum(x - shift)`` and ``sq = sum((x - shift)**2)`` over the chunk's rows,
+    in the input precision; rows four at a time (the per-column accumulators live in memory, C
+    being known only at run time, so each row added alone would cost a load and a store of them)."""
     k, width = chunk.shape
     quads = k & ~3
     dev[:] = 0
     sq[:] = 0
-    ahead[:] = 0
     for b in range(0, quads, 4):
         r0, r1, r2, r3 = chunk[b], chunk[b + 1], chunk[b + 2], chunk[b + 3]
-        f0, f1, f2, f3 = following[b], following[b + 1], following[b + 2], following[b + 3]
         for c in range(width):
-            g = guess[c]
+            g = shift[c]
             d0, d1, d2, d3 = r0[c] - g, r1[c] - g, r2[c] - g, r3[c] - g
             dev[c] += (d0 + d1) + (d2 + d3)
             sq[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-            ahead[c] += ((f0[c] - g) + (f1[c] - g)) + ((f2[c] - g) + (f3[c] - g))
     for b in range(quads, k):
         row = chunk[b]
-        nxt = following[b]
         for c in range(width):
-            d = row[c] - guess[c]
+            d = row[c] - shift[c]
             dev[c] += d
             sq[c] += d * d
-            ahead[c] += nxt[c] - guess[c]
 
 
 # the most threads a parallel region can have: a constant, so the kernels that size their per-thread
@@ -676,37 +651,41 @@ def _slab_scratch(scratch, rows, width, elements, dtype):
 @njit(**_jit)
 def _slab_moments(xs, mean, m2, scratch):
     """Per-column (mean, M2) of the slab into float64 ``mean``/``m2`` (C,); returns the count.
-    ``scratch`` (4, C) of the slab's dtype holds the chunk sums (see `_slab_scratch`).
+    ``scratch`` (3, C) of the slab's dtype holds the chunk sums (see `_slab_scratch`).
 
-    Chunks of about COL_CHUNK elements, each exact by two passes and merged with Chan's
-    formula; the second pass of a chunk does the first pass of the next one."""
+    Chunks of about COL_CHUNK elements, merged with Chan's formula.  A chunk takes one pass,
+    its deviation sums around the previous chunk's mean: neighbouring chunks of a column have
+    nearly the same mean, and ``M2 = sq - dev**2 / k`` then cancels at most one bit.  A chunk
+    whose mean moved further from that shift (the first chunk, data that drift) takes a second
+    pass around its own mean from L1, which is the exact corrected two-pass sum."""
     length, width = xs.shape
     block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
-    ahead, guess, dev, sq = scratch[0], scratch[1], scratch[2], scratch[3]
+    guess, dev, sq = scratch[0], scratch[1], scratch[2]
     mean[:] = 0.0
     m2[:] = 0.0
     n = 0.0
     if length == 0:
         return n  # an empty piece: merges as nothing
-    guess[:] = xs[0]  # the first chunk's sum is taken around its first row
-    _slab_sums(xs[:block], guess, ahead)
+    guess[:] = xs[0]
     for b0 in range(0, length, block):
         chunk = xs[b0:b0 + block]
         k = chunk.shape[0]
+        _slab_shifted_sums(chunk, guess, dev, sq)
+        moved = False
         for c in range(width):
-            guess[c] += ahead[c] / k  # ahead: the chunk's sum around the previous guess
-        following = xs[b0 + block:b0 + 2 * block]
-        if following.shape[0] == k:
-            _slab_deviations(chunk, guess, dev, sq, following, ahead)
-        else:  # the last chunk, or the one before a shorter last
-            _slab_deviations(chunk, guess, dev, sq, chunk, ahead)
-            _slab_sums(following, guess, ahead)
+            # the chunk mean's squared distance from the shift is above its variance
+            moved |= 2.0 * np.float64(dev[c]) * np.float64(dev[c]) > k * np.float64(sq[c])
+        if moved:
+            for c in range(width):
+                guess[c] += dev[c] / k
+            _slab_shifted_sums(chunk, guess, dev, sq)
         frac = k / (n + k)
         for c in range(width):
             chunk_mean, chunk_m2 = _corrected(k, guess[c], dev[c], sq[c], 0.0)
             delta = chunk_mean - mean[c]
             mean[c] += delta * frac
             m2[c] += chunk_m2 + delta * delta * n * frac
+            guess[c] = chunk_mean
         n += k
     return n
 
@@ -766,10 +745,10 @@ def _slab_input_grad(dy, xs, hi, lo, ka, kb, kc, ys):
 def col_moments(x, pieces, count, mean, m2):
     """Per-(a, piece, c) states of ``x`` (A, B, C) reduced over B, into float64 (A, pieces, C)."""
     outer, length, width = x.shape
-    scratch = np.empty((_THREADS, 4, width), x.dtype)
+    scratch = np.empty((_THREADS, 3, width), x.dtype)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
-        mine = _slab_scratch(scratch, 4, width, (stop - start) * width, x.dtype)
+        mine = _slab_scratch(scratch, 3, width, (stop - start) * width, x.dtype)
         count[a, p, :] = _slab_moments(x[a, start:stop], mean[a, p], m2[a, p], mine)
 
 
@@ -824,7 +803,7 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
     for a in prange(outer):
         col_mean = np.empty(width)
         col_m2 = np.empty(width)
-        n = _slab_moments(x[a], col_mean, col_m2, np.empty((4, width), x.dtype))
+        n = _slab_moments(x[a], col_mean, col_m2, np.empty((3, width), x.dtype))
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
         alpha = np.empty(width, x.dtype)

@@ -162,7 +162,7 @@ def rows_moments(x2, count, mean, m2):
 @njit(**_ew)
 def slabs_moments(x3, count, mean, m2):
     """Per-(a, c) (count, mean, M2) of ``x3`` (A, B, C) reduced over B, into float64 (A, C)."""
-    scratch = np.empty((4, x3.shape[2]), x3.dtype)
+    scratch = np.empty((3, x3.shape[2]), x3.dtype)
     for a in range(x3.shape[0]):
         if x3.shape[1] == 0:
             count[a, :] = 0.0
@@ -186,7 +186,7 @@ def grid_states(x4, states):
     m2[:, :] = 0.0
     if q_ == 1:  # channels last: a (P, C) slab per sample, vectorised along C
         x3 = x4.reshape((n_, p_, c_))
-        scratch = np.empty((4, c_), x4.dtype)
+        scratch = np.empty((3, c_), x4.dtype)
         for n in range(n_):
             if p_ > 0:
                 count[n, :] = _slab_moments(x3[n], base[n], m2[n], scratch)
