@@ -102,35 +102,56 @@ def _corrected(k, guess, dev, sq, base):
 
 
 @njit(**_jit)
+def _shifted_sums(chunk, shift):
+    """``sum(x - shift)`` and ``sum((x - shift)**2)`` of ``chunk``, in the input precision."""
+    dev = chunk.dtype.type(0)
+    sq = chunk.dtype.type(0)
+    for i in range(chunk.shape[0]):
+        d = chunk[i] - shift
+        dev += d
+        sq += d * d
+    return dev, sq
+
+
+@njit(inline="always", **_jit)
+def _moved(k, dev, sq):
+    """Whether a chunk's mean lies further from the shift of its deviation sums than its spread:
+    ``M2 = sq - dev**2 / k`` would then cancel more than one bit."""
+    return 2.0 * np.float64(dev) * np.float64(dev) > k * np.float64(sq)
+
+
+@njit(**_jit)
 def _span_moments(v):
     """(count, base, offset, M2) of a contiguous 1-D span, the mean being ``base + offset``,
     chunk by chunk, merged with Chan's formula.
 
-    The chunk means are merged as offsets from the first chunk's guess (``base``): merging
-    1e8-sized float64 means would round each step's mean to float64 (a few ulps of 1e8 after
-    tens of chunks), the small offsets keep every digit.  The passes are pipelined across
-    chunks: the pass that sums a chunk's deviations also takes the plain sum of the next
-    chunk (see ``_deviation_sums``)."""
+    A chunk takes one pass, its deviation sums around the previous chunk's mean: neighbouring
+    chunks of a span have nearly the same mean.  A chunk whose mean moved further than its
+    spread (the first chunk, data that drift, an outlier) takes a second pass around its own
+    mean from L1, the exact corrected two-pass sum.  The chunk means are merged as offsets from
+    the first chunk's mean (``base``): merging 1e8-sized float64 means would round each step's
+    mean to float64 (a few ulps of 1e8 after tens of chunks), the small offsets keep every digit."""
     total = v.shape[0]
     n = 0.0
     mean = 0.0
     m2 = 0.0
     if total == 0:
         return n, 0.0, mean, m2  # an empty piece: merges as nothing
-    ahead = _plain_sum(v[:ROW_CHUNK])
-    base = np.float64(ahead / v.dtype.type(min(total, ROW_CHUNK)))
+    dtype = v.dtype.type
+    guess = v[0]
+    base = 0.0
     for c0 in range(0, total, ROW_CHUNK):
         chunk = v[c0:c0 + ROW_CHUNK]
         k = chunk.shape[0]
-        guess = ahead / v.dtype.type(k)
-        following = v[c0 + ROW_CHUNK:c0 + 2 * ROW_CHUNK]
-        if following.shape[0] == k:
-            dev, sq, ahead = _deviation_sums(chunk, guess, following)
-        else:  # the last chunk, or the one before a shorter last
-            dev, sq, _ = _deviation_sums(chunk, guess, chunk)
-            ahead = _plain_sum(following)
+        dev, sq = _shifted_sums(chunk, guess)
+        if _moved(k, dev, sq):
+            guess += dev / dtype(k)
+            dev, sq = _shifted_sums(chunk, guess)
+        if c0 == 0:
+            base = np.float64(guess)
         chunk_mean, chunk_m2 = _corrected(k, guess, dev, sq, base)
         n, mean, m2 = _chan_merge(n, mean, m2, np.float64(k), chunk_mean, chunk_m2)
+        guess = dtype(base + chunk_mean)
     return n, base, mean, m2
 
 
@@ -673,8 +694,7 @@ def _slab_moments(xs, mean, m2, scratch):
         _slab_shifted_sums(chunk, guess, dev, sq)
         moved = False
         for c in range(width):
-            # the chunk mean's squared distance from the shift is above its variance
-            moved |= 2.0 * np.float64(dev[c]) * np.float64(dev[c]) > k * np.float64(sq[c])
+            moved |= _moved(k, dev[c], sq[c])
         if moved:
             for c in range(width):
                 guess[c] += dev[c] / k

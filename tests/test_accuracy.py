@@ -40,6 +40,26 @@ def test_long_float32_reduction_is_accurate(rng):
     assert _err(v, exact.var((0, 2, 3))) < 1e-5
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_outliers_do_not_cost_the_variance_its_digits(layout, rng):
+    # a chunk's deviations are summed around the previous chunk's mean (the first chunk: around
+    # its first value); an outlier there puts that shift far from the chunk's own mean, which
+    # must then take a second pass, or float32 cancellation costs ~5 digits of M2
+    x = rng.normal(size=(2, 4, 64, 64))
+    x[:, :, 0, 0] = 3e3
+    x[:, :, 32, 5] = -2e3
+    axes, ca = (0, 2, 3), 1
+    if layout == "nhwc":
+        x, axes, ca = np.ascontiguousarray(np.moveaxis(x, 1, -1)), (0, 1, 2), -1
+    x = x.astype(np.float32)
+    exact = x.astype(np.float64)
+    _, v = nn.moments(x, axes)
+    assert _err(v, exact.var(axes)) / exact.var(axes).max() < 1e-6
+    _, st = nn.instance_norm(x, channel_axis=ca, return_stats=True, eps=0.0)
+    per_sample = exact.var(axes[1:])
+    assert _err(1 / st.rstd.reshape(per_sample.shape) ** 2, per_sample) / per_sample.max() < 1e-6
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_constant_input_gives_finite_output(dtype):
     x = np.full((4, 6, 5, 5), 7.0, dtype)
