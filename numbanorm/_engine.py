@@ -9,7 +9,7 @@ data path in kernels, with no small arrays on the host.
 Small arrays come in two orders.  ``states``, ``grad_states``, ``affine_coef`` and
 ``input_grad_coef`` speak the kernels' order (see ``Plan.coef_shape``, ``Plan.kernel_cells``),
 for callers that turn statistics into coefficients with a compiled loop (the grid norms);
-``partial_moments``, ``moments``, ``grad_sums``, ``affine`` and ``input_grad`` speak the caller's
+``moments``, ``grad_sums``, ``affine`` and ``input_grad`` speak the caller's
 axis order, with length 1 along the reduced axes (``keepdims`` style), the statistics as float64
 partial results that the caller may merge further.
 """
@@ -114,18 +114,15 @@ class Engine:
         kernel(dev.view(plan, x), pieces, *states)
         return stacked
 
-    def partial_moments(self, x, plan):
-        """(count, mean, M2) of ``x`` reduced over the plan's kernel run only, keepdims-shaped."""
-        merged = [np.empty(math.prod(plan.outer_shape)) for _ in range(3)]
-        _cpu.merge_groups(*self.states(x, plan), plan.state_index(), *merged)
-        return tuple(plan.from_outer(a) for a in merged)
-
     def moments(self, x, kept, plan=None):
-        """(count, mean, M2) over every axis whose ``kept`` flag is False, keepdims-shaped."""
+        """(count, mean, M2) over every axis whose ``kept`` flag is False, keepdims-shaped: the
+        kernels' states merged once, straight into the kept cells -- also across the reduced axes
+        that the plan's kernel run left in its outer index (not adjacent in memory to the run)."""
         plan = plan or Plan.of(x, kept)
-        count, mean, m2 = self.partial_moments(x, plan)
-        rest = [i for i in range(x.ndim) if not kept[i] and i not in plan.reduced_axes]
-        return merge_axes(count, mean, m2, rest)
+        final = tuple(n if k else 1 for n, k in zip(x.shape, kept))
+        merged = np.empty((3, math.prod(final)))
+        _cpu.merge_groups(*self.states(x, plan), plan.kept_cells(kept), *merged)
+        return tuple(a.reshape(final) for a in merged)
 
     def affine(self, x, plan, center, alpha, beta, out=None, weight=None, bias=None):
         """``y = (x - center)*alpha + beta`` with coefficients per outer index; for rows plans

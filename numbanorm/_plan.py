@@ -14,7 +14,7 @@ or *reduced* (they do not) -- and finds the cheapest view the kernels understand
 A result "per row" or "per (a, c)" is per *outer* index: every axis except the one run the kernel
 reduced.  ``to_outer`` / ``from_outer`` move small coefficient and statistic arrays between the
 caller's axis order and that kernel order; results over reduced axes still left in the outer
-index are merged by the caller (see ``_engine.merge_axes``).
+index are merged by the caller (``kept_cells`` names the result cell of every kernel state).
 """
 
 import math
@@ -192,6 +192,21 @@ class Plan:
             return np.arange(a)[:, None] * c + self._fold_index[None, :]
         return self.memo("state_index", make)
 
+    def kept_cells(self, kept):
+        """For each (outer index, column) of the moments kernels' states, its flat index in a
+        keepdims result with length 1 along every axis not ``kept`` (a superset of the kernel
+        run): (K, W)."""
+        def make():
+            small = self.state_index()
+            if not self.shape:
+                return np.zeros_like(small)
+            if self._gather is not None:
+                small = self._gather[small]
+            coords = np.unravel_index(small, self.small_shape)
+            final = tuple(n if k else 1 for n, k in zip(self.shape, kept))
+            return np.ravel_multi_index([c if k else np.zeros_like(c) for c, k in zip(coords, kept)], final)
+        return self.memo(("kept_cells", tuple(kept)), make)
+
     def unfold(self, states):
         """Per-(a, piece, column) results of a cols kernel, (A, pieces, fold*C), as
         (A, pieces*fold, C): the fold's copies of a channel become more pieces to merge."""
@@ -203,11 +218,14 @@ class Plan:
 # a (A, B, C) view is read as (A, B/k, k*C) instead: k consecutive rows side by side, each
 # channel k columns to be merged afterwards, so the vector loops stay long.
 FOLD_WIDTH = 64
+FOLDED_ROWS = 8
 
 
 def fold_for(length, width):
-    """The most rows, up to FOLD_WIDTH // width, that divide ``length``; 1 for wide rows."""
-    for k in range(FOLD_WIDTH // max(width, 1), 1, -1):
+    """The most rows, up to FOLD_WIDTH // width, that divide ``length`` and leave at least
+    FOLDED_ROWS; 1 for wide rows.  (The per-(a, c) coefficients and states grow with the fold: a
+    short run folded flat would make them as large as the data.)"""
+    for k in range(min(FOLD_WIDTH // max(width, 1), length // FOLDED_ROWS), 1, -1):
         if length % k == 0:
             return k
     return 1
