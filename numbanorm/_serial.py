@@ -33,8 +33,8 @@ from ._cpu import (
     _chan_merge,
     _corrected,
     _deviation_sums,
+    _less_low,
     _plain_sum,
-    _segment_input_grad,
     _slab_affine,
     _slab_dot_sums,
     _slab_input_grad,
@@ -269,6 +269,28 @@ def grid_affine(x4, coef, y4):
                     ys[q] = ((xs[q] - h) - l) * a + b
 
 
+@njit(**_reduce)
+def _segments_dot_sums(dy3, x3, hi, lo, sum_dy, sum_dy_xc):
+    """Add per-channel ``sum(dy)`` and ``sum(dy*(x - centre))`` of one sample's (P, C, Q) block,
+    each segment of at most ROW_CHUNK one exact chunk in the input precision, to float64 (C,)
+    sums; the loops inline here, where a call per short segment would cost more than its sums."""
+    p_, c_, q_ = x3.shape
+    zero = x3.dtype.type(0)
+    for p in range(p_):
+        for c in range(c_):
+            h = hi[c]
+            xs = x3[p, c]
+            gs = dy3[p, c]
+            t1 = zero
+            t2 = zero
+            for q in range(q_):
+                g = gs[q]
+                t1 += g
+                t2 += g * (xs[q] - h)
+            sum_dy[c] += t1
+            sum_dy_xc[c] += _less_low(t2, t1, lo[c])
+
+
 @njit(**_ew)
 def grid_grad_sums(dy4, x4, coef, sums):
     """``sum(dy)`` and ``sum(dy*(x - centre))`` per (sample, channel) into float64 ``sums``
@@ -283,6 +305,11 @@ def grid_grad_sums(dy4, x4, coef, sums):
         for n in range(n_):
             s = n if per_sample else 0
             _slab_dot_sums(d3[n], x3[n], coef[0, s], coef[1, s], sums[0, n], sums[1, n], scratch)
+        return
+    if q_ <= ROW_CHUNK:
+        for n in range(n_):
+            s = n if per_sample else 0
+            _segments_dot_sums(dy4[n], x4[n], coef[0, s], coef[1, s], sums[0, n], sums[1, n])
         return
     for n in range(n_):
         s = n if per_sample else 0
@@ -348,8 +375,12 @@ def grid_input_grad(dy4, x4, coef, dx4):
         s = n if per_sample else 0
         for p in range(p_):
             for c in range(c_):
-                _segment_input_grad(dy4[n, p, c], x4[n, p, c], dx4[n, p, c], coef[2, s, c], coef[0, s, c],
-                                    coef[1, s, c], coef[3, s, c], coef[4, s, c])
+                h, lo, ka, kb, kc = coef[0, s, c], coef[1, s, c], coef[2, s, c], coef[3, s, c], coef[4, s, c]
+                xs = x4[n, p, c]
+                gs = dy4[n, p, c]
+                ds = dx4[n, p, c]
+                for q in range(q_):
+                    ds[q] = gs[q] * ka + ((xs[q] - h) - lo) * kb + kc
 
 
 # -- whole grid passes: one call from statistics to output ----------------------------------------
@@ -357,7 +388,10 @@ def grid_input_grad(dy4, x4, coef, dx4):
 @njit(**_ew)
 def grid_stats(x4, groups, over_batch, eps):
     """Per-group (count, base, offset, var, rstd) of ``x4``, each (1 or N, G) float64."""
-    n, _, c, _ = x4.shape
+    n, p, c, q = x4.shape
+    if over_batch and q == 1:  # channels last over the batch: the samples' slabs as one
+        x4 = x4.reshape((1, n * p, c, 1))
+        n = 1
     states = np.empty((4, n, c))
     grid_states(x4, states)
     merged = np.empty((4, 1 if over_batch else n, groups))
@@ -430,8 +464,19 @@ def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
     For the ``_small`` lane only (at most a few tens of thousands of values): the statistics are
     the corrected two-pass sums over each whole group in float64 -- the mean of a first pass, then
     the sums of the deviations from it, which correct it, and of their squares -- with no chunk
-    states to merge, the per-segment divisions that cost most at this size."""
-    n_, _, c_, _ = x4.shape
+    states to merge, the per-segment divisions that cost most at this size.  Channels-last input
+    takes ``grid_stats`` instead: its chunk sums run along the channels in the input precision,
+    a vector loop, where float64 sums along a row of channels would keep their accumulators in
+    memory."""
+    n_, _, c_, q_ = x4.shape
+    if q_ == 1:
+        count_g, base_g, offset_g, var_g, rstd_g = grid_stats(x4, groups, over_batch, eps)
+        grid_normalize(x4, y4, base_g, offset_g, rstd_g, weight, bias)
+        stats[0] = count_g
+        stats[1] = base_g + offset_g
+        stats[2] = var_g
+        stats[3] = rstd_g
+        return
     s_ = stats.shape[1]
     members = c_ // groups
     count = x4.size / (s_ * groups)

@@ -24,7 +24,7 @@ from ._config import SMALL_ELEMENTS
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
 # small inputs it costs several times more than the other grid norms': the lane pays off on inputs
 # this many times larger there
-OVER_BATCH_FACTOR = 4
+OVER_BATCH_FACTOR = 16
 
 
 def fits(x, other=None, factor=1):
