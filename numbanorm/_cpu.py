@@ -590,12 +590,14 @@ def segment_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_
 
 
 @njit(parallel=True, **_ew)
-def row_normalize_backward(dy, x, weight, mean, rstd, centered, blocks, out, sum_dy, sum_dy_xhat, scratch):
+def row_normalize_backward(dy, x, weight, mean, rstd, centered, param_grads, blocks, out, sum_dy, sum_dy_xhat,
+                           scratch):
     """Input gradient of ``row_normalize`` for layer norm (``centered``) or RMS norm rows with a
     per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows, each row's two reductions
-    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache; the weight and bias
-    gradients' partial sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks,
-    L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype)."""
+    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache.  With ``param_grads`` the
+    weight and bias gradients' partial sums go to one float64 row per block, ``sum_dy``/
+    ``sum_dy_xhat`` (blocks, L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2,
+    L) of the input dtype); without (a forward with neither parameter) they are left untouched."""
     rows, length = x.shape
     dtype = x.dtype.type
     for task in prange(blocks):
@@ -612,6 +614,10 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, blocks, out, sum
             kb = dtype(-inv * inv * inv * s2 / length)
             kc = dtype(-inv * s1 / length) if centered else dtype(0)
             a = dtype(inv)
+            if not param_grads:
+                for i in range(length):
+                    ys[i] = gs[i] * weight[i] * a + ((xs[i] - h) - l) * kb + kc
+                continue
             for i in range(length):
                 g = gs[i]
                 xc = (xs[i] - h) - l

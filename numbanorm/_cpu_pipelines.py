@@ -259,6 +259,23 @@ def row_forward(x, xk, k, weight, bias, eps, centered, out):
     return y, mean.reshape(-1), rstd.reshape(-1)
 
 
+def row_moments(xk, k):
+    """Per-row (mean, biased variance) of ``xk`` over its trailing ``k`` axes, float64 shaped like
+    its leading axes: a row norm's statistics without its output."""
+    lead = xk.shape[: xk.ndim - k]
+    rows = math.prod(lead)
+    if _small.fits(xk):
+        mean, var = _small.row_moments(xk, rows, xk.size // rows)
+    elif (x2 := _fused_rows(xk, rows, 1)) is not None:
+        count, mean, m2 = np.empty((3, rows, 1))
+        _cpu.row_moments(x2, 1, count, mean, m2)
+        var = m2 / count
+    else:
+        count, mean, m2 = _engine.CPU.moments(xk, [i < xk.ndim - k for i in range(xk.ndim)])
+        var = m2 / count
+    return mean.reshape(lead), var.reshape(lead)
+
+
 def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
     """Gradients of a row norm over the trailing ``k`` axes: (dx, grad_weight, grad_bias), the
     parameter gradients shaped like the row in the compute dtype (None where the forward had no
@@ -272,9 +289,11 @@ def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
         w = np.ones(length, xk.dtype) if weight is None else weight.reshape(length)
         blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
         dx2 = np.empty_like(x2)
-        sum_dy, sum_dy_xhat = np.empty((2, blocks, length))
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered,
-                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, length), xk.dtype))
+        params = weight is not None or has_bias
+        width = length if params else 0  # without parameters the kernel sums no gradients for them
+        sum_dy, sum_dy_xhat = np.empty((2, blocks, width))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered, params,
+                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, width), xk.dtype))
         dx, grad_w, grad_b = dx2.reshape(xk.shape), sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
     else:
         w, _ = _row_params(weight, np.zeros(shape, xk.dtype) if has_bias else None, length, xk.dtype)

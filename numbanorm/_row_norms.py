@@ -7,8 +7,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
-from ._arguments import _backward_inputs, dispatch, _grads, _input, _maybe_stats, _stats_arg
-from ._cpu_pipelines import row_backward, row_forward
+from ._arguments import _backward_inputs, dispatch, _grads, _input, _maybe_stats, _rstd, _stats_arg
+from ._cpu_pipelines import row_backward, row_forward, row_moments
 from ._types import Array, Grads, InPlace, NormStats, ShapeLike
 
 
@@ -444,6 +444,10 @@ def weight_standardization_backward(grad_output: ArrayLike, weight: ArrayLike, e
     True
     """
     w, dy = _weight_arrays(weight, grad_output)
-    _, stats = _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None)
-    return _row_norm_backward(dy, w, stats, w.shape[1:], None, True).input
+    eps = chk.eps_value("eps", eps)
+    shape = chk.normalized_shape_of(w.shape[1:], w.shape)
+    _, wk = _input("weight", w, 2)
+    mean, var = row_moments(wk, len(shape))  # the forward's statistics, without its output
+    stats = NormStats(mean, _rstd(var, eps), True, False, eps)
+    return _row_norm_backward(dy, w, stats, shape, None, True).input
 

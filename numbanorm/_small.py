@@ -113,6 +113,13 @@ def row_forward(x, rows, length, weight, bias, eps, centered, out):
     return _deliver(y, out), mean, rstd
 
 
+def row_moments(x, rows, length):
+    """Per-row (mean, biased variance), float64 (rows,)."""
+    count, mean, m2 = np.empty((3, rows))
+    S.rows_moments(_rows(x, rows, length), count, mean, m2)
+    return mean, m2 / count
+
+
 def row_backward(dy, x, mean, rstd, weight, centered):
     """(dx, grad_weight, grad_bias) of a row norm, the gradients float64 (L,)."""
     rows = mean.size

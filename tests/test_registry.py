@@ -125,6 +125,22 @@ def test_weight_standardization_gradient_by_finite_differences():
     assert abs(numeric - float((g * direction).sum())) < 1e-6
 
 
+@pytest.mark.parametrize("shape,order", [((8, 4, 3, 3), "C"),  # the small lane
+                                         ((64, 32, 3, 3), "C"),  # fused rows
+                                         ((64, 32, 3, 3), "F")])  # the planned path
+def test_weight_standardization_backward_on_every_statistics_path(shape, order):
+    # the backward takes the statistics alone (no output) and sums no parameter gradients
+    rng = np.random.default_rng(7)
+    w = np.asarray(rng.normal(1.0, 2.0, shape), order=order)
+    dy = rng.normal(size=shape)
+    assert_close(nn.weight_standardization_backward(dy, w), ref.weight_standardization_backward(dy, w), 1e-11)
+    x = np.ascontiguousarray(w.reshape(shape[0], -1))
+    _, stats = nn.layer_norm(x, x.shape[1:], return_stats=True)
+    grads = nn.layer_norm_backward(dy.reshape(x.shape), x, stats, x.shape[1:])
+    assert grads.weight is None and grads.bias is None
+    assert_close(grads.input, ref.weight_standardization_backward(dy.reshape(x.shape), x), 1e-11)
+
+
 def test_reference_mirrors_the_public_api():
     """numbanorm.reference: every public function, name for name and signature for signature."""
     import inspect
