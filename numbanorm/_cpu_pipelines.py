@@ -40,7 +40,8 @@ def _fused_rows(x, rows, segments):
 def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
     Returns (y, mean, var, rstd) with the statistics per row."""
-    mean, var, rstd = np.empty((3, x2.shape[0]))
+    rows = x2.shape[0]
+    mean, var, rstd = np.empty(rows), np.empty(rows), np.empty(rows)
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
@@ -135,9 +136,8 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
     (``count`` a number where every group has the same)."""
     n, c = x.shape[0], x.shape[ch]
     if _small.fits(x, factor=_small.OVER_BATCH_FACTOR if grouping.over_batch else 1):
-        y, (count, mean, var, rstd) = _small.grid_forward(x, ch, grouping.groups, grouping.over_batch, weight, bias,
-                                                          eps, out)
-        return y, float(count[0, 0]), mean, var, rstd
+        y, stats = _small.grid_forward(x, ch, grouping.groups, grouping.over_batch, weight, bias, eps, out)
+        return y, float(stats[0, 0, 0]), stats[1], stats[2], stats[3]  # indexed: unpacking an array iterates it
     x2 = _grid_rows(xk, ch, grouping)
     if x2 is not None:
         shape = (grouping.groups, c // grouping.groups)
@@ -156,8 +156,8 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
         count = float(x.size // (n * grouping.groups))
         return y, count, mean, var, _rstd(var, eps)
     plan = grid_plan(xk, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    count, mean, m2 = grouping.merge_states(_engine.CPU.states(xk, plan), plan, ch, n)
-    var = m2 / count
+    merged = grouping.merge_states(_engine.CPU.states(xk, plan), plan, ch, n)
+    count, mean, var = merged[0], merged[1], merged[2] / merged[0]
     y, mean, rstd = grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan)
     return y, count, mean, var, rstd
 
@@ -267,7 +267,7 @@ def row_moments(xk, k):
     if _small.fits(xk):
         mean, var = _small.row_moments(xk, rows, xk.size // rows)
     elif (x2 := _fused_rows(xk, rows, 1)) is not None:
-        count, mean, m2 = np.empty((3, rows, 1))
+        count, mean, m2 = np.empty((rows, 1)), np.empty((rows, 1)), np.empty((rows, 1))
         _cpu.row_moments(x2, 1, count, mean, m2)
         var = m2 / count
     else:

@@ -97,7 +97,7 @@ def grid_backward(dy, x, ch, mean, rstd, weight, over_batch, batch_stats):
     shape4 = grid_shape(x.shape, ch)
     c = shape4[2]
     dx = np.empty_like(x)
-    grad_weight, grad_bias = np.empty((2, c))
+    grad_weight, grad_bias = np.empty(c), np.empty(c)
     S.grid_backward(dy.reshape(shape4), x.reshape(shape4), mean, rstd, _or_ones(weight, c, x.dtype), over_batch,
                     batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
     return dx, grad_weight, grad_bias
@@ -107,7 +107,7 @@ def row_forward(x, rows, length, weight, bias, eps, centered, out):
     """Layer norm (``centered``) or RMS norm of each of ``rows`` rows: (y, mean, rstd), the
     statistics float64 (rows,)."""
     y = _target(out, x)
-    mean, rstd = np.empty((2, rows))
+    mean, rstd = np.empty(rows), np.empty(rows)
     S.norm_rows(_rows(x, rows, length), _or_ones(weight, length, x.dtype), _or_zeros(bias, length, x.dtype), eps,
                 centered, _rows(y, rows, length), mean, rstd)
     return _deliver(y, out), mean, rstd
@@ -115,7 +115,7 @@ def row_forward(x, rows, length, weight, bias, eps, centered, out):
 
 def row_moments(x, rows, length):
     """Per-row (mean, biased variance), float64 (rows,)."""
-    count, mean, m2 = np.empty((3, rows))
+    count, mean, m2 = np.empty(rows), np.empty(rows), np.empty(rows)
     S.rows_moments(_rows(x, rows, length), count, mean, m2)
     return mean, m2 / count
 
@@ -125,7 +125,7 @@ def row_backward(dy, x, mean, rstd, weight, centered):
     rows = mean.size
     length = x.size // rows
     dx = np.empty_like(x)
-    grad_weight, grad_bias = np.zeros((2, length))
+    grad_weight, grad_bias = np.zeros(length), np.zeros(length)
     S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype),
                          mean.reshape(rows), rstd.reshape(rows), centered, _rows(dx, rows, length), grad_weight,
                          grad_bias)
