@@ -6,7 +6,6 @@ them with Chan's formula through shared memory (no warp shuffles, so the same co
 Numba's CUDA simulator).  Every accumulation is float64.
 """
 
-import numpy as np
 from numba import cuda, float64
 
 from ._config import CUDA_THREADS

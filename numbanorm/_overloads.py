@@ -19,8 +19,6 @@ Differences, forced by compilation (the README's "Inside @njit code" lists them)
   (stats that came from Python): test it against None before use.
 """
 
-import math
-
 import numpy as np
 from numba import njit, types
 from numba.core.errors import TypingError

@@ -7,13 +7,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
-from ._arguments import _backward_inputs, dispatch, _grads, _input, _maybe_stats, _rstd, _stats_arg
+from ._arguments import _backward_inputs, dispatch, _grads, _input, _rstd, _stats_arg
 from ._cpu_pipelines import row_backward, row_forward, row_moments
 from ._types import Array, Grads, InPlace, NormStats, ShapeLike
 
 
-def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
-    """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions."""
+def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_stats):
+    """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions:
+    y, or (y, NormStats) with ``return_stats``."""
     x, xk = _input("input", input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     weight = chk.parameter("weight", weight, shape, xk.dtype)
@@ -22,6 +23,8 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out):
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - len(shape)]
     y, mean, rstd = row_forward(x, xk, len(shape), weight, bias, eps, centered, out)
+    if not return_stats:
+        return y
     return y, NormStats(mean.reshape(lead), rstd.reshape(lead), True, bias is not None, eps)
 
 
@@ -120,8 +123,7 @@ def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[A
     >>> stats.mean.shape
     (4,)
     """
-    y, stats = _row_norm(input, normalized_shape, weight, bias, eps, True, out)
-    return _maybe_stats(y, stats, return_stats)
+    return _row_norm(input, normalized_shape, weight, bias, eps, True, out, return_stats)
 
 
 @dispatch
@@ -260,8 +262,7 @@ def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[Arr
     >>> bool(np.allclose(y, x / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + np.finfo(x.dtype).eps)))
     True
     """
-    y, stats = _row_norm(input, normalized_shape, weight, None, eps, False, out)
-    return _maybe_stats(y, stats, return_stats)
+    return _row_norm(input, normalized_shape, weight, None, eps, False, out, return_stats)
 
 
 @dispatch
@@ -383,7 +384,7 @@ def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
     True
     """
     w, _ = _weight_arrays(weight)
-    return _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None)[0]
+    return _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None, False)
 
 
 @dispatch
