@@ -322,8 +322,10 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
         var = np.broadcast_to(chk.parameter("running_var", running_var, (c,), np.float64), shape)
         y, mean, rstd = cpu.grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out,
                                       cpu.grid_plan(xk, ch, over_batch))
+    if not return_stats:
+        return y
     mean, rstd = (mean[0], rstd[0]) if over_batch else (np.array(mean), np.array(rstd))
-    return _maybe_stats(y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps), return_stats)
+    return y, NormStats(mean, rstd, bool(batch_stats), bias is not None, eps)
 
 
 @overload
@@ -421,7 +423,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = cpu.Grouping(groups, False)
     y, _, mean, _, rstd = cpu.grid_forward(x, xk, ch, grouping, weight, bias, eps, out)
-    return _maybe_stats(y, NormStats(mean, rstd, True, bias is not None, eps), return_stats)
+    return (y, NormStats(mean, rstd, True, bias is not None, eps)) if return_stats else y
 
 
 @dispatch
