@@ -14,13 +14,14 @@ busy; partial results come back per piece and are merged by the caller.  Between
 small serial loops (``merge_groups``, ``grid_coefficients``, ``grid_backward_coefficients``) turn
 those partial results into the next pass's coefficients on the host, for every device.
 
-Accuracy: inside a chunk that stays in L1 the mean and the sum of squared deviations are exact
-two-pass sums in the input precision (these loops vectorise, and have no division per element);
-the chunk results are then merged in float64 with Chan's formula.  The second pass also sums the
-deviations, which corrects the chunk mean for its own rounding (the "corrected two-pass"
-algorithm), so large offsets such as 1e4 + N(0, 1) in float32 keep their digits.  The cols
-view's chunks skip the first pass where they can: their deviations are summed around the previous
-chunk's mean, which neighbouring rows rarely move far from (see ``_slab_moments``).
+Accuracy: a chunk that stays in L1 sums its deviations from a centre, and their squares, in the
+input precision (these loops vectorise, and have no division per element).  The centre is the
+previous chunk's mean, which neighbouring data rarely move far from; a chunk whose mean lies
+further from it than the chunk's spread (the first chunk, drifting data, an outlier) takes a
+second pass around its own mean, the "corrected two-pass" algorithm, whose deviation sum corrects
+that mean for its own rounding.  Short rows (at most ROW_CHUNK) are centred on their plain sum,
+taken in the previous row's pass (see ``row_normalize``).  The chunk results are merged in float64
+with Chan's formula, so large offsets such as 1e4 + N(0, 1) in float32 keep their digits.
 
 Elementwise passes subtract the centre before scaling, ``(x - mean) * a + b``, never
 ``x * a + (b - mean * a)``, which loses the digits that the offset occupies.  The centre is
@@ -590,14 +591,16 @@ def segment_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_
 
 
 @njit(parallel=True, **_ew)
-def row_normalize_backward(dy, x, weight, mean, rstd, centered, param_grads, blocks, out, sum_dy, sum_dy_xhat,
-                           scratch):
+def row_normalize_backward(dy, x, weight, mean, rstd, centered, recompute, eps, param_grads, blocks, out, sum_dy,
+                           sum_dy_xhat, scratch):
     """Input gradient of ``row_normalize`` for layer norm (``centered``) or RMS norm rows with a
     per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows, each row's two reductions
-    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache.  With ``param_grads`` the
-    weight and bias gradients' partial sums go to one float64 row per block, ``sum_dy``/
-    ``sum_dy_xhat`` (blocks, L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2,
-    L) of the input dtype); without (a forward with neither parameter) they are left untouched."""
+    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache.  With ``recompute`` (layer
+    norm only) each row's statistics are taken first, in cache too, into ``mean``/``rstd`` (a
+    forward that kept none: weight standardization).  With ``param_grads`` the weight and bias gradients' partial
+    sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks, L), by the policy of
+    ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype); without (a forward with
+    neither parameter) they are left untouched."""
     rows, length = x.shape
     dtype = x.dtype.type
     for task in prange(blocks):
@@ -607,6 +610,10 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, param_grads, blo
             xs = x[r]
             gs = dy[r]
             ys = out[r]
+            if recompute:  # layer-norm rows
+                n, base, offset, m2 = _span_moments(xs)
+                mean[r] = base + offset
+                rstd[r] = 1.0 / np.sqrt(m2 / n + eps)
             h, l = _split(mean[r], 0.0, dtype)
             inv = rstd[r]
             s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
@@ -631,7 +638,7 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, param_grads, blo
 #
 # A slab is ``x[a, start:stop]``, a C-contiguous (rows, C) block; every loop runs along C, so it
 # vectorises across channels.  Rows are taken in blocks of about COL_CHUNK elements, small enough
-# that the exact two-pass chunk statistics re-read the block from L1.
+# that a chunk's second pass, where it takes one, re-reads the block from L1.
 
 
 @njit(**_jit)

@@ -276,6 +276,35 @@ def row_moments(xk, k):
     return mean.reshape(lead), var.reshape(lead)
 
 
+def row_backward_recomputing(dy, xk, k, eps):
+    """The input gradient of a layer norm without parameters whose forward kept no statistics
+    (weight standardization): they are recomputed, in the fused kernel while each row is in cache."""
+    rows = math.prod(xk.shape[: xk.ndim - k])
+    x2 = None if _small.fits(xk, dy) or not _is_c(dy) else _fused_rows(xk, rows, 1)
+    if x2 is None:
+        mean, var = row_moments(xk, k)
+        return row_backward(dy, xk, k, mean, _rstd(var, eps), None, False, True)[0]
+    mean, rstd = np.empty(rows), np.empty(rows)
+    dx2, _, _ = _fused_row_backward(dy, x2, None, mean, rstd, True, False, recompute=True, eps=eps)
+    return dx2.reshape(xk.shape)
+
+
+def _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias, recompute=False, eps=0.0):
+    """``row_normalize_backward`` on C-contiguous rows x2 (R, L): (dx2, grad_w, grad_b), the
+    parameter gradients float64 (L,) (empty where the forward had neither parameter); with
+    ``recompute`` the rows' statistics are taken in the kernel, into ``mean``/``rstd``."""
+    length = x2.shape[1]
+    w = np.ones(length, x2.dtype) if weight is None else weight.reshape(length)
+    blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
+    dx2 = np.empty_like(x2)
+    params = weight is not None or has_bias
+    width = length if params else 0  # without parameters the kernel sums no gradients for them
+    sum_dy, sum_dy_xhat = np.empty((blocks, width)), np.empty((blocks, width))
+    _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered, recompute, eps,
+                                params, blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, width), x2.dtype))
+    return dx2, sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
+
+
 def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
     """Gradients of a row norm over the trailing ``k`` axes: (dx, grad_weight, grad_bias), the
     parameter gradients shaped like the row in the compute dtype (None where the forward had no
@@ -286,15 +315,8 @@ def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
     if _small.fits(xk, dy):
         dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered)
     elif (x2 := _fused_rows(xk, mean.size, 1) if _is_c(dy) else None) is not None:
-        w = np.ones(length, xk.dtype) if weight is None else weight.reshape(length)
-        blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-        dx2 = np.empty_like(x2)
-        params = weight is not None or has_bias
-        width = length if params else 0  # without parameters the kernel sums no gradients for them
-        sum_dy, sum_dy_xhat = np.empty((2, blocks, width))
-        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered, params,
-                                    blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, width), xk.dtype))
-        dx, grad_w, grad_b = dx2.reshape(xk.shape), sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
+        dx2, grad_w, grad_b = _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias)
+        dx = dx2.reshape(xk.shape)
     else:
         w, _ = _row_params(weight, np.zeros(shape, xk.dtype) if has_bias else None, length, xk.dtype)
         xk, plan = _row_plan(xk, k, w is not None)

@@ -176,7 +176,7 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
     and `batch_normalization_backward` for the two steps apart).  The variance is biased, eps is
     inside the square root.
 
-    Statistics are the engine's (two-pass chunk sums merged with Chan's formula in float64),
+    Statistics are the engine's (exact chunked sums merged with Chan's formula in float64),
     and the normalization is ``(x - mean) * (rstd * weight) + bias`` with the mean carried to
     float64 accuracy, as in the named norms; float16 input is computed in float32.
 

@@ -7,8 +7,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
-from ._arguments import _backward_inputs, dispatch, _grads, _input, _rstd, _stats_arg
-from ._cpu_pipelines import row_backward, row_forward, row_moments
+from ._arguments import _backward_inputs, dispatch, _grads, _input, _stats_arg
+from ._cpu_pipelines import row_backward, row_backward_recomputing, row_forward
 from ._types import Array, Grads, InPlace, NormStats, ShapeLike
 
 
@@ -448,7 +448,6 @@ def weight_standardization_backward(grad_output: ArrayLike, weight: ArrayLike, e
     eps = chk.eps_value("eps", eps)
     shape = chk.normalized_shape_of(w.shape[1:], w.shape)
     _, wk = _input("weight", w, 2)
-    mean, var = row_moments(wk, len(shape))  # the forward's statistics, without its output
-    stats = NormStats(mean, _rstd(var, eps), True, False, eps)
-    return _row_norm_backward(dy, w, stats, shape, None, True).input
+    dx = row_backward_recomputing(dy if dy.dtype == wk.dtype else dy.astype(wk.dtype), wk, len(shape), eps)
+    return dx if dx.dtype == w.dtype else dx.astype(w.dtype)
 

@@ -11,7 +11,7 @@ checks the arguments):
   first) works on contiguous segments ``x[n, p, c, :]``; ``Q == 1`` (channels last) on the
   ``(P, C)`` slab of each sample, vectorised along the channels.
 
-The numerical scheme is ``_cpu``'s, through its own helpers: exact chunked two-pass statistics
+The numerical scheme is ``_cpu``'s, through its own helpers: exact chunked statistics
 merged with Chan's formula in float64, the centre carried as ``hi + lo`` of the input precision,
 normalization as ``((x - hi) - lo) * a + b``, never ``x * a + (b - mean * a)``, never
 ``E[x^2] - E[x]^2``.  Short rows (at most ``ROW_CHUNK``) take ``row_normalize``'s fast path:
@@ -32,13 +32,13 @@ from ._cpu import (
     ROW_CHUNK,
     _chan_merge,
     _corrected,
-    _deviation_sums,
     _less_low,
     _plain_sum,
     _slab_affine,
     _slab_dot_sums,
     _slab_input_grad,
     _slab_moments,
+    _shifted_sums,
     _span_moments,
     _split,
     _weighted_dot_sums,
@@ -60,7 +60,7 @@ def span_moments(xs):
     if 0 < length <= ROW_CHUNK:
         dtype = xs.dtype.type
         guess = _plain_sum(xs) / dtype(length)
-        dev, sq, _ = _deviation_sums(xs, guess, xs)
+        dev, sq = _shifted_sums(xs, guess)
         base = np.float64(guess)
         offset, m2 = _corrected(length, guess, dev, sq, base)
         return np.float64(length), base, offset, m2

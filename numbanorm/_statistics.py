@@ -54,7 +54,7 @@ def moments(x: ArrayLike, axes: AxesLike, keepdims: bool = False, *,
     Notes
     -----
     The order is TensorFlow's ``(mean, variance)``; ``torch.var_mean(x, dims, correction=0)``
-    returns ``(variance, mean)``.  Statistics are chunked two-pass sums merged with Chan's
+    returns ``(variance, mean)``.  Statistics are exact chunked sums merged with Chan's
     formula, never ``E[x^2] - E[x]^2``, so a large offset keeps its digits.
 
     Examples
