@@ -197,14 +197,18 @@ class Plan:
         keepdims result with length 1 along every axis not ``kept`` (a superset of the kernel
         run): (K, W)."""
         def make():
-            small = self.state_index()
-            if not self.shape:
-                return np.zeros_like(small)
-            if self._gather is not None:
-                small = self._gather[small]
-            coords = np.unravel_index(small, self.small_shape)
-            final = tuple(n if k else 1 for n, k in zip(self.shape, kept))
-            return np.ravel_multi_index([c if k else np.zeros_like(c) for c, k in zip(coords, kept)], final)
+            index = self.state_index()
+            small = (index if self._gather is None else self._gather[index]).reshape(-1)
+            # by hand: np.ravel_multi_index returned wrong indices past 8192 elements of
+            # (N, 1)-shaped input (NumPy 2.4)
+            cell = np.zeros_like(small)
+            step = 1
+            for n, k in zip(reversed(self.small_shape), reversed(kept)):
+                if k:
+                    cell += small % n * step
+                    step *= n
+                small = small // n
+            return cell.reshape(index.shape)
         return self.memo(("kept_cells", tuple(kept)), make)
 
     def unfold(self, states):

@@ -116,3 +116,13 @@ def test_float32_statistics_of_few_channels_keep_their_digits(rows):
     y = nn.batch_norm(x, None, None, training=True, channel_axis=-1)
     expected = (exact - exact.mean(0)) / np.sqrt(exact.var(0) + 1e-5)
     assert np.abs(y - expected).max() < 2e-6
+
+
+@pytest.mark.parametrize("shape,axes", [((1025, 2, 4), ()), ((3000, 3, 2), (1,)), ((40, 30, 20, 9), (0, 2))])
+def test_moments_place_every_cell_past_8192_cells(shape, axes, rng):
+    # the kernels' states are merged straight into the result's cells; NumPy's
+    # ravel_multi_index misplaced those past 8192 of an (N, 1) index array, leaving zeros
+    x = rng.normal(size=shape)
+    mean, var = nn.moments(x, axes)
+    np.testing.assert_allclose(mean, x.mean(axis=axes), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(var, x.var(axis=axes), rtol=1e-12, atol=1e-14)
