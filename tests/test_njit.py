@@ -59,8 +59,9 @@ def _rms(x, shape, w, dy):
     return y, st, nn.rms_norm_backward(dy, x, st, shape, w)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(5,), (4, 5)], ids=["1d", "2d"])
+# CI time: every case compiles its own @njit function; each dtype runs in one of them
+@pytest.mark.parametrize("shape,dtype", [((5,), np.float32), ((4, 5), np.float32), ((4, 5), np.float64)],
+                         ids=["1d-float32", "2d-float32", "2d-float64"])
 def test_row_norms_match_python(dtype, shape, rng):
     x = (rng.normal(size=(3,) + (4, 5)) * 2 + 50).astype(dtype)
     dy = rng.normal(size=x.shape).astype(dtype)
@@ -240,7 +241,7 @@ def _instance_cumulative(xs, rm, rv, nbt):
         nn.instance_norm(xs[i], rm, rv, momentum=None, channel_axis=-1, num_batches_tracked=nbt)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [np.float64])
 def test_momentum_none_is_the_cumulative_average(dtype, rng):
     xs = rng.normal(size=(4, 6, 3, 5)).astype(dtype)
     for fn, kw in ((_cumulative, {}), (_instance_cumulative, {"channel_axis": -1})):
@@ -266,8 +267,8 @@ def _moments(x, axes):
 
 
 # every axis set in float32, two in float64 (each case compiles a function)
-@pytest.mark.parametrize("axes,dtype", [(axes, np.float32) for axes in [(0, 2), 2, (1,), (-1, 1), (0, 1, 2), (1, 2)]]
-                         + [((0, 2), np.float64), ((-1, 1), np.float64)], ids=str)
+@pytest.mark.parametrize("axes,dtype", [(axes, np.float32) for axes in [(0, 2), 2, (-1, 1), (1, 2)]]
+                         + [((0, 2), np.float64)], ids=str)
 def test_moments_and_welford_match_python(axes, dtype, rng):
     x = (rng.normal(size=(4, 3, 5)) + 1e3).astype(dtype)
     (m, v), (mk, vk), st = _moments(x, axes)
@@ -306,7 +307,7 @@ def _bn(x, mean, var, offset, scale):
                                                                                                  None, 1e-3)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", [np.float32])
 def test_batch_normalization_matches_python(dtype, rng):
     x = (rng.normal(size=(4, 3, 5)) + 100).astype(dtype)
     mean, var = x.mean(axis=(0, 1)), x.var(axis=(0, 1)) + 0.5
