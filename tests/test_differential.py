@@ -58,14 +58,14 @@ def check_against_numpy(case):
 
 
 @pytest.mark.parametrize("family", dc.FAMILIES)
-@examples(45)
+@examples(30)
 @given(data=st.data())
 def test_norm_matches_numpy_reference(family, data):
     check_against_numpy(data.draw(dc.cases((family,)), label="case"))
 
 
 @pytest.mark.parametrize("family", dc.FAMILIES)
-@examples(12)
+@examples(8)
 @given(data=st.data())
 def test_float32_keeps_its_digits_far_from_zero(family, data):
     """float32 data at 1e3..1e4 (the spread 1e-2..1e2) and running statistics far from the
@@ -74,7 +74,7 @@ def test_float32_keeps_its_digits_far_from_zero(family, data):
 
 
 @pytest.mark.parametrize("family", dc.FAMILIES)
-@examples(12)
+@examples(8)
 @given(data=st.data())
 def test_norm_matches_torch(family, data):
     torch()
@@ -84,7 +84,7 @@ def test_norm_matches_torch(family, data):
 
 
 @pytest.mark.parametrize("family", dc.FAMILIES)
-@examples(6)
+@examples(4)
 @given(data=st.data())
 def test_reference_module_matches_definitions(family, data):
     """numbanorm.reference (the oracle of the other test modules and of ``bench``) agrees with
@@ -120,7 +120,7 @@ def test_cases_reach_every_path(path):
 
 # -- statistics ------------------------------------------------------------------------------------
 
-@examples(45)
+@examples(30)
 @given(dc.stat_cases())
 def test_moments_match_numpy(case):
     x = case.layout.apply(case.x)
@@ -133,7 +133,7 @@ def test_moments_match_numpy(case):
         dc.assert_close(what, got, want, size, case.dtype)
 
 
-@examples(45)
+@examples(30)
 @given(dc.stat_cases(nonempty=False), st.data())
 def test_welford_merge_of_random_splits_equals_the_whole(case, data):
     """The states of blocks of x (split along a reduced axis, empty blocks too) merged in a drawn
@@ -178,7 +178,7 @@ def _broadcast_shapes(draw, shape):
     return tuple(d if draw(st.booleans()) else 1 for d in suffix)
 
 
-@examples(45)
+@examples(30)
 @given(dc.stat_cases(nonempty=False), st.data())
 def test_batch_normalization_matches_numpy(case, data):
     """``(x - mean) * scale / sqrt(variance + eps) + offset`` with every parameter broadcasting
@@ -222,7 +222,7 @@ _LAYER_SETUPS = {"numpy": dc.layer_setups(), "torch": dc.layer_setups().filter(_
 
 
 @pytest.mark.parametrize("oracle", ["numpy", "torch"])
-@examples(12)
+@examples(8)
 @given(data=st.data())
 def test_layers_match(oracle, data):
     """A few steps of a layer in drawn modes (train/eval), each a forward and a backward: the
