@@ -412,23 +412,11 @@ def grid_normalize(x4, y4, base, offset, rstd, weight, bias):
 @njit(**_reduce)
 def channel_deviations(x4, shift, acc):
     """Per-(sample, channel) float64 sums of ``x - shift`` and of its square into ``acc``
-    (2, N, C); ``shift`` (S, C) float64, S = 1 (every sample) or N."""
+    (2, N, C); ``shift`` (S, C) float64, S = 1 (every sample) or N.  For ``grid_forward``'s
+    channels-first input (channels-last takes ``grid_stats`` there)."""
     n_, p_, c_, q_ = x4.shape
     per_sample = shift.shape[0] > 1
     acc[:, :, :] = 0.0
-    if q_ == 1:  # channels last: the vector loop runs along each contiguous row of channels
-        x3 = x4.reshape((n_, p_, c_))
-        for n in range(n_):
-            centre = shift[n if per_sample else 0]
-            sums = acc[0, n]
-            squares = acc[1, n]
-            for p in range(p_):
-                row = x3[n, p]
-                for c in range(c_):
-                    d = np.float64(row[c]) - centre[c]
-                    sums[c] += d
-                    squares[c] += d * d
-        return
     for n in range(n_):
         s = n if per_sample else 0
         for p in range(p_):
