@@ -1,13 +1,47 @@
 import os
+import sys
+import threading
 
 # The CUDA tests run under Numba's CUDA simulator unless NUMBANORM_TEST_GPU=1 asks for a real GPU.
 # Both must be set before Numba is imported.
 if os.environ.get("NUMBANORM_TEST_GPU") != "1":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
     os.environ.setdefault("NUMBANORM_CUDA_THREADS", "16")
+    # The simulator runs a block's threads as Python threads, watched by a loop that polls them
+    # without releasing the GIL: at the default 5 ms switch interval each handover of the GIL to a
+    # kernel thread waits out that loop's slice, which made a small kernel take 4x as long.
+    sys.setswitchinterval(1e-4)
 
 import numpy as np
 import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+    from numba.cuda.simulator import kernelapi as _sim
+
+    _shared_lock = threading.Lock()
+    _sim_shared_array = _sim.FakeCUDAShared.array
+
+    def _shared_array(self, shape, dtype, alignment=None):
+        """The simulator's ``cuda.shared.array``, with its first allocation under a lock.
+
+        The simulator keys a block's shared arrays by the calling line and allocates one on the
+        first thread's call, by a check-then-set that is not atomic: a thread switched out between
+        the two got an array of its own, and its block read another thread's uninitialized
+        memory (seen as wrong results on a kernel's first launch once the switch interval is
+        short).  The lock cannot wrap the original call, whose key is its caller's line."""
+        if shape == 0 or alignment is not None:
+            return _sim_shared_array(self, shape, dtype, alignment)
+        if isinstance(dtype, _sim.types.Type):
+            dtype = _sim.numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with _shared_lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    _sim.FakeCUDAShared.array = _shared_array
 
 import numbanorm as nn
 from numbanorm import reference as ref
