@@ -17,9 +17,11 @@ normalization as ``((x - hi) - lo) * a + b``, never ``x * a + (b - mean * a)``, 
 ``E[x^2] - E[x]^2``.  Short rows (at most ``ROW_CHUNK``) take ``row_normalize``'s fast path:
 one chunk, a plain sum then the deviation sums, no allocation.
 
-Not cached on disk (``cache=False``): these call ``_cpu``'s helpers, and Numba's disk cache,
-keyed on this file alone, would not notice when those change.  They compile as part of the
-user's function.
+Cached on disk like ``_cpu``'s kernels (``NUMBANORM_CACHE``): the small lane calls these from
+Python in every new process, and a user's ``@njit`` function compiles them on first use (a grid
+norm's took 6 of its 12 seconds to compile).  Numba keys a cache entry on this file's
+timestamp alone, so during development an edit of ``_cpu``'s helpers needs this file touched
+(or the cache cleared) to be seen here; an installed release replaces both files.
 """
 
 from typing import Any
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ._config import ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
+from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._cpu import (
     ROW_CHUNK,
     _chan_merge,
@@ -45,8 +47,8 @@ from ._cpu import (
 )
 
 # elementwise flags (no "reassoc": ``(x - hi) - lo`` must not fold); a 0/0 is NaN, not an exception
-_ew: dict[str, Any] = dict(cache=False, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
-_reduce: dict[str, Any] = dict(cache=False, fastmath=REDUCE_FASTMATH, error_model="numpy")
+_ew: dict[str, Any] = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
+_reduce: dict[str, Any] = dict(cache=CACHE, fastmath=REDUCE_FASTMATH, error_model="numpy")
 
 
 # -- rows: layer norm and RMS norm --------------------------------------------------------------
