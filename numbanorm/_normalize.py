@@ -5,8 +5,15 @@ normalization and the backward's elementwise pass run on a second plan whose kep
 union of those and the axes the weight or bias vary along, so a per-channel scale of a layer norm
 over ``(H, W, C)`` is one coefficient per (sample, channel): ``y = (x - mean)*(rstd*w) + b`` with the
 mean carried to float64 accuracy, as in the named norms.
+
+Two cases take other kernels.  Over the trailing axes with parameters constant along the others,
+`normalize` is a layer norm and runs the row kernels (``_cpu_pipelines.row_forward``).  On small
+inputs whose parameters vary only along the kept axes, each statistic is one channel of
+``_small``'s grid drivers, on a view or a transposed copy of x (``_Lane``): one serial call in place
+of the planned passes.
 """
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, Callable, Literal, NamedTuple, Optional, TypeVar, Union, overload
 
@@ -17,7 +24,9 @@ from . import _arguments
 from . import _checks as chk
 from . import _engine
 from . import _functional as F
+from . import _small
 from ._types import Array, AxesLike, Grads, InPlace
+from ._cpu_pipelines import row_backward, row_forward
 from ._plan import Plan
 from ._tfstats import _host_only, broadcast_param, nan_policy_value, omit_states, reduce_to
 
@@ -75,8 +84,7 @@ def _param(name, value, shape, dtype, like_name):
     """(own shape, values in ``dtype`` with x's number of dimensions), or (None, None)."""
     if value is None:
         return None, None
-    own, full = broadcast_param(name, value, shape, like_name)
-    return own, full.astype(dtype)
+    return broadcast_param(name, value, shape, like_name, dtype)
 
 
 def _union_kept(shape, axes, *own_shapes):
@@ -85,6 +93,79 @@ def _union_kept(shape, axes, *own_shapes):
     ndim = len(shape)
     full = [(1,) * (ndim - len(s)) + tuple(s) for s in own_shapes if s is not None]
     return [i not in axes or any(s[i] != 1 for s in full) for i in range(ndim)]
+
+
+class _Lane(NamedTuple):
+    """A small input as the grid drivers' ``(1, P, K, Q)``, reduced over all but ``K``: one
+    statistic (and one parameter value) per kept cell.  A C-contiguous input whose kept axes
+    are adjacent is that view as it is (reduced axes before them in ``P``, after them in
+    ``Q``); any other is copied transposed, the kept axes first: ``(1, 1, K, L)``."""
+
+    order: Optional[tuple]  # the transposition of the copy; None for a view
+    shape4: tuple
+    keep: tuple  # keepdims shape of the statistics
+
+    @classmethod
+    @functools.lru_cache(maxsize=256)
+    def of(cls, shape, axes, c_contiguous):
+        kept = [i for i in range(len(shape)) if i not in axes]
+        keep = tuple(1 if i in axes else d for i, d in enumerate(shape))
+        cells = math.prod(keep)
+        adjacent = not kept or kept == list(range(kept[0], kept[-1] + 1))
+        if c_contiguous and adjacent:
+            first, stop = (kept[0], kept[-1] + 1) if kept else (len(shape), len(shape))
+            return cls(None, (1, math.prod(shape[:first]), cells, math.prod(shape[stop:])), keep)
+        return cls(tuple(kept) + tuple(axes), (1, 1, cells, math.prod(shape[a] for a in axes)), keep)
+
+    def rows(self, a):
+        if self.order is None:
+            return a.reshape(self.shape4)
+        return np.ascontiguousarray(a.transpose(self.order)).reshape(self.shape4)
+
+    def per_cell(self, param):
+        """A parameter constant along the reduced axes, one value a kept cell (None stays None)."""
+        if param is None:
+            return None
+        return (param if param.shape == self.keep else np.broadcast_to(param, self.keep)).reshape(self.shape4[2])
+
+    def back(self, rows, like):
+        """The drivers' result in the shape and axis order of ``like`` (x), laid out like it."""
+        if self.order is None:
+            return rows.reshape(like.shape)
+        target = np.empty_like(like)
+        target.transpose(self.order)[...] = rows.reshape(tuple(like.shape[i] for i in self.order))
+        return target
+
+
+def _small_lane(xk, axes, kept_u, kept):
+    """The `_Lane` of a call that takes the small lane, else None: a small NumPy input whose
+    parameters vary only along the kept axes (one value a statistic).  Like batch norm's, the
+    lane pays off on inputs ``_small.OVER_BATCH_FACTOR`` times the other norms' (the planned path
+    merges partial states of the reduced axes it leaves outside its kernel run); a transposed
+    copy, which gathers x with strides, only on a quarter of that."""
+    if list(kept_u) != kept or type(xk) is not np.ndarray:
+        return None
+    if not 0 < xk.size <= _small.SMALL_ELEMENTS * _small.OVER_BATCH_FACTOR:
+        return None
+    lane = _Lane.of(xk.shape, axes, xk.flags.c_contiguous)
+    return lane if lane.order is None or 4 * xk.size <= _small.SMALL_ELEMENTS * _small.OVER_BATCH_FACTOR else None
+
+
+def _trailing(ndim, axes, *own_shapes):
+    """How many trailing axes a layer norm would normalize over when `normalize` is one: ``axes``
+    the trailing axes (at least one) and every parameter constant along the others; else 0."""
+    k = len(axes)
+    if not k or axes != tuple(range(ndim - k, ndim)):
+        return 0
+    return k if all(math.prod(s[: max(0, len(s) - k)]) == 1 for s in own_shapes if s is not None) else 0
+
+
+def _along_row(param, shape, k):
+    """A parameter (x's number of dimensions, constant along the leading axes) as a row of the
+    trailing ``k`` axes of ``shape``, C-contiguous."""
+    if param is None:
+        return None
+    return np.ascontiguousarray(np.broadcast_to(param.reshape(param.shape[len(shape) - k:]), shape[len(shape) - k:]))
 
 
 def _check_axes(arr, axes):
@@ -213,6 +294,7 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
     out = chk.out_array(out, arr.shape, arr.dtype)
     policy = nan_policy_value(nan_policy)
     kept = [i not in axes for i in range(arr.ndim)]
+    kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
     keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
     if arr.size == 0:
         y = np.empty_like(arr) if out is None else out
@@ -223,10 +305,21 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
         count, mean, m2, present = omit_states(xk, np.ones((1,) * arr.ndim), axes)
         none = present == 0  # a group of NaN only: NaN statistics
         mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
+        rstd = _arguments._rstd(m2 / count, eps)
+    elif k := _trailing(arr.ndim, axes, w_shape, b_shape):  # a layer norm: its row kernels
+        y, mean, rstd = row_forward(arr, xk, k, _along_row(w, arr.shape, k), _along_row(b, arr.shape, k), eps, True,
+                                    out)
+        stats = NormalizeStats(mean.reshape(keep), rstd.reshape(keep), True, b is not None, eps, b_shape, policy)
+        return (y, stats) if return_stats else y
+    elif t := _small_lane(xk, axes, kept_u, kept):
+        y, st = _small.grid_forward(t.rows(xk), 2, t.shape4[2], True, t.per_cell(w), t.per_cell(b), eps, None)
+        y = _arguments._deliver(t.back(y, xk), arr.dtype, out)
+        stats = NormalizeStats(st[1].reshape(keep), st[3].reshape(keep), True, b is not None, eps, b_shape, policy)
+        return (y, stats) if return_stats else y
     else:
         count, mean, m2 = _engine.CPU.moments(xk, kept)
-    rstd = _arguments._rstd(m2 / count, eps)
-    plan = Plan.of(xk, _union_kept(arr.shape, axes, w_shape, b_shape))
+        rstd = _arguments._rstd(m2 / count, eps)
+    plan = Plan.of(xk, kept_u)
     alpha = rstd if w is None else rstd * w.astype(np.float64)
     beta = np.zeros(()) if b is None else b
     direct_out = out if out is not None and out.dtype == xk.dtype else None
@@ -317,7 +410,19 @@ def normalize_backward(grad_output: ArrayLike, input: ArrayLike, stats: Normaliz
         return F.Grads(np.empty_like(arr), zeros(w_shape), zeros(b_shape) if has_bias else None)
     if getattr(stats, "nan_policy", "propagate") == "omit":
         return _omit_backward(arr, xk, dy, axes, mean, rstd, w, w_shape, b_shape if has_bias else None)
+    if k := _trailing(arr.ndim, axes, w_shape, b_shape):
+        dx, grad_w, grad_b = row_backward(dy, xk, k, mean, rstd, _along_row(w, arr.shape, k), has_bias, True)
+        row = (1,) * (arr.ndim - k) + arr.shape[arr.ndim - k:]
+        grad_weight = None if w is None else reduce_to(grad_w.reshape(row), w_shape, arr.ndim).astype(arr.dtype)
+        grad_bias = reduce_to(grad_b.reshape(row), b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
+        return _arguments._grads(arr, dx, grad_weight, grad_bias)
     kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
+    if t := _small_lane(xk, axes, kept_u, [i not in axes for i in range(arr.ndim)]):
+        dx, grad_w, grad_b = _small.grid_backward(t.rows(dy), t.rows(xk), 2, mean.reshape(1, -1), rstd.reshape(1, -1),
+                                                  t.per_cell(w), True, True)
+        grad_weight = None if w is None else reduce_to(grad_w.reshape(keep), w_shape, arr.ndim).astype(arr.dtype)
+        grad_bias = reduce_to(grad_b.reshape(keep), b_shape, arr.ndim).astype(arr.dtype) if has_bias else None
+        return _arguments._grads(arr, t.back(dx, xk), grad_weight, grad_bias)
     plan = Plan.of(xk, kept_u)
     s1, s2 = _engine.CPU.grad_sums(dy, xk, plan, mean)
     # per union cell: sum(dy) and sum(dy*(x - mean)); the weight is constant on each cell

@@ -43,16 +43,16 @@ else:
 
 # -- argument helpers ---------------------------------------------------------------------------
 
-def broadcast_param(name, value, shape, like_name="x"):
+def broadcast_param(name, value, shape, like_name="x", dtype=np.float64):
     """A float parameter that broadcasts to ``shape`` without enlarging it: (its own shape, the
-    values as float64 with ``len(shape)`` dimensions)."""
+    values in ``dtype`` with ``len(shape)`` dimensions)."""
     value = chk.float_array(name, value)
     # NumPy's rule, unrolled (np.broadcast_shapes costs microseconds a call)
     fits = len(value.shape) <= len(shape) and all(v == 1 or v == s for v, s in zip(value.shape[::-1], shape[::-1]))
     if not fits:
         raise ValueError(f"{name} must broadcast to {like_name}'s shape {tuple(shape)}, got shape {value.shape}")
     own = tuple(value.shape)
-    return own, np.asarray(value, np.float64).reshape((1,) * (len(shape) - len(own)) + own)
+    return own, np.asarray(value, dtype).reshape((1,) * (len(shape) - len(own)) + own)
 
 
 def reduce_to(g, own, ndim):

@@ -14,23 +14,28 @@ from numbanorm import reference as ref
 from numbanorm._ops import OPS
 
 DRIVERS = ("grid_forward", "grid_backward", "norm_rows", "norm_rows_backward")
-LANE_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
+LANE_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization", "normalize")
 GROUPS = 4
 
 
-@pytest.fixture
-def driver_calls(monkeypatch):
-    """The names of the serial drivers called, in order."""
+def _spy(monkeypatch, module, names):
+    """The names of ``module``'s functions ``names`` called from now on, in order."""
     calls = []
-    for name in DRIVERS:
-        original = getattr(_serial, name)
+    for name in names:
+        original = getattr(module, name)
 
         def spy(*args, _name=name, _original=original):
             calls.append(_name)
             return _original(*args)
 
-        monkeypatch.setattr(_serial, name, spy)
+        monkeypatch.setattr(module, name, spy)
     return calls
+
+
+@pytest.fixture
+def driver_calls(monkeypatch):
+    """The names of the serial drivers called, in order."""
+    return _spy(monkeypatch, _serial, DRIVERS)
 
 
 def _case(op, layout, elements, dtype, seed=0):
@@ -67,7 +72,10 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     """Just below the crossover the small lane runs; forcing the general path on the same input
     gives the same result, and both match the float64 reference; just above it the general path
     runs by itself."""
-    factor = _small.OVER_BATCH_FACTOR if op == "batch_norm" else 1
+    # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; normalize's
+    # on a transposed copy (its NCHW case here), 4 times
+    factor = {"batch_norm": _small.OVER_BATCH_FACTOR,
+              "normalize": _small.OVER_BATCH_FACTOR // (1 if layout == "nhwc" else 4)}.get(op, 1)
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor)
     x, dy, w, b, ca = _case(op, layout, 4608, dtype)
     small_y, small_grads = _run(nn, op, x, dy, w, b, ca)
@@ -168,3 +176,72 @@ def test_row_norm_over_a_whole_2d_array(op, driver_calls):
     assert stats.mean.shape == stats.rstd.shape == ()
     np.testing.assert_allclose(grads.input, getattr(ref, op + "_backward")(dy, x, ref_stats, (4, 7)).input,
                                rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda x: x, np.asfortranarray, lambda x: x[:, ::-1], lambda x: x.astype(np.float16)],
+                         ids=["c", "fortran", "negative-stride", "float16"])
+@pytest.mark.parametrize("axes,weight_shape,lane", [
+    ((0, 2), (6, 1, 1), True),  # per (channel, width) statistics, a per-channel scale: one row each once transposed
+    ((1,), None, True),
+    ((0, 2), (5, 1, 1, 1), False),  # a scale along a reduced axis: not one value a row
+], ids=["kept-scale", "no-scale", "reduced-scale"])
+def test_normalize_lane_transposes_any_layout(make, axes, weight_shape, lane, driver_calls):
+    """`normalize` takes the small lane for any layout and dtype (it reads the input transposed,
+    the kept axes first), unless a parameter varies along a reduced axis; both ways it matches
+    the float64 reference, forward and backward, and lays the result out like x."""
+    rng = np.random.default_rng(6)
+    x = make((rng.standard_normal((5, 6, 4, 3)) + 4).astype(np.float32))
+    dy = rng.standard_normal(x.shape).astype(x.dtype)
+    w = None if weight_shape is None else rng.standard_normal(weight_shape).astype(x.dtype)
+    b = None if w is None else rng.standard_normal(weight_shape).astype(x.dtype)
+    y, stats = nn.normalize(x, axes, w, b, return_stats=True)
+    grads = nn.normalize_backward(dy, x, stats, axes, w)
+    assert driver_calls == (["grid_forward", "grid_backward"] if lane else [])
+    wide = lambda a: None if a is None else np.asarray(a, np.float64)
+    ref_y, ref_stats = ref.normalize(wide(x), axes, wide(w), wide(b), return_stats=True)
+    ref_grads = ref.normalize_backward(wide(dy), wide(x), ref_stats, axes, wide(w))
+    tol = 3e-3 if x.dtype == np.float16 else 2e-5
+    assert y.dtype == x.dtype and y.shape == x.shape and y.flags.f_contiguous == x.flags.f_contiguous
+    np.testing.assert_allclose(np.asarray(y, np.float64), ref_y, rtol=tol, atol=tol)
+    np.testing.assert_allclose(stats.rstd, ref_stats.rstd, rtol=1e-5)
+    for name, g, r in zip(ref_grads._fields, grads, ref_grads):
+        assert (g is None) == (r is None), name
+        if r is not None:
+            assert g.shape == r.shape and g.dtype == x.dtype, name
+            np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=tol, atol=tol * max(1, np.abs(r).max()),
+                                       err_msg=name)
+
+
+@pytest.mark.parametrize("small", [True, False])
+@pytest.mark.parametrize("shape,axes,weight_shape", [
+    ((6, 40, 30), (1, 2), (30,)),  # a per-feature scale over the trailing axes: a layer norm
+    ((6, 40, 30), (2,), (40, 30)),  # constant along axis 1, which is not normalized: not one
+    ((6, 40, 30), (1, 2), None),
+])
+def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape, small, monkeypatch):
+    """`normalize` over the trailing axes with parameters constant along the others runs the
+    layer norm's row kernels (their small lane below the crossover, the fused kernels above),
+    with the reference's results and gradients in the parameters' own shapes."""
+    from numbanorm import _normalize
+
+    routed = _spy(monkeypatch, _normalize, ("row_forward", "row_backward"))
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 10 ** 6 if small else 0)
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal(shape) + 2).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    w = None if weight_shape is None else rng.standard_normal(weight_shape).astype(np.float32)
+    b = None if w is None else rng.standard_normal(weight_shape).astype(np.float32)
+    y, stats = nn.normalize(x, axes, w, b, return_stats=True)
+    grads = nn.normalize_backward(dy, x, stats, axes, w)
+    layer_norm = weight_shape is None or len(weight_shape) <= len(axes)
+    assert routed == (["row_forward", "row_backward"] if layer_norm else [])
+    wide = lambda a: None if a is None else a.astype(np.float64)
+    ref_y, ref_stats = ref.normalize(wide(x), axes, wide(w), wide(b), return_stats=True)
+    ref_grads = ref.normalize_backward(wide(dy), wide(x), ref_stats, axes, wide(w))
+    np.testing.assert_allclose(y, ref_y, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(stats.mean, ref_stats.mean, rtol=1e-6)
+    for name, g, r in zip(ref_grads._fields, grads, ref_grads):
+        assert (g is None) == (r is None), name
+        if r is not None:
+            assert g.shape == r.shape, name
+            np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5 * max(1, np.abs(r).max()), err_msg=name)
