@@ -14,7 +14,8 @@ Differences, forced by compilation (the README's "Inside @njit code" lists them)
   [0, 1], ...) raise the same exception type at run time, with the same message except that
   floating-point values are not printed (Numba cannot format them).
 * ``return_stats`` must be a compile-time constant (a literal True/False).
-* float16, Dask and CUDA arrays, ``switchable_norm`` and ``Moments.finalize`` are not available.
+* float16, Dask and CUDA arrays, ``switchable_norm``, ``normalize``, ``weight_standardization``
+  (and their backwards) and ``Moments.finalize`` are not available.
 * A backward's ``Grads.bias`` is typed ``Optional`` when ``stats.has_bias`` is not a constant
   (stats that came from Python): test it against None before use.
 """
@@ -28,6 +29,7 @@ from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from . import _functional as F
 from . import _serial as S
+from . import _tfstats as T
 
 NormStats, Grads, Moments = F.NormStats, F.Grads, F.Moments
 _FLOATS = (types.float32, types.float64)
@@ -1154,4 +1156,136 @@ def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
             return ((x - hi) - lo) * alpha
         beta = _as64(offset).astype(dtype)
         return ((x - hi) - lo) * alpha + beta
+    return impl
+
+
+# -- the backwards of the statistics: moments_backward, batch_normalization_backward ------------------
+
+@njit(cache=False)
+def _reduce_to(g, shape):
+    """``g`` summed over the axes that an argument of ``shape`` (right-aligned against g's
+    dimensions) was broadcast along, in that shape: the gradient of a broadcast argument."""
+    out = np.zeros(shape)
+    flat = out.reshape(out.size)
+    lead = g.ndim - len(shape)
+    for idx in np.ndindex(g.shape):
+        t = 0
+        for j in range(len(shape)):
+            d = shape[j]
+            t = t * d + (idx[lead + j] if d != 1 else 0)
+        flat[t] += g[idx]
+    return out
+
+
+def _stat_grad(name, grad, keep, squeezed):
+    pass
+
+
+@overload(_stat_grad)
+def _ov_stat_grad(name, grad, keep, squeezed):
+    """A gradient with respect to a statistic, None (zero) or of the moments' shape with or
+    without keepdims, as float64 keepdims-shaped."""
+    if _is_none(grad):
+        return lambda name, grad, keep, squeezed: np.zeros(keep)
+    keepdims = grad.ndim == len(keep)
+
+    def impl(name, grad, keep, squeezed):
+        if (grad.shape != keep) if keepdims else (grad.shape != squeezed):
+            raise _ValueError("{} must have the shape of the moments, {} (or {} with keepdims), got shape {}", name,
+                              squeezed, keep, grad.shape)
+        return np.asarray(grad).astype(np.float64).reshape(keep)
+    return impl
+
+
+@overload(T.moments_backward, prefer_literal=True)
+def _ov_moments_backward(grad_mean, grad_variance, x, axes):
+    _float_array("x", x, 1)
+    k = _axes_count(axes)
+    ndim = x.ndim
+    for name, t in (("grad_mean", grad_mean), ("grad_variance", grad_variance)):
+        if _optional_float_array(name, t) is not None and t.ndim not in (ndim, ndim - k):
+            _fail(f"{name} must have the shape of the moments (an array of {ndim - k} dimensions, or {ndim} with "
+                  f"keepdims), got an array of {t.ndim}")
+    dtype = as_dtype(x.dtype)
+    kept_nd = ndim - k
+
+    def impl(grad_mean, grad_variance, x, axes):
+        reduced = _reduced_mask(_axes_tuple(axes), ndim)
+        keep_dims = np.empty(ndim, np.int64)
+        squeezed_dims = np.empty(max(kept_nd, 1), np.int64)
+        j = 0
+        for i in range(ndim):
+            keep_dims[i] = 1 if reduced[i] else x.shape[i]
+            if not reduced[i]:
+                squeezed_dims[j] = x.shape[i]
+                j += 1
+        keep = to_fixed_tuple(keep_dims, ndim)
+        squeezed = to_fixed_tuple(squeezed_dims, kept_nd)
+        gm = _stat_grad("grad_mean", grad_mean, keep, squeezed)
+        gv = _stat_grad("grad_variance", grad_variance, keep, squeezed)
+        if x.size == 0:
+            return np.empty_like(x)
+        _, mean, _ = _state_of(x, reduced)
+        n = _prod_mask(x.shape, reduced, True)
+        # d mean / dx = 1/n, d var / dx = 2 (x - mean)/n
+        return (gm / n + gv * (2.0 / n) * (x - mean.reshape(keep))).astype(dtype)
+    return impl
+
+
+def _scale_or_one(scale):
+    pass
+
+
+@overload(_scale_or_one)
+def _ov_scale_or_one(scale):
+    if _is_none(scale):
+        return lambda scale: np.ones(1)
+    return lambda scale: np.asarray(scale).astype(np.float64)
+
+
+def _grad_of(name, value, g, dtype):
+    pass
+
+
+@overload(_grad_of)
+def _ov_grad_of(name, value, g, dtype):
+    """The gradient ``g`` (x's shape) of an argument ``value`` broadcast against x, in the
+    argument's own shape and ``dtype``; None for a None argument."""
+    if _is_none(value):
+        return lambda name, value, g, dtype: None
+    return lambda name, value, g, dtype: _reduce_to(g, np.asarray(value).shape).astype(dtype)
+
+
+@overload(T.batch_normalization_backward)
+def _ov_batch_normalization_backward(grad_output, x, mean, variance, offset, scale, variance_epsilon):
+    _float_array("x", x, 1)
+    _same_full("grad_output", grad_output, x)
+    for name, t in (("mean", mean), ("variance", variance)):
+        if _is_none(t):
+            _fail(f"{name} must be an array of floating point numbers, got None")
+        _bn_param(name, t, x.ndim)
+    _bn_param("offset", offset, x.ndim)
+    _bn_param("scale", scale, x.ndim)
+    dtype = as_dtype(x.dtype)
+
+    def impl(grad_output, x, mean, variance, offset, scale, variance_epsilon):
+        e = _eps("variance_epsilon", variance_epsilon, 0.0)
+        if grad_output.shape != x.shape:
+            raise _ValueError("grad_output must have the shape of x {}, got shape {}", x.shape, grad_output.shape)
+        _check_broadcast("mean", mean, x.shape)
+        _check_broadcast("variance", variance, x.shape)
+        if offset is not None:
+            _check_broadcast("offset", offset, x.shape)
+        if scale is not None:
+            _check_broadcast("scale", scale, x.shape)
+        rstd = 1.0 / np.sqrt(_as64(variance) + e)
+        scaled = _scale_or_one(scale) * rstd
+        dy = grad_output.astype(np.float64)
+        dy_xc = dy * (x - _as64(mean))  # (x - mean) in float64: no digits lost to the offset
+        return T.BatchNormalizationGrads(
+            (dy * scaled).astype(dtype),
+            _reduce_to(-dy * scaled, np.asarray(mean).shape).astype(dtype),
+            _reduce_to(-0.5 * dy_xc * scaled * rstd * rstd, np.asarray(variance).shape).astype(dtype),
+            _grad_of("offset", offset, dy, dtype),
+            _grad_of("scale", scale, dy_xc * rstd, dtype))
     return impl

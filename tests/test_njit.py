@@ -318,6 +318,37 @@ def test_batch_normalization_matches_python(dtype, rng):
     assert y.dtype == y_plain.dtype == dtype
 
 
+@njit
+def _statistics_grads(dy, x, mean, var, offset, scale, grad_mean, grad_var):
+    return (nn.batch_normalization_backward(dy, x, mean, var, offset, scale, 1e-3),
+            nn.moments_backward(grad_mean, grad_var, x, (0, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32])
+def test_statistics_backwards_match_python(dtype, rng):
+    """batch_normalization_backward (parameters of several broadcasting shapes) and
+    moments_backward (squeezed gradients and None) equal the Python calls, and refuse a
+    gradient of the wrong shape with the Python message."""
+    x = (rng.normal(size=(4, 3, 5)) + 100).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    mean, var = nn.moments(x, (0, 2), keepdims=True)
+    offset, scale = rng.normal(size=5).astype(dtype), rng.normal(size=(3, 1)).astype(dtype)
+    grad_mean = rng.normal(size=3).astype(dtype)
+    g, dx = _statistics_grads(dy, x, mean, var, offset, scale, grad_mean, None)
+    g0 = nn.batch_normalization_backward(dy, x, mean, var, offset, scale, 1e-3)
+    assert type(g) is type(g0)
+    for name in g0._fields:
+        _close(getattr(g, name), getattr(g0, name), dtype, name)
+        assert getattr(g, name).dtype == dtype, name
+    _close(dx, nn.moments_backward(grad_mean, None, x, (0, 2)), dtype, "moments dx")
+    with pytest.raises(ValueError, match=r"grad_mean must have the shape of the moments, \(3,\) \(or \(1, 3, 1\) "
+                                         r"with keepdims\), got shape \(4,\)") as compiled:
+        _statistics_grads(dy, x, mean, var, offset, scale, np.ones(4, dtype), None)
+    with pytest.raises(ValueError) as python:
+        nn.moments_backward(np.ones(4, dtype), None, x, (0, 2))
+    assert str(compiled.value) == str(python.value)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 @njit
