@@ -14,8 +14,8 @@ Differences, forced by compilation (the README's "Inside @njit code" lists them)
   [0, 1], ...) raise the same exception type at run time, with the same message except that
   floating-point values are not printed (Numba cannot format them).
 * ``return_stats`` must be a compile-time constant (a literal True/False).
-* float16, Dask and CUDA arrays, ``switchable_norm``, ``normalize``, ``weight_standardization``
-  (and their backwards) and ``Moments.finalize`` are not available.
+* float16, Dask and CUDA arrays, ``switchable_norm`` and ``normalize`` (and their backwards) and
+  ``Moments.finalize`` are not available.
 * A backward's ``Grads.bias`` is typed ``Optional`` when ``stats.has_bias`` is not a constant
   (stats that came from Python): test it against None before use.
 """
@@ -1288,4 +1288,59 @@ def _ov_batch_normalization_backward(grad_output, x, mean, variance, offset, sca
             _reduce_to(-0.5 * dy_xc * scaled * rstd * rstd, np.asarray(variance).shape).astype(dtype),
             _grad_of("offset", offset, dy, dtype),
             _grad_of("scale", scale, dy_xc * rstd, dtype))
+    return impl
+
+
+# -- weight standardization ----------------------------------------------------------------------------
+
+@njit(cache=False)
+def _weight_rows(weight, dtype):
+    """The weight as C-contiguous rows (output channel, the rest), with the Python message for a
+    trailing axis of length 0; and the ones and zeros of a layer norm without parameters."""
+    rows = weight.shape[0]
+    length = _prod(weight.shape, 1, weight.ndim)
+    if length == 0 and rows:
+        raise _ValueError("normalized_shape {} must not contain 0: each row would have no values to take "
+                          "statistics of", weight.shape[1:])
+    return _view(weight, (rows, length)), np.ones(length, dtype), np.zeros(length, dtype)
+
+
+@overload(F.weight_standardization)
+def _ov_weight_standardization(weight, eps=1e-5):
+    _float_array("weight", weight, 2)
+    dtype = as_dtype(weight.dtype)
+
+    def impl(weight, eps=1e-5):
+        e = _eps("eps", eps, 1e-5)
+        x2, ones, zeros = _weight_rows(weight, dtype)
+        y2 = np.empty(x2.shape, dtype)
+        S.norm_rows(x2, ones, zeros, e, True, y2, np.empty(x2.shape[0]), np.empty(x2.shape[0]))
+        return y2.reshape(weight.shape)
+    return impl
+
+
+@overload(F.weight_standardization_backward)
+def _ov_weight_standardization_backward(grad_output, weight, eps=1e-5):
+    _float_array("weight", weight, 2)
+    _float_array("grad_output", grad_output)
+    if grad_output.dtype != weight.dtype:
+        _fail(f"grad_output must have the dtype of weight ({weight.dtype}), got dtype {grad_output.dtype}")
+    if grad_output.ndim != weight.ndim:
+        _fail(f"grad_output must have the shape of weight (an array of {weight.ndim} dimensions), got an array "
+              f"of {grad_output.ndim}")
+    dtype = as_dtype(weight.dtype)
+
+    def impl(grad_output, weight, eps=1e-5):
+        e = _eps("eps", eps, 1e-5)
+        if grad_output.shape != weight.shape:
+            raise _ValueError("grad_output must have the shape of weight {}, got shape {}", weight.shape,
+                              grad_output.shape)
+        x2, ones, _ = _weight_rows(weight, dtype)
+        rows = x2.shape[0]
+        count, mean, m2 = np.empty(rows), np.empty(rows), np.empty(rows)
+        S.rows_moments(x2, count, mean, m2)  # the forward keeps no statistics: recomputed
+        rstd = 1.0 / np.sqrt(m2 / count + e)
+        dx2 = np.empty(x2.shape, dtype)
+        S.norm_rows_backward(_view(grad_output, x2.shape), x2, ones, mean, rstd, True, dx2, None, None)
+        return dx2.reshape(weight.shape)
     return impl

@@ -349,6 +349,28 @@ def test_statistics_backwards_match_python(dtype, rng):
     assert str(compiled.value) == str(python.value)
 
 
+@njit
+def _standardized(w, dy):
+    return nn.weight_standardization(w), nn.weight_standardization_backward(dy, w, 1e-3)
+
+
+def test_weight_standardization_matches_python(rng):
+    w = (rng.normal(size=(8, 3, 3, 3)) + 5).astype(np.float32)
+    dy = rng.normal(size=w.shape).astype(np.float32)
+    ws, dw = _standardized(w, dy)
+    _close(ws, nn.weight_standardization(w), np.float32, "standardized")
+    _close(dw, nn.weight_standardization_backward(dy, w, 1e-3), np.float32, "gradient")
+    assert ws.dtype == dw.dtype == np.float32
+    for bad_w, bad_dy in ((np.ones((3, 0, 1, 1), np.float32),) * 2,
+                          (np.ones((3, 2, 1, 1), np.float32), np.ones((3, 3, 1, 1), np.float32))):
+        with pytest.raises(ValueError) as compiled:
+            _standardized(bad_w, bad_dy)
+        with pytest.raises(ValueError) as python:
+            nn.weight_standardization(bad_w)
+            nn.weight_standardization_backward(bad_dy, bad_w, 1e-3)
+        assert str(compiled.value) == str(python.value)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 @njit
