@@ -15,9 +15,14 @@ if os.environ.get("NUMBANORM_TEST_GPU") != "1":
 import numpy as np
 import pytest
 
+_sim = None
 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-    from numba.cuda.simulator import kernelapi as _sim
+    try:
+        from numba.cuda.simulator import kernelapi as _sim
+    except ImportError:  # numba-cuda (the cuda extra) is absent: the CUDA tests skip themselves
+        pass
 
+if _sim is not None:
     _shared_lock = threading.Lock()
     _sim_shared_array = _sim.FakeCUDAShared.array
 
