@@ -597,10 +597,10 @@ def row_normalize_backward(dy, x, weight, mean, rstd, centered, recompute, eps, 
     per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows, each row's two reductions
     ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache.  With ``recompute`` (layer
     norm only) each row's statistics are taken first, in cache too, into ``mean``/``rstd`` (a
-    forward that kept none: weight standardization).  With ``param_grads`` the weight and bias gradients' partial
-    sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks, L), by the policy of
-    ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype); without (a forward with
-    neither parameter) they are left untouched."""
+    forward that kept none: weight standardization).  With ``param_grads`` the weight and bias
+    gradients' partial sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks,
+    L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype);
+    without (a forward with neither parameter) they are left untouched."""
     rows, length = x.shape
     dtype = x.dtype.type
     for task in prange(blocks):

@@ -18,8 +18,8 @@ normalization as ``((x - hi) - lo) * a + b``, never ``x * a + (b - mean * a)``, 
 one chunk, a plain sum then the deviation sums, no allocation.
 
 Cached on disk like ``_cpu``'s kernels (``NUMBANORM_CACHE``): the small lane calls these from
-Python in every new process, and a user's ``@njit`` function compiles them on first use (a grid
-norm's took 6 of its 12 seconds to compile).  Numba keys a cache entry on this file's
+Python in every new process, and they are much of what a user's ``@njit`` function compiles on
+first use.  Numba keys a cache entry on this file's
 timestamp alone, so during development an edit of ``_cpu``'s helpers needs this file touched
 (or the cache cleared) to be seen here; an installed release replaces both files.
 """
