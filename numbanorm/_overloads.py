@@ -1013,6 +1013,20 @@ def _ov_prod_mask(shape, mask, which):
     return impl
 
 
+@njit(cache=False)
+def _stat_dims(shape, reduced, keepdims):
+    """The shape of statistics over the ``reduced`` axes of ``shape``, as an int64 array (at
+    least one entry; its first ``ndim`` or ``ndim - len(axes)`` make the shape): length 1 along
+    the reduced axes with ``keepdims``, those axes dropped without."""
+    dims = np.empty(max(len(shape), 1), np.int64)
+    j = 0
+    for i in range(len(shape)):
+        if keepdims or not reduced[i]:
+            dims[j] = 1 if reduced[i] else shape[i]
+            j += 1
+    return dims
+
+
 def _moments_impl(x, axes, keepdims, finish):
     _float_array("x", x, 1)
     k = _axes_count(axes)
@@ -1025,15 +1039,7 @@ def _moments_impl(x, axes, keepdims, finish):
     @njit(cache=False)
     def body(x, axes):
         reduced = _reduced_mask(_axes_tuple(axes), ndim)
-        dims = np.empty(max(out_nd, 1), np.int64)
-        j = 0
-        for i in range(ndim):
-            if keep:
-                dims[i] = 1 if reduced[i] else x.shape[i]
-            elif not reduced[i]:
-                dims[j] = x.shape[i]
-                j += 1
-        shape = to_fixed_tuple(dims, out_nd)
+        shape = to_fixed_tuple(_stat_dims(x.shape, reduced, keep), out_nd)
         count, mean, m2 = _state_of(x, reduced)
         return count.reshape(shape), mean.reshape(shape), m2.reshape(shape)
 
@@ -1126,6 +1132,20 @@ def _ov_as64(p):
     return lambda p: np.asarray(p).astype(np.float64)
 
 
+def _scale_or_one(scale):
+    pass
+
+
+@overload(_scale_or_one)
+def _ov_scale_or_one(scale):
+    """The scale as float64, ones(1) for None: one type whether the product with another
+    broadcast argument gains dimensions or not (a variable reassigned under ``if scale is not
+    None`` would not unify)."""
+    if _is_none(scale):
+        return lambda scale: np.ones(1)
+    return lambda scale: np.asarray(scale).astype(np.float64)
+
+
 @overload(F.batch_normalization)
 def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
     _float_array("x", x, 1)
@@ -1148,9 +1168,7 @@ def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
         m64 = _as64(mean)
         hi = m64.astype(dtype)
         lo = (m64 - hi.astype(np.float64)).astype(dtype)
-        alpha64 = 1.0 / np.sqrt(_as64(variance) + e)
-        if scale is not None:
-            alpha64 = alpha64 * _as64(scale)
+        alpha64 = 1.0 / np.sqrt(_as64(variance) + e) * _scale_or_one(scale)
         alpha = alpha64.astype(dtype)
         if offset is None:
             return ((x - hi) - lo) * alpha
@@ -1211,16 +1229,8 @@ def _ov_moments_backward(grad_mean, grad_variance, x, axes):
 
     def impl(grad_mean, grad_variance, x, axes):
         reduced = _reduced_mask(_axes_tuple(axes), ndim)
-        keep_dims = np.empty(ndim, np.int64)
-        squeezed_dims = np.empty(max(kept_nd, 1), np.int64)
-        j = 0
-        for i in range(ndim):
-            keep_dims[i] = 1 if reduced[i] else x.shape[i]
-            if not reduced[i]:
-                squeezed_dims[j] = x.shape[i]
-                j += 1
-        keep = to_fixed_tuple(keep_dims, ndim)
-        squeezed = to_fixed_tuple(squeezed_dims, kept_nd)
+        keep = to_fixed_tuple(_stat_dims(x.shape, reduced, True), ndim)
+        squeezed = to_fixed_tuple(_stat_dims(x.shape, reduced, False), kept_nd)
         gm = _stat_grad("grad_mean", grad_mean, keep, squeezed)
         gv = _stat_grad("grad_variance", grad_variance, keep, squeezed)
         if x.size == 0:
@@ -1232,28 +1242,17 @@ def _ov_moments_backward(grad_mean, grad_variance, x, axes):
     return impl
 
 
-def _scale_or_one(scale):
-    pass
-
-
-@overload(_scale_or_one)
-def _ov_scale_or_one(scale):
-    if _is_none(scale):
-        return lambda scale: np.ones(1)
-    return lambda scale: np.asarray(scale).astype(np.float64)
-
-
-def _grad_of(name, value, g, dtype):
+def _grad_of(value, g, dtype):
     pass
 
 
 @overload(_grad_of)
-def _ov_grad_of(name, value, g, dtype):
+def _ov_grad_of(value, g, dtype):
     """The gradient ``g`` (x's shape) of an argument ``value`` broadcast against x, in the
     argument's own shape and ``dtype``; None for a None argument."""
     if _is_none(value):
-        return lambda name, value, g, dtype: None
-    return lambda name, value, g, dtype: _reduce_to(g, np.asarray(value).shape).astype(dtype)
+        return lambda value, g, dtype: None
+    return lambda value, g, dtype: _reduce_to(g, np.asarray(value).shape).astype(dtype)
 
 
 @overload(T.batch_normalization_backward)
@@ -1286,8 +1285,8 @@ def _ov_batch_normalization_backward(grad_output, x, mean, variance, offset, sca
             (dy * scaled).astype(dtype),
             _reduce_to(-dy * scaled, np.asarray(mean).shape).astype(dtype),
             _reduce_to(-0.5 * dy_xc * scaled * rstd * rstd, np.asarray(variance).shape).astype(dtype),
-            _grad_of("offset", offset, dy, dtype),
-            _grad_of("scale", scale, dy_xc * rstd, dtype))
+            _grad_of(offset, dy, dtype),
+            _grad_of(scale, dy_xc * rstd, dtype))
     return impl
 
 

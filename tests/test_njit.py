@@ -371,6 +371,25 @@ def test_weight_standardization_matches_python(rng):
         assert str(compiled.value) == str(python.value)
 
 
+@njit
+def _bn_and_grads(dy, x, mean, var, scale):
+    return (nn.batch_normalization(x, mean, var, None, scale, 1e-3),
+            nn.batch_normalization_backward(dy, x, mean, var, None, scale, 1e-3))
+
+
+def test_batch_normalization_scale_of_more_dimensions_than_the_variance(rng):
+    """A per-element scale beside per-feature statistics: their product has more dimensions than
+    the variance, which compiled code once failed to type (a variable given two array types)."""
+    x = rng.normal(size=(4, 3, 5))
+    dy, scale = rng.normal(size=x.shape), rng.normal(size=(3, 5))
+    mean, var = x.mean(axis=(0, 1)), x.var(axis=(0, 1))
+    y, g = _bn_and_grads(dy, x, mean, var, scale)
+    _close(y, nn.batch_normalization(x, mean, var, None, scale, 1e-3), np.float64, "y")
+    g0 = nn.batch_normalization_backward(dy, x, mean, var, None, scale, 1e-3)
+    for name in g0._fields:
+        _close(getattr(g, name), getattr(g0, name), np.float64, name)
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 @njit
