@@ -1146,8 +1146,8 @@ def _ov_scale_or_one(scale):
     return lambda scale: np.asarray(scale).astype(np.float64)
 
 
-@overload(F.batch_normalization)
-def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
+def _bn_types(x, mean, variance, offset, scale):
+    """batch_normalization's argument types (its backward's too): x's dtype, or a TypingError."""
     _float_array("x", x, 1)
     for name, t in (("mean", mean), ("variance", variance)):
         if _is_none(t):
@@ -1155,16 +1155,28 @@ def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
         _bn_param(name, t, x.ndim)
     _bn_param("offset", offset, x.ndim)
     _bn_param("scale", scale, x.ndim)
-    dtype = as_dtype(x.dtype)
+    return as_dtype(x.dtype)
+
+
+@njit(cache=False)
+def _bn_arguments(x, mean, variance, offset, scale, variance_epsilon):
+    """batch_normalization's argument values: the checked epsilon, or the Python ValueError."""
+    e = _eps("variance_epsilon", variance_epsilon, 0.0)
+    _check_broadcast("mean", mean, x.shape)
+    _check_broadcast("variance", variance, x.shape)
+    if offset is not None:
+        _check_broadcast("offset", offset, x.shape)
+    if scale is not None:
+        _check_broadcast("scale", scale, x.shape)
+    return e
+
+
+@overload(F.batch_normalization)
+def _ov_batch_normalization(x, mean, variance, offset, scale, variance_epsilon):
+    dtype = _bn_types(x, mean, variance, offset, scale)
 
     def impl(x, mean, variance, offset, scale, variance_epsilon):
-        e = _eps("variance_epsilon", variance_epsilon, 0.0)
-        _check_broadcast("mean", mean, x.shape)
-        _check_broadcast("variance", variance, x.shape)
-        if offset is not None:
-            _check_broadcast("offset", offset, x.shape)
-        if scale is not None:
-            _check_broadcast("scale", scale, x.shape)
+        e = _bn_arguments(x, mean, variance, offset, scale, variance_epsilon)
         m64 = _as64(mean)
         hi = m64.astype(dtype)
         lo = (m64 - hi.astype(np.float64)).astype(dtype)
@@ -1257,26 +1269,13 @@ def _ov_grad_of(value, g, dtype):
 
 @overload(T.batch_normalization_backward)
 def _ov_batch_normalization_backward(grad_output, x, mean, variance, offset, scale, variance_epsilon):
-    _float_array("x", x, 1)
+    dtype = _bn_types(x, mean, variance, offset, scale)
     _same_full("grad_output", grad_output, x)
-    for name, t in (("mean", mean), ("variance", variance)):
-        if _is_none(t):
-            _fail(f"{name} must be an array of floating point numbers, got None")
-        _bn_param(name, t, x.ndim)
-    _bn_param("offset", offset, x.ndim)
-    _bn_param("scale", scale, x.ndim)
-    dtype = as_dtype(x.dtype)
 
     def impl(grad_output, x, mean, variance, offset, scale, variance_epsilon):
-        e = _eps("variance_epsilon", variance_epsilon, 0.0)
         if grad_output.shape != x.shape:
             raise _ValueError("grad_output must have the shape of x {}, got shape {}", x.shape, grad_output.shape)
-        _check_broadcast("mean", mean, x.shape)
-        _check_broadcast("variance", variance, x.shape)
-        if offset is not None:
-            _check_broadcast("offset", offset, x.shape)
-        if scale is not None:
-            _check_broadcast("scale", scale, x.shape)
+        e = _bn_arguments(x, mean, variance, offset, scale, variance_epsilon)
         rstd = 1.0 / np.sqrt(_as64(variance) + e)
         scaled = _scale_or_one(scale) * rstd
         dy = grad_output.astype(np.float64)
