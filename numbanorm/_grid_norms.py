@@ -9,6 +9,7 @@ from numpy.typing import ArrayLike
 
 from . import _checks as chk
 from . import _cpu_pipelines as cpu
+from . import _small
 from ._arguments import (
     _backward_inputs, _batch_counter, _bessel, dispatch, _grads, _grid_affine_params, _input, _maybe_stats,
     _num_groups, _running_pair, _stats_arg, _update_running,
@@ -287,9 +288,22 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
                        running_var_unbiased=True):
     """Batch norm (``over_batch``) or instance norm: batch statistics, which update the running
     ones when given, or the running statistics themselves."""
+    key = None
+    if (batch_stats is True and running_mean is None and running_var is None and num_batches_tracked is None
+            and (momentum is None or type(momentum) is float) and type(running_var_unbiased) is bool):
+        key = _grid_key("batch" if over_batch else "instance", input, weight, bias, eps, channel_axis, out,
+                        momentum, running_var_unbiased)
+    call = None if key is None else _small.prepared(key)
+    if call is not None:  # batch statistics, nothing to track
+        y, stats = call(input, weight, bias)
+        if not return_stats:
+            return y
+        mean, rstd = (stats[1, 0], stats[3, 0]) if over_batch else (stats[1], stats[3])
+        return y, NormStats(mean, rstd, True, bias is not None, call.eps)
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
+    given = weight, bias
     weight, bias = _grid_affine_params(weight, bias, c, xk.dtype)
     eps = chk.eps_value("eps", eps)
     momentum = chk.momentum_value(momentum)
@@ -307,6 +321,8 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
         if not over_batch and n and math.prod(x.shape) // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
+        if key is not None:
+            _prepare_grid_call(key, input, xk, ch, grouping, given, (weight, bias), eps)
         y, count, mean, var, rstd = cpu.grid_forward(x, xk, ch, grouping, weight, bias, eps, out)
         if rm is not None:  # instance norm: the mean over samples of the per-instance values
             if nbt is not None:
@@ -414,16 +430,42 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     >>> bool(np.allclose(groups.mean(axis=-1), 0)), bool(np.allclose(groups.var(axis=-1), 1, atol=1e-3))
     (True, True)
     """
+    key = None if type(num_groups) is not int else _grid_key("group", input, weight, bias, eps, channel_axis, out,
+                                                             num_groups)
+    call = None if key is None else _small.prepared(key)
+    if call is not None:
+        y, stats = call(input, weight, bias)
+        return (y, NormStats(stats[1], stats[3], True, bias is not None, call.eps)) if return_stats else y
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
     groups = _num_groups(num_groups, c)
+    given = weight, bias
     weight, bias = _grid_affine_params(weight, bias, c, xk.dtype)
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = cpu.Grouping(groups, False)
+    if key is not None:
+        _prepare_grid_call(key, input, xk, ch, grouping, given, (weight, bias), eps)
     y, _, mean, _, rstd = cpu.grid_forward(x, xk, ch, grouping, weight, bias, eps, out)
     return (y, NormStats(mean, rstd, True, bias is not None, eps)) if return_stats else y
+
+
+def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
+    """The call's signature for a prepared call (see ``_small``), or None where none is kept:
+    ``out`` given, or an argument of another type than the usual (the checks decide those)."""
+    if type(input) is not np.ndarray or out is not None or type(eps) is not float or type(channel_axis) is not int:
+        return None
+    return (family, input.shape, input.strides, input.dtype, _small.array_key(weight), _small.array_key(bias), eps,
+            channel_axis, *options)
+
+
+def _prepare_grid_call(key, input, xk, ch, grouping, given, checked, eps):
+    """Keep a prepared call for a call that passed its checks, if they handed its arrays
+    (``given``: weight and bias) on unchanged and the small lane takes it."""
+    factor = _small.OVER_BATCH_FACTOR if grouping.over_batch else 1
+    if _small.passed_unchanged((input, *given), (xk, *checked)) and _small.fits(xk, factor=factor):
+        _small.prepare(key, _small.GridCall.of(xk, ch, grouping.groups, grouping.over_batch, eps))
 
 
 @dispatch

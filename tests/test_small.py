@@ -245,3 +245,136 @@ def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape,
         if r is not None:
             assert g.shape == r.shape, name
             np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5 * max(1, np.abs(r).max()), err_msg=name)
+
+
+# prepared calls: a forward repeated with arguments like the last goes straight to its driver
+
+PREPARED_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
+
+
+@pytest.fixture
+def prepared_hits(monkeypatch):
+    """Whether each lookup of a prepared call found one, in order; the cache starts empty."""
+    monkeypatch.setattr(_small, "_PREPARED", {})
+    hits, original = [], _small.prepared
+
+    def spy(key):
+        call = original(key)
+        hits.append(call is not None)
+        return call
+
+    monkeypatch.setattr(_small, "prepared", spy)
+    return hits
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op,layout", [(op, layout) for op in PREPARED_OPS for layout in _layouts(op)])
+def test_a_repeated_call_is_prepared(op, layout, dtype, affine, prepared_hits, driver_calls):
+    """The second call of a signature skips the checks and gives, on new data, exactly what the
+    checked call gives on that data (the same driver), with the same statistics."""
+    x1, _, w, b, ca = _case(op, layout, 1024, dtype, seed=8)
+    x2, _, _, _, _ = _case(op, layout, 1024, dtype, seed=9)
+    if not affine:
+        w = b = None
+    first = OPS[op].run_forward(nn, x1, w, b, ca, GROUPS)
+    prepared = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
+    _small._PREPARED.clear()
+    checked = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
+    assert prepared_hits == [False, True, False]
+    assert len(driver_calls) == 3
+    np.testing.assert_array_equal(prepared[0], checked[0])
+    assert prepared[0].dtype == checked[0].dtype == np.dtype(dtype)
+    if checked[1] is not None:
+        assert type(prepared[1]) is type(checked[1])
+        for name, p, c in zip(checked[1]._fields, prepared[1], checked[1]):
+            if isinstance(c, np.ndarray):
+                assert p.shape == c.shape and p.dtype == c.dtype, name
+                np.testing.assert_array_equal(p, c, err_msg=name)
+            else:
+                assert p == c and type(p) is type(c), name
+    expected = OPS[op].run_forward(ref, x2.astype(np.float64), *(None if p is None else p.astype(np.float64)
+                                                                    for p in (w, b)), ca, GROUPS)[0]
+    np.testing.assert_allclose(prepared[0], expected, rtol=2e-5, atol=2e-5)
+    assert not np.array_equal(first[0], prepared[0])
+
+
+def test_row_norms_prepared_over_several_axes(prepared_hits):
+    """Leading and normalized shapes of any length: statistics come back in the leading shape."""
+    rng = np.random.default_rng(10)
+    for shape, normalized in (((3, 4, 5, 6), (5, 6)), ((7,), 7), ((2, 3, 8), (8,))):
+        w = rng.standard_normal(normalized).astype(np.float32)
+        for seed in (0, 1):
+            x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+            y, stats = nn.layer_norm(x, normalized, w, w, return_stats=True)
+            expected, ref_stats = ref.layer_norm(x.astype(np.float64), normalized, w, w, return_stats=True)
+            np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
+            assert stats.mean.shape == stats.rstd.shape == ref_stats.mean.shape
+            np.testing.assert_allclose(stats.rstd, ref_stats.rstd, rtol=1e-6)
+    assert prepared_hits == [False, True] * 3
+
+
+@pytest.mark.parametrize("call,error", [
+    (lambda x, w: nn.layer_norm(x, (16.0,), w, w), TypeError),
+    (lambda x, w: nn.layer_norm(x, 16, w, w, eps=-1.0), ValueError),
+    (lambda x, w: nn.layer_norm(np.ascontiguousarray(x[:, :1]), (True,)), TypeError),
+    (lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=True), TypeError),
+    (lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, momentum=2.0), ValueError),
+    (lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, running_var_unbiased=1), TypeError),
+    (lambda x, w: nn.batch_norm(x, None, None, w[:8], w, training=True), ValueError),
+    (lambda x, w: nn.batch_norm(x[:1, :, None], None, None, w, w, training=True), ValueError),
+    (lambda x, w: nn.group_norm(x, True, w, w), TypeError),
+    (lambda x, w: nn.group_norm(x, 5, w, w), ValueError),
+    (lambda x, w: nn.instance_norm(x[:, :, None], None, None, w, w), ValueError),
+], ids=["float-shape", "negative-eps", "bool-shape", "bool-axis", "momentum", "unbiased-flag", "weight-shape",
+        "bn-one-value", "bool-groups", "groups", "in-one-value"])
+def test_prepared_calls_keep_every_check(call, error, prepared_hits):
+    """Arguments that differ from a prepared call's only in a type or value the checks refuse
+    (a bool for an int, a float for an int, a bad value) are refused as before, not served."""
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((4, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    good = [lambda: nn.layer_norm(x, (16,), w, w), lambda: nn.layer_norm(np.ascontiguousarray(x[:, :1]), (1,)),
+            lambda: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=1, momentum=0.1),
+            lambda: nn.batch_norm(x[:2, :, None], None, None, w, w, training=True, channel_axis=1),
+            lambda: nn.group_norm(x, 1, w, w), lambda: nn.instance_norm(x[:, :, None, None].repeat(2, 2))]
+    for make in good * 2:
+        make()
+    assert prepared_hits == [False] * len(good) + [True] * len(good)
+    with pytest.raises(error):
+        call(x, w)
+
+
+def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits):
+    """A weight of another dtype, a list, ``out``, a transposed or float16 input: each takes the
+    checked path beside a prepared call of the plain signature, with its own correct result."""
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    nn.group_norm(x, 2, w, w)
+    nn.group_norm(x, 2, w, w)
+    assert prepared_hits == [False, True]
+    expected = ref.group_norm(x.astype(np.float64), 2, w, w)
+    tol = dict(rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(nn.group_norm(x, 2, w.astype(np.float64), w), expected, **tol)
+    np.testing.assert_allclose(nn.group_norm(x, 2, list(w), w), expected, **tol)
+    out = np.zeros_like(x)
+    assert nn.group_norm(x, 2, w, w, out=out) is out
+    np.testing.assert_allclose(out, expected, **tol)
+    flipped = np.ascontiguousarray(x[::-1])[::-1]  # x's shape, negative strides
+    np.testing.assert_allclose(nn.group_norm(flipped, 2, w, w), expected, **tol)
+    np.testing.assert_allclose(nn.group_norm(x.astype(np.float16), 2, w, w), expected, rtol=3e-3, atol=3e-3)
+    assert prepared_hits.count(True) == 1
+
+
+def test_prepared_batch_norm_leaves_running_statistics_to_the_checked_path(prepared_hits):
+    """Running statistics are updated by every call that gives them, prepared signature or not."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((8, 4, 2, 2)).astype(np.float32)
+    nn.batch_norm(x, None, None, training=True)
+    nn.batch_norm(x, None, None, training=True)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    for _ in range(2):
+        nn.batch_norm(x, rm, rv, training=True)
+    mean, var = x.astype(np.float64).mean(axis=(0, 2, 3)), x.astype(np.float64).var(axis=(0, 2, 3), ddof=1)
+    np.testing.assert_allclose(rm, 0.19 * mean, rtol=1e-5)
+    np.testing.assert_allclose(rv, 0.81 + 0.19 * var, rtol=1e-5)
+    assert prepared_hits == [False, True]
