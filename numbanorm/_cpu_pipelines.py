@@ -135,7 +135,7 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
     """Normalize with statistics of the input; returns (y, count, mean, var, rstd) per group
     (``count`` a number where every group has the same)."""
     n, c = x.shape[0], x.shape[ch]
-    if _small.fits(x, factor=_small.OVER_BATCH_FACTOR if grouping.over_batch else 1):
+    if _small.grid_fits(x, over_batch=grouping.over_batch):
         y, stats = _small.grid_forward(x, ch, grouping.groups, grouping.over_batch, weight, bias, eps, out)
         return y, float(stats[0, 0, 0]), stats[1], stats[2], stats[3]  # indexed: unpacking an array iterates it
     x2 = _grid_rows(xk, ch, grouping)
@@ -168,7 +168,7 @@ def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias
     if x.size == 0:  # an empty batch: the parameters had no effect
         zeros = np.zeros(c, x.dtype)
         return np.empty_like(x), None if weight is None else zeros, zeros.copy() if has_bias else None
-    if _small.fits(x, dy, _small.OVER_BATCH_FACTOR if grouping.over_batch else 1):
+    if _small.grid_fits(x, dy, grouping.over_batch):
         dx, grad_weight, grad_bias = _small.grid_backward(dy, x, ch, mean, rstd, weight, grouping.over_batch,
                                                           batch_stats)
         return (dx, None if weight is None else grad_weight.astype(weight.dtype),

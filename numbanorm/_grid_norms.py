@@ -463,8 +463,8 @@ def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
 def _prepare_grid_call(key, input, xk, ch, grouping, given, checked, eps):
     """Keep a prepared call for a call that passed its checks, if they handed its arrays
     (``given``: weight and bias) on unchanged and the small lane takes it."""
-    factor = _small.OVER_BATCH_FACTOR if grouping.over_batch else 1
-    if _small.passed_unchanged((input, *given), (xk, *checked)) and _small.fits(xk, factor=factor):
+    lane = _small.grid_fits(xk, over_batch=grouping.over_batch)
+    if lane and _small.passed_unchanged((input, *given), (xk, *checked)):
         _small.prepare(key, _small.GridCall.of(xk, ch, grouping.groups, grouping.over_batch, eps))
 
 

@@ -34,6 +34,10 @@ from ._config import SMALL_ELEMENTS
 # small inputs it costs several times more than the other grid norms': the lane pays off on inputs
 # this many times larger there
 OVER_BATCH_FACTOR = 16
+# instance and group norm's fused kernels give each task whole (sample, group) rows or samples,
+# few and short at these sizes, and their backward reduces per channel in Python after the
+# kernel: the lane stays ahead of them up to inputs this many times larger, at one thread or two
+PER_SAMPLE_FACTOR = 4
 
 
 def fits(x, other=None, factor=1):
@@ -43,6 +47,11 @@ def fits(x, other=None, factor=1):
     if type(x) is not np.ndarray or not 0 < x.size <= SMALL_ELEMENTS * factor or x.dtype.char not in "fd":
         return False
     return x.flags.c_contiguous and (other is None or (type(other) is np.ndarray and other.flags.c_contiguous))
+
+
+def grid_fits(x, other=None, over_batch=False):
+    """`fits` for a grid norm: batch norm (``over_batch``) or instance/group norm."""
+    return fits(x, other, OVER_BATCH_FACTOR if over_batch else PER_SAMPLE_FACTOR)
 
 
 @functools.lru_cache(maxsize=256)

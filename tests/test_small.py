@@ -72,9 +72,10 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     """Just below the crossover the small lane runs; forcing the general path on the same input
     gives the same result, and both match the float64 reference; just above it the general path
     runs by itself."""
-    # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; normalize's
-    # on a transposed copy (its NCHW case here), 4 times
-    factor = {"batch_norm": _small.OVER_BATCH_FACTOR,
+    # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; instance and
+    # group norm's, and normalize's on a transposed copy (its NCHW case here), 4 times
+    factor = {"batch_norm": _small.OVER_BATCH_FACTOR, "instance_norm": _small.PER_SAMPLE_FACTOR,
+              "group_norm": _small.PER_SAMPLE_FACTOR,
               "normalize": _small.OVER_BATCH_FACTOR // (1 if layout == "nhwc" else 4)}.get(op, 1)
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor)
     x, dy, w, b, ca = _case(op, layout, 4608, dtype)
