@@ -454,7 +454,7 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
         y2 = _result(out, (rows, length), dtype)
         mean = np.empty(rows)
         rstd = np.empty(rows)
-        S.norm_rows(x2, w, b, e, centered, y2, mean, rstd)
+        S.norm_rows(x2, _filled(w, length, dtype, 1.0), _filled(b, length, dtype, 0.0), e, centered, y2, mean, rstd)
         return _deliver(out, y2, input.shape), mean, rstd, e
     body = njit(cache=False)(body)
     if stats:
@@ -1130,6 +1130,19 @@ def _ov_as64(p):
     if _is_none(p):
         return lambda p: None
     return lambda p: np.asarray(p).astype(np.float64)
+
+
+def _filled(param, length, dtype, value):
+    pass
+
+
+@overload(_filled, inline="always")
+def _ov_filled(param, length, dtype, value):
+    """A flat parameter, or for None ``length`` copies of ``value`` (scaling by 1 and adding 0
+    change no bit): the serial row driver takes arrays only."""
+    if _is_none(param):
+        return lambda param, length, dtype, value: np.full(length, value, dtype)
+    return lambda param, length, dtype, value: param
 
 
 def _scale_or_one(scale):
