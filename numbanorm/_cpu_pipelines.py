@@ -162,6 +162,28 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
     return y, count, mean, var, rstd
 
 
+class _GridForward(NamedTuple):
+    """A prepared grid norm above the small lane: `grid_forward` with its checked arguments."""
+
+    ch: int
+    grouping: Grouping
+    eps: float
+
+    def __call__(self, x, weight, bias):
+        y, _, mean, _, rstd = grid_forward(x, x, self.ch, self.grouping, weight, bias, self.eps, None)
+        if self.grouping.over_batch:
+            return y, mean[0], rstd[0]
+        return y, mean, rstd
+
+
+def prepare_grid_forward(x, ch, grouping, eps):
+    """The prepared call of a grid norm with batch statistics on a checked ``x`` (see
+    ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias)."""
+    if _small.grid_fits(x, over_batch=grouping.over_batch):
+        return _small.GridCall.of(x, ch, grouping.groups, grouping.over_batch, eps)
+    return _GridForward(ch, grouping, eps)
+
+
 def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias):
     """Grads for a forward that normalized with per-group ``mean``/``rstd`` (1 or N, G)."""
     n, c = x.shape[0], x.shape[ch]
@@ -257,6 +279,29 @@ def row_forward(x, xk, k, weight, bias, eps, centered, out):
     y = _deliver(_engine.CPU.affine(xk, plan, mean, rstd, np.zeros_like(rstd), out=direct_out, weight=w, bias=b),
                  x.dtype, out)
     return y, mean.reshape(-1), rstd.reshape(-1)
+
+
+class _RowForward(NamedTuple):
+    """A prepared row norm above the small lane: `row_forward` with its checked arguments."""
+
+    k: int
+    lead: tuple
+    eps: float
+    centered: bool
+
+    def __call__(self, x, weight, bias):
+        y, mean, rstd = row_forward(x, x, self.k, weight, bias, self.eps, self.centered, None)
+        return y, mean.reshape(self.lead), rstd.reshape(self.lead)
+
+
+def prepare_row_forward(x, k, eps, centered):
+    """The prepared call of a row norm over the trailing ``k`` axes of a checked ``x`` (see
+    ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias), the statistics shaped like x's
+    leading axes."""
+    lead = x.shape[: x.ndim - k]
+    if _small.fits(x):
+        return _small.RowCall.of(x, math.prod(x.shape[x.ndim - k:]), lead, eps, centered)
+    return _RowForward(k, lead, eps, centered)
 
 
 def row_moments(xk, k):

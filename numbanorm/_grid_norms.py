@@ -9,7 +9,7 @@ from numpy.typing import ArrayLike
 
 from . import _checks as chk
 from . import _cpu_pipelines as cpu
-from . import _small
+from . import _prepared
 from ._arguments import (
     _backward_inputs, _batch_counter, _bessel, dispatch, _grads, _grid_affine_params, _input, _maybe_stats,
     _num_groups, _running_pair, _stats_arg, _update_running,
@@ -293,13 +293,10 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             and (momentum is None or type(momentum) is float) and type(running_var_unbiased) is bool):
         key = _grid_key("batch" if over_batch else "instance", input, weight, bias, eps, channel_axis, out,
                         momentum, running_var_unbiased)
-    call = None if key is None else _small.prepared(key)
+    call = None if key is None else _prepared.lookup(key)
     if call is not None:  # batch statistics, nothing to track
-        y, stats = call(input, weight, bias)
-        if not return_stats:
-            return y
-        mean, rstd = (stats[1, 0], stats[3, 0]) if over_batch else (stats[1], stats[3])
-        return y, NormStats(mean, rstd, True, bias is not None, call.eps)
+        y, mean, rstd = call(input, weight, bias)
+        return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
@@ -432,10 +429,10 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     """
     key = None if type(num_groups) is not int else _grid_key("group", input, weight, bias, eps, channel_axis, out,
                                                              num_groups)
-    call = None if key is None else _small.prepared(key)
+    call = None if key is None else _prepared.lookup(key)
     if call is not None:
-        y, stats = call(input, weight, bias)
-        return (y, NormStats(stats[1], stats[3], True, bias is not None, call.eps)) if return_stats else y
+        y, mean, rstd = call(input, weight, bias)
+        return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -452,20 +449,19 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
 
 
 def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
-    """The call's signature for a prepared call (see ``_small``), or None where none is kept:
+    """The call's signature for a prepared call (see ``_prepared``), or None where none is kept:
     ``out`` given, or an argument of another type than the usual (the checks decide those)."""
     if type(input) is not np.ndarray or out is not None or type(eps) is not float or type(channel_axis) is not int:
         return None
-    return (family, input.shape, input.strides, input.dtype, _small.array_key(weight), _small.array_key(bias), eps,
-            channel_axis, *options)
+    return (family, input.shape, input.strides, input.dtype, _prepared.array_key(weight), _prepared.array_key(bias),
+            eps, channel_axis, *options)
 
 
 def _prepare_grid_call(key, input, xk, ch, grouping, given, checked, eps):
     """Keep a prepared call for a call that passed its checks, if they handed its arrays
-    (``given``: weight and bias) on unchanged and the small lane takes it."""
-    lane = _small.grid_fits(xk, over_batch=grouping.over_batch)
-    if lane and _small.passed_unchanged((input, *given), (xk, *checked)):
-        _small.prepare(key, _small.GridCall.of(xk, ch, grouping.groups, grouping.over_batch, eps))
+    (``given``: weight and bias) on unchanged."""
+    if _prepared.passed_unchanged((input, *given), (xk, *checked)):
+        _prepared.keep(key, cpu.prepare_grid_forward(xk, ch, grouping, eps))
 
 
 @dispatch

@@ -1,16 +1,15 @@
 """Layer norm, RMS norm and weight standardization: statistics per row, parameters along the
 row (the public functions: checks, then the CPU device's row pipelines)."""
 
-import math
 from typing import Literal, Optional, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
-from . import _small
+from . import _prepared
 from ._arguments import _backward_inputs, dispatch, _grads, _input, _stats_arg
-from ._cpu_pipelines import row_backward, row_backward_recomputing, row_forward
+from ._cpu_pipelines import prepare_row_forward, row_backward, row_backward_recomputing, row_forward
 from ._types import Array, Grads, InPlace, NormStats, ShapeLike
 
 
@@ -18,7 +17,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
     """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions:
     y, or (y, NormStats) with ``return_stats``."""
     key = _row_key(input, normalized_shape, weight, bias, eps, centered, out)
-    call = None if key is None else _small.prepared(key)
+    call = None if key is None else _prepared.lookup(key)
     if call is not None:
         y, mean, rstd = call(input, weight, bias)
         return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
@@ -30,8 +29,8 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
     eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - len(shape)]
-    if key is not None and _small.passed_unchanged((input, *given), (xk, weight, bias)) and _small.fits(x):
-        _small.prepare(key, _small.RowCall.of(x, math.prod(shape), lead, eps, centered))
+    if key is not None and _prepared.passed_unchanged((input, *given), (xk, weight, bias)):
+        _prepared.keep(key, prepare_row_forward(x, len(shape), eps, centered))
     y, mean, rstd = row_forward(x, xk, len(shape), weight, bias, eps, centered, out)
     if not return_stats:
         return y
@@ -39,7 +38,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
 
 
 def _row_key(input, normalized_shape, weight, bias, eps, centered, out):
-    """The call's signature for a prepared call (see ``_small``), or None where none is kept:
+    """The call's signature for a prepared call (see ``_prepared``), or None where none is kept:
     ``out`` given, or an argument of another type than the usual (the checks decide those)."""
     if type(input) is not np.ndarray or out is not None or (eps is not None and type(eps) is not float):
         return None
@@ -47,8 +46,8 @@ def _row_key(input, normalized_shape, weight, bias, eps, centered, out):
         normalized_shape = (normalized_shape, tuple(map(type, normalized_shape)))  # (16,) == (16.0,)
     elif type(normalized_shape) is not int:
         return None
-    return ("rows", input.shape, input.strides, input.dtype, normalized_shape, _small.array_key(weight),
-            _small.array_key(bias), eps, centered)
+    return ("rows", input.shape, input.strides, input.dtype, normalized_shape, _prepared.array_key(weight),
+            _prepared.array_key(bias), eps, centered)
 
 
 def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, centered):

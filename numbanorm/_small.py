@@ -8,12 +8,8 @@ scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R
 norms).  The CPU device (``_cpu_pipelines``) asks `fits` first and otherwise takes its fused or
 planned kernels.
 
-A forward repeated with arguments like the last call's skips even the checks (`prepared`): what
-the front checks and plans depends only on the call's signature -- the types, shapes, strides and
-dtypes of its arrays, the exact types and values of its other arguments -- so the first call of a
-signature that takes this lane leaves a prepared call (`RowCall`, `GridCall`) under it, and the
-next goes straight to the driver.  At a few thousand elements the checks cost more than the
-arithmetic.
+`RowCall` and `GridCall` are the lane's prepared calls (see ``_prepared``): a repeated forward
+whose checks are already done, straight to its driver.
 
 Absent parameters are passed as shared read-only ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
@@ -22,7 +18,6 @@ combination of absent arguments.
 
 import functools
 import math
-import operator
 from typing import NamedTuple
 
 import numpy as np
@@ -150,36 +145,6 @@ def row_backward(dy, x, mean, rstd, weight, centered):
     return dx, grad_weight, grad_bias
 
 
-# prepared calls, per call signature (see the module's docstring); each kept with the size limit
-# it was decided under, which the tests move
-_PREPARED = {}
-PREPARED_LIMIT = 1024
-
-
-def array_key(a):
-    """An array argument's part of a call signature: a plain ndarray's shape, strides and dtype;
-    the type of anything else (which the checks convert, so no call is prepared for it)."""
-    return (a.shape, a.strides, a.dtype) if type(a) is np.ndarray else type(a)
-
-
-def passed_unchanged(given, checked):
-    """The checks handed each argument on as it came: no copy, cast or conversion, which a
-    prepared call would skip."""
-    return all(map(operator.is_, given, checked))
-
-
-def prepared(key):
-    """The call prepared under signature ``key``, or None."""
-    entry = _PREPARED.get(key)
-    return entry[1] if entry is not None and entry[0] == SMALL_ELEMENTS else None
-
-
-def prepare(key, call):
-    if len(_PREPARED) >= PREPARED_LIMIT:
-        _PREPARED.clear()
-    _PREPARED[key] = (SMALL_ELEMENTS, call)
-
-
 class RowCall(NamedTuple):
     """A prepared row norm: ``(y, mean, rstd)`` of x's ``rows`` rows of ``length``, the
     statistics shaped ``lead`` (the input's leading shape); ``ones``/``zeros`` stand in for an
@@ -197,13 +162,13 @@ class RowCall(NamedTuple):
     @classmethod
     def of(cls, x, length, lead, eps, centered):
         return cls(x.size // length, length, lead, eps, centered, _constant(1.0, length, x.dtype),
-                   _constant(0.0, length, x.dtype), x.ndim == 2)
+                   _constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1)
 
     def __call__(self, x, weight, bias):
         rows, length, lead, eps, centered, ones, zeros, two_d = self
         y = np.empty_like(x)
         stats = np.empty((2, rows))
-        if two_d:  # x (rows, length), the parameters (length,): no views to make
+        if two_d:  # x (rows, length) normalized over its last axis: no views to make
             S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
                         stats[0], stats[1])
             return y, stats[0], stats[1]
@@ -214,8 +179,8 @@ class RowCall(NamedTuple):
 
 
 class GridCall(NamedTuple):
-    """A prepared grid norm with batch statistics: ``(y, stats)`` as `grid_forward`;
-    ``ones``/``zeros`` stand in for an absent weight/bias."""
+    """A prepared grid norm with batch statistics: ``(y, mean, rstd)``, the statistics (C,) over
+    the batch, else (N, G); ``ones``/``zeros`` stand in for an absent weight/bias."""
 
     shape4: tuple
     groups: int
@@ -236,4 +201,6 @@ class GridCall(NamedTuple):
         stats = np.empty((4, 1 if over_batch else shape4[0], groups))
         S.grid_forward(x.reshape(shape4), groups, over_batch, ones if weight is None else weight,
                        zeros if bias is None else bias, eps, y.reshape(shape4), stats)
-        return y, stats
+        if over_batch:
+            return y, stats[1, 0], stats[3, 0]
+        return y, stats[1], stats[3]

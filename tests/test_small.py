@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-from numbanorm import _serial, _small
+from numbanorm import _prepared, _serial, _small
 from numbanorm import reference as ref
 from numbanorm._ops import OPS
 
@@ -248,7 +248,7 @@ def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape,
             np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5 * max(1, np.abs(r).max()), err_msg=name)
 
 
-# prepared calls: a forward repeated with arguments like the last goes straight to its driver
+# prepared calls: a forward repeated with arguments like the last skips its checks
 
 PREPARED_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
 
@@ -256,34 +256,36 @@ PREPARED_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_
 @pytest.fixture
 def prepared_hits(monkeypatch):
     """Whether each lookup of a prepared call found one, in order; the cache starts empty."""
-    monkeypatch.setattr(_small, "_PREPARED", {})
-    hits, original = [], _small.prepared
+    monkeypatch.setattr(_prepared, "_PREPARED", {})
+    hits, original = [], _prepared.lookup
 
     def spy(key):
         call = original(key)
         hits.append(call is not None)
         return call
 
-    monkeypatch.setattr(_small, "prepared", spy)
+    monkeypatch.setattr(_prepared, "lookup", spy)
     return hits
 
 
+@pytest.mark.parametrize("elements", [1024, 131072], ids=["lane", "planned"])
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op,layout", [(op, layout) for op in PREPARED_OPS for layout in _layouts(op)])
-def test_a_repeated_call_is_prepared(op, layout, dtype, affine, prepared_hits, driver_calls):
+def test_a_repeated_call_is_prepared(op, layout, dtype, affine, elements, prepared_hits, driver_calls):
     """The second call of a signature skips the checks and gives, on new data, exactly what the
-    checked call gives on that data (the same driver), with the same statistics."""
-    x1, _, w, b, ca = _case(op, layout, 1024, dtype, seed=8)
-    x2, _, _, _, _ = _case(op, layout, 1024, dtype, seed=9)
+    checked call gives on that data (the same kernels: the small lane's driver, or the planned
+    and fused ones above it), with the same statistics."""
+    x1, _, w, b, ca = _case(op, layout, elements, dtype, seed=8)
+    x2, _, _, _, _ = _case(op, layout, elements, dtype, seed=9)
     if not affine:
         w = b = None
     first = OPS[op].run_forward(nn, x1, w, b, ca, GROUPS)
     prepared = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
-    _small._PREPARED.clear()
+    _prepared._PREPARED.clear()
     checked = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
     assert prepared_hits == [False, True, False]
-    assert len(driver_calls) == 3
+    assert len(driver_calls) == (3 if elements == 1024 else 0)
     np.testing.assert_array_equal(prepared[0], checked[0])
     assert prepared[0].dtype == checked[0].dtype == np.dtype(dtype)
     if checked[1] is not None:
@@ -303,7 +305,8 @@ def test_a_repeated_call_is_prepared(op, layout, dtype, affine, prepared_hits, d
 def test_row_norms_prepared_over_several_axes(prepared_hits):
     """Leading and normalized shapes of any length: statistics come back in the leading shape."""
     rng = np.random.default_rng(10)
-    for shape, normalized in (((3, 4, 5, 6), (5, 6)), ((7,), 7), ((2, 3, 8), (8,))):
+    cases = (((3, 4, 5, 6), (5, 6)), ((7,), 7), ((2, 3, 8), (8,)), ((4, 7), (4, 7)), ((6, 1), 1))
+    for shape, normalized in cases:
         w = rng.standard_normal(normalized).astype(np.float32)
         for seed in (0, 1):
             x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
@@ -312,7 +315,7 @@ def test_row_norms_prepared_over_several_axes(prepared_hits):
             np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
             assert stats.mean.shape == stats.rstd.shape == ref_stats.mean.shape
             np.testing.assert_allclose(stats.rstd, ref_stats.rstd, rtol=1e-6)
-    assert prepared_hits == [False, True] * 3
+    assert prepared_hits == [False, True] * len(cases)
 
 
 @pytest.mark.parametrize("call,error", [

@@ -1,0 +1,48 @@
+"""Prepared calls: a forward's checks done once per call signature.
+
+What a front checks, and what the CPU device then chooses to run, depends only on the call's
+signature: the types, shapes, strides and dtypes of its arrays and the exact types and values of
+its other arguments (exact types: ``True == 1`` and ``16.0 == 16``, but the checks refuse a bool
+axis and a float shape).  So the first call of a signature whose arrays the checks pass on
+unchanged leaves a prepared call under that signature (``_cpu_pipelines.prepare_row_forward``,
+``prepare_grid_forward``), and later calls of the signature go straight to the kernels.  On inputs
+of a few thousand elements the checks cost more than the arithmetic.
+
+Only the plain case is prepared: NumPy input of float32/float64 and native byte order, parameters
+already of the compute dtype and shape, no ``out``, no running statistics.  Anything the checks
+would convert, copy or write is checked every time.
+"""
+
+import operator
+
+import numpy as np
+
+from . import _small
+
+_PREPARED = {}
+LIMIT = 1024  # signatures kept; past it the cache starts again empty
+
+
+def array_key(a):
+    """An array argument's part of a call signature: a plain ndarray's shape, strides and dtype;
+    the type of anything else (the checks convert those, so no call is prepared for them)."""
+    return (a.shape, a.strides, a.dtype) if type(a) is np.ndarray else type(a)
+
+
+def passed_unchanged(given, checked):
+    """The checks handed each array on as it came: no copy, cast or conversion, which a prepared
+    call would skip."""
+    return all(map(operator.is_, given, checked))
+
+
+def lookup(key):
+    """The call prepared under signature ``key``, or None.  Each is kept with the small lane's size
+    limit it was chosen under, which the tests move."""
+    entry = _PREPARED.get(key)
+    return entry[1] if entry is not None and entry[0] == _small.SMALL_ELEMENTS else None
+
+
+def keep(key, call):
+    if len(_PREPARED) >= LIMIT:
+        _PREPARED.clear()
+    _PREPARED[key] = (_small.SMALL_ELEMENTS, call)
