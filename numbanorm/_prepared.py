@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _small
 
-_PREPARED = {}
+_PREPARED: dict = {}
 LIMIT = 1024  # signatures kept; past it the cache starts again empty
 
 
