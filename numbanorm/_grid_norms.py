@@ -293,10 +293,8 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             and (momentum is None or type(momentum) is float) and type(running_var_unbiased) is bool):
         key = _grid_key("batch" if over_batch else "instance", input, weight, bias, eps, channel_axis, out,
                         momentum, running_var_unbiased)
-    call = None if key is None else _prepared.lookup(key)
-    if call is not None:  # batch statistics, nothing to track
-        y, mean, rstd = call(input, weight, bias)
-        return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
+    if (result := _prepared.served(key, input, weight, bias, return_stats)) is not None:
+        return result  # batch statistics, nothing to track
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     n, c = x.shape[0], x.shape[ch]
@@ -318,8 +316,7 @@ def _tracked_grid_norm(input, running_mean, running_var, weight, bias, batch_sta
             raise ValueError(f"Expected more than 1 value per channel when training, got input of shape {x.shape}")
         if not over_batch and n and math.prod(x.shape) // (n * c) < 2:
             raise ValueError(f"Expected more than 1 spatial element when training, got input of shape {x.shape}")
-        if key is not None:
-            _prepare_grid_call(key, input, xk, ch, grouping, given, (weight, bias), eps)
+        _prepared.offer(key, (input, *given), (xk, weight, bias), cpu.prepare_grid_forward, xk, ch, grouping, eps)
         y, count, mean, var, rstd = cpu.grid_forward(x, xk, ch, grouping, weight, bias, eps, out)
         if rm is not None:  # instance norm: the mean over samples of the per-instance values
             if nbt is not None:
@@ -429,10 +426,8 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     """
     key = None if type(num_groups) is not int else _grid_key("group", input, weight, bias, eps, channel_axis, out,
                                                              num_groups)
-    call = None if key is None else _prepared.lookup(key)
-    if call is not None:
-        y, mean, rstd = call(input, weight, bias)
-        return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
+    if (result := _prepared.served(key, input, weight, bias, return_stats)) is not None:
+        return result
     x, xk = _input("input", input, 2)
     ch = chk.channel_axis(channel_axis, x.ndim)
     c = x.shape[ch]
@@ -442,8 +437,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, x.shape, x.dtype)
     grouping = cpu.Grouping(groups, False)
-    if key is not None:
-        _prepare_grid_call(key, input, xk, ch, grouping, given, (weight, bias), eps)
+    _prepared.offer(key, (input, *given), (xk, weight, bias), cpu.prepare_grid_forward, xk, ch, grouping, eps)
     y, _, mean, _, rstd = cpu.grid_forward(x, xk, ch, grouping, weight, bias, eps, out)
     return (y, NormStats(mean, rstd, True, bias is not None, eps)) if return_stats else y
 
@@ -455,13 +449,6 @@ def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
         return None
     return (family, input.shape, input.strides, input.dtype, _prepared.array_key(weight), _prepared.array_key(bias),
             eps, channel_axis, *options)
-
-
-def _prepare_grid_call(key, input, xk, ch, grouping, given, checked, eps):
-    """Keep a prepared call for a call that passed its checks, if they handed its arrays
-    (``given``: weight and bias) on unchanged."""
-    if _prepared.passed_unchanged((input, *given), (xk, *checked)):
-        _prepared.keep(key, cpu.prepare_grid_forward(xk, ch, grouping, eps))
 
 
 @dispatch

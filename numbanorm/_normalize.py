@@ -145,10 +145,11 @@ def _small_lane(xk, axes, kept_u, kept):
     copy, which gathers x with strides, only on a quarter of that."""
     if list(kept_u) != kept or type(xk) is not np.ndarray:
         return None
-    if not 0 < xk.size <= _small.SMALL_ELEMENTS * _small.OVER_BATCH_FACTOR:
+    limit = _small.SMALL_ELEMENTS * _small.OVER_BATCH_FACTOR
+    if not 0 < xk.size <= limit:
         return None
     lane = _Lane.of(xk.shape, axes, xk.flags.c_contiguous)
-    return lane if lane.order is None or 4 * xk.size <= _small.SMALL_ELEMENTS * _small.OVER_BATCH_FACTOR else None
+    return lane if lane.order is None or 4 * xk.size <= limit else None
 
 
 def _trailing(ndim, axes, *own_shapes):

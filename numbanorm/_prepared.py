@@ -18,6 +18,7 @@ import operator
 import numpy as np
 
 from . import _small
+from ._types import NormStats
 
 _PREPARED: dict = {}
 LIMIT = 1024  # signatures kept; past it the cache starts again empty
@@ -29,10 +30,23 @@ def array_key(a):
     return (a.shape, a.strides, a.dtype) if type(a) is np.ndarray else type(a)
 
 
-def passed_unchanged(given, checked):
-    """The checks handed each array on as it came: no copy, cast or conversion, which a prepared
+def served(key, input, weight, bias, return_stats):
+    """The result of the call prepared under signature ``key`` (None: not prepared) on these
+    arrays, as the front returns it: y, or (y, NormStats) with ``return_stats``; None if there is
+    no such call."""
+    call = None if key is None else lookup(key)
+    if call is None:
+        return None
+    y, mean, rstd = call(input, weight, bias)
+    return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
+
+
+def offer(key, given, checked, prepare, *args):
+    """Keep ``prepare(*args)`` under ``key`` (None: nothing is kept) if the checks handed each of
+    the ``given`` arrays on as it came (``checked``): no copy, cast or conversion, which a prepared
     call would skip."""
-    return all(map(operator.is_, given, checked))
+    if key is not None and all(map(operator.is_, given, checked)):
+        keep(key, prepare(*args))
 
 
 def lookup(key):

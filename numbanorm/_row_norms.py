@@ -17,10 +17,8 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
     """Layer norm (``centered``) or RMS norm over the trailing ``normalized_shape`` dimensions:
     y, or (y, NormStats) with ``return_stats``."""
     key = _row_key(input, normalized_shape, weight, bias, eps, centered, out)
-    call = None if key is None else _prepared.lookup(key)
-    if call is not None:
-        y, mean, rstd = call(input, weight, bias)
-        return (y, NormStats(mean, rstd, True, bias is not None, call.eps)) if return_stats else y
+    if (result := _prepared.served(key, input, weight, bias, return_stats)) is not None:
+        return result
     x, xk = _input("input", input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     given = weight, bias
@@ -29,8 +27,7 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
     eps = chk.eps_value("eps", np.finfo(x.dtype).eps if eps is None else eps)
     out = chk.out_array(out, x.shape, x.dtype)
     lead = x.shape[: x.ndim - len(shape)]
-    if key is not None and _prepared.passed_unchanged((input, *given), (xk, weight, bias)):
-        _prepared.keep(key, prepare_row_forward(x, len(shape), eps, centered))
+    _prepared.offer(key, (input, *given), (xk, weight, bias), prepare_row_forward, x, len(shape), eps, centered)
     y, mean, rstd = row_forward(x, xk, len(shape), weight, bias, eps, centered, out)
     if not return_stats:
         return y

@@ -166,16 +166,16 @@ class RowCall(NamedTuple):
 
     def __call__(self, x, weight, bias):
         rows, length, lead, eps, centered, ones, zeros, two_d = self
+        if not two_d:
+            y, mean, rstd = row_forward(x, rows, length, weight, bias, eps, centered, None)
+            return y, mean.reshape(lead), rstd.reshape(lead)
+        # x (rows, length) normalized over its last axis, the common case: `row_forward` without
+        # its views and stand-ins for absent parameters
         y = np.empty_like(x)
         stats = np.empty((2, rows))
-        if two_d:  # x (rows, length) normalized over its last axis: no views to make
-            S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
-                        stats[0], stats[1])
-            return y, stats[0], stats[1]
-        S.norm_rows(x.reshape(rows, length), ones if weight is None else weight.reshape(length),
-                    zeros if bias is None else bias.reshape(length), eps, centered, y.reshape(rows, length),
+        S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
                     stats[0], stats[1])
-        return y, stats[0].reshape(lead), stats[1].reshape(lead)
+        return y, stats[0], stats[1]
 
 
 class GridCall(NamedTuple):
