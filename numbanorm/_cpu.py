@@ -817,6 +817,63 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
                          out[a, start:stop])
 
 
+# -- planned grid drivers: batch, instance and group norm over any plan, one call from Python -------
+#
+# Between two kernels that stream a large tensor through the caches, the interpreter runs cold:
+# each NumPy or dispatcher call there costs tens of microseconds instead of a few.  So the steps
+# of a planned grid norm -- kernel, merge, coefficients, kernel -- run from one compiled call.
+# ``x.ndim`` is a compile-time constant, so each specialization keeps one kind's kernels only.
+
+
+@njit(cache=CACHE, error_model="numpy")
+def grid_normalize(x, pieces, states, group_of, samples, channels, members, weight, bias, eps, stats, coef, out):
+    """Normalize the rows (R, L) or cols (A, B, C) view ``x`` with statistics per group.
+
+    ``states`` (3, K, P, W) float64 is scratch for the moments kernels (W = 1 for rows);
+    ``group_of`` (K, W) names each state's group, ``samples``/``channels`` the (sample, channel)
+    of each flat coefficient position (see ``Plan.kernel_cells``).  Writes (count, mean, var,
+    rstd) of every group into ``stats`` (4, S, G), S = 1 when the groups span the batch, and
+    the result into ``out``, laid out as ``x``; ``coef`` (4, K*W) of x's dtype is scratch."""
+    count, mean, m2 = states[0], states[1], states[2]
+    if x.ndim == 2:
+        row_moments(x, pieces, count[:, :, 0], mean[:, :, 0], m2[:, :, 0])
+    else:
+        col_moments(x, pieces, count, mean, m2)
+    flat = stats.reshape(4, -1)
+    merge_groups(count, mean, m2, group_of, flat[0], flat[1], flat[2])
+    for g in range(flat.shape[1]):
+        flat[2, g] = flat[2, g] / flat[0, g]
+        flat[3, g] = 1.0 / np.sqrt(flat[2, g] + eps)  # eps = 0 on a constant group: inf, as in NumPy
+    grid_coefficients(samples, channels, members, stats[1], stats[3], weight, bias, coef)
+    if x.ndim == 2:
+        row_affine(x, coef[0], coef[1], coef[2], coef[3], None, None, pieces, out)
+    else:
+        k = coef.reshape(4, x.shape[0], x.shape[2])
+        col_affine(x, k[0], k[1], k[2], k[3], pieces, out)
+
+
+@njit(cache=CACHE, error_model="numpy")
+def grid_normalize_backward(dy, x, pieces, sums, samples, channels, members, per_group, mean, rstd, weight,
+                            batch_stats, coef, grad_weight, grad_bias, out):
+    """Input gradient of ``grid_normalize`` into ``out`` (laid out as the view ``x``), and the
+    per-channel ``grad_weight``/``grad_bias`` (float64, (C,)); ``mean``/``rstd`` (S, G) as
+    ``grid_normalize`` left them.  ``sums`` (2, K, P, W) float64 and ``coef`` (5, K*W) of x's
+    dtype are scratch (see ``grid_backward_coefficients``)."""
+    grid_coefficients(samples, channels, members, mean, rstd, None, None, coef[:4])
+    if x.ndim == 2:
+        row_grad_sums(dy, x, coef[0], coef[1], None, pieces, sums[0, :, :, 0], sums[1, :, :, 0])
+    else:
+        k = coef.reshape(5, x.shape[0], x.shape[2])
+        col_grad_sums(dy, x, k[0], k[1], pieces, sums[0], sums[1])
+    grid_backward_coefficients(sums, samples, channels, members, per_group, rstd, weight, batch_stats, coef,
+                               grad_weight, grad_bias)
+    if x.ndim == 2:
+        row_input_grad(dy, x, coef[0], coef[1], coef[2], coef[3], coef[4], pieces, out)
+    else:
+        k = coef.reshape(5, x.shape[0], x.shape[2])
+        col_input_grad(dy, x, k[0], k[1], k[2], k[3], k[4], pieces, out)
+
+
 # -- fused cols kernels: channels-last instance/group norm, one sample's slab at a time ----------
 #
 # The (spatial, C) slab of one sample fits in L2, so its statistics and its normalization read
@@ -824,8 +881,8 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
 
 
 @njit(parallel=True, **_ew)
-def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
-    """Normalize each sample's slab by per-group statistics, returned in ``mean``/``var`` (A, G).
+def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var, rstd):
+    """Normalize each sample's slab by per-group statistics, returned in ``mean``/``var``/``rstd`` (A, G).
 
     The slab may be folded (see ``_plan.fold_for``): ``fold`` rows side by side, so column j
     holds channel ``j % C``, C = width // fold; every column has the same count."""
@@ -856,6 +913,7 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var):
             mean[a, g] = gm
             var[a, g] = gq / (n * members * fold)
             inv = 1.0 / np.sqrt(var[a, g] + eps)
+            rstd[a, g] = inv
             h, l = _split(gm, 0.0, dtype)
             for f in range(fold):
                 for c in range(first, first + members):

@@ -65,17 +65,18 @@ class Grouping(NamedTuple):
     def merge_states(self, states, plan, ch, n):
         """The moments kernels' states (see ``Engine.states``) merged into groups: (1 or N, G) each."""
         merged = np.empty((3, 1 if self.over_batch else n, self.groups))
-        group_of = plan.memo(("groups", ch, self), lambda: self._group_of(plan, ch))
-        _cpu.merge_groups(states[0], states[1], states[2], group_of, *merged.reshape(3, -1))
+        _cpu.merge_groups(states[0], states[1], states[2], self.group_of(plan, ch), *merged.reshape(3, -1))
         return merged
 
-    def _group_of(self, plan, ch):
-        """The group of each (outer index, column) of the kernels' states, (K, W)."""
-        samples, channels = plan.kernel_cells(ch)
-        group = channels // (plan.shape[ch] // self.groups)
-        if not self.over_batch:
-            group = samples * self.groups + group
-        return group if group.ndim == 2 else group[:, None]
+    def group_of(self, plan, ch):
+        """The group of each (outer index, column) of the kernels' states, (K, W) (cached on the plan)."""
+        def make():
+            samples, channels = plan.kernel_cells(ch)
+            group = channels // (plan.shape[ch] // self.groups)
+            if not self.over_batch:
+                group = samples * self.groups + group
+            return group if group.ndim == 2 else group[:, None]
+        return plan.memo(("groups", ch, self), make)
 
 
 def grid_plan(x, ch, over_batch=False):
@@ -147,19 +148,34 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
         return y, float(x2.shape[1]), mean, var, rstd
     x3, fold = _grid_slabs(xk, ch, grouping)
     if x3 is not None:
-        mean, var = np.empty((n, grouping.groups)), np.empty((n, grouping.groups))
+        mean, var, rstd = np.empty((3, n, grouping.groups))
         direct = out is not None and out.dtype == xk.dtype and _is_c(out)
         y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
         w, b = _fused_params(weight, bias, (c,), xk.dtype)
-        _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var)
+        _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var, rstd)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
-        count = float(x.size // (n * grouping.groups))
-        return y, count, mean, var, _rstd(var, eps)
+        return y, float(x.size // (n * grouping.groups)), mean, var, rstd
     plan = grid_plan(xk, ch, grouping.over_batch)  # no fused kernel fits: statistics, then affine
-    merged = grouping.merge_states(_engine.CPU.states(xk, plan), plan, ch, n)
-    count, mean, var = merged[0], merged[1], merged[2] / merged[0]
-    y, mean, rstd = grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan)
-    return y, count, mean, var, rstd
+    samples, channels = _flat_cells(plan, ch)
+    stats = np.empty((4, 1 if grouping.over_batch else n, grouping.groups))
+    direct_out = out if out is not None and out.dtype == xk.dtype else None
+    out_view, user = _engine.CPUDevice.result(plan, xk.dtype, direct_out, xk)
+    _cpu.grid_normalize(plan.view(xk), plan.pieces, _state_scratch(plan, 3), grouping.group_of(plan, ch), samples,
+                        channels, c // grouping.groups, weight, bias, eps, stats,
+                        np.empty((4, samples.size), xk.dtype), out_view)
+    y = _deliver(_engine.CPUDevice.finish(user, direct_out), x.dtype, out)
+    return y, stats[0], stats[1], stats[2], stats[3]
+
+
+def _flat_cells(plan, ch):
+    """``plan.kernel_cells(ch)`` flat, as the grid drivers take them (cached on the plan)."""
+    return plan.memo(("flat cells", ch), lambda: tuple(a.reshape(-1) for a in plan.kernel_cells(ch)))
+
+
+def _state_scratch(plan, count):
+    """``count`` per-piece float64 states for the grid drivers: (count, K, P, W), W = 1 for rows."""
+    width = plan.view_shape[2] if plan.kind == "cols" else 1
+    return np.empty((count, plan.view_shape[0], plan.pieces, width))
 
 
 class _GridForward(NamedTuple):
@@ -218,16 +234,12 @@ def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias
         grad_bias = sum_dy.sum(axis=0).astype(x.dtype) if has_bias else None
         return dx3.reshape(x.shape), grad_weight, grad_bias
     plan = grid_plan(x, ch, grouping.over_batch)
-    samples, channels = (a.reshape(-1) for a in plan.kernel_cells(ch))
-    members = c // grouping.groups
-    coef = np.empty((5, samples.size), x.dtype)  # (hi, lo, ka, kb, kc) at each outer position
-    _cpu.grid_coefficients(samples, channels, members, mean, rstd, None, None, coef[:4])
-    hi, lo = (a.reshape(plan.coef_shape) for a in coef[:2])
-    sums = _engine.CPU.grad_states(dy, x, plan, hi, lo)
+    samples, channels = _flat_cells(plan, ch)
+    out_view, dx = _engine.CPUDevice.result(plan, x.dtype, None, x)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
-    _cpu.grid_backward_coefficients(sums, samples, channels, members, x.size / mean.size, rstd, weight,
-                                    batch_stats, coef, grad_weight, grad_bias)
-    dx, _, _ = _engine.CPU.input_grad_coef(dy, x, plan, coef)
+    _cpu.grid_normalize_backward(plan.view(dy), plan.view(x), plan.pieces, _state_scratch(plan, 2), samples, channels,
+                                 c // grouping.groups, x.size / mean.size, mean, rstd, weight, batch_stats,
+                                 np.empty((5, samples.size), x.dtype), grad_weight, grad_bias, out_view)
     return (dx, None if weight is None else grad_weight.astype(weight.dtype),
             grad_bias.astype(dx.dtype) if has_bias else None)
 

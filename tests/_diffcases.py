@@ -117,6 +117,10 @@ def engines():
 # moments/affine/gradient kernels of the generic path
 KERNELS = tuple(sorted(name for name, f in vars(_cpu).items() if not name.startswith("_")
                        and isinstance(f, CPUDispatcher) and f.targetoptions.get("parallel")))
+# the planned grid drivers run their kernels from compiled code, where a spy cannot replace them: a
+# driver's call stands for the kernels its view's kind runs (rows: 2-D, cols: 3-D)
+DRIVERS = {"grid_normalize": {2: ("row_moments", "row_affine"), 3: ("col_moments", "col_affine")},
+           "grid_normalize_backward": {2: ("row_grad_sums", "row_input_grad"), 3: ("col_grad_sums", "col_input_grad")}}
 SMALL_LANE = ("grid_forward", "grid_backward", "row_forward", "row_backward")  # _small's entries
 PATHS = KERNELS + ("long-row", "plan-copy", "fold", "pieces", "small-lane")
 
@@ -128,13 +132,14 @@ def paths():
     with gaps, copied), ``fold`` (few channels read rows side by side) and ``pieces`` (a
     reduction split in pieces) and ``small-lane`` (one serial call, ``_small``)."""
     seen = set()
-    kernels = {name: getattr(_cpu, name) for name in KERNELS}
+    driven = {k for kinds in DRIVERS.values() for names in kinds.values() for k in names}
+    kernels = {name: getattr(_cpu, name) for name in KERNELS + tuple(DRIVERS) if name not in driven}
     lane = {name: getattr(_small, name) for name in SMALL_LANE}
     view, of = _plan.Plan.view, _plan.Plan.__dict__["of"]
 
     def spy(name, kernel):
         def run(*args):
-            seen.add(name)
+            seen.update(DRIVERS[name][args[0].ndim] if name in DRIVERS else (name,))
             if not name.startswith("col") and args[0].ndim == 2 and args[0].shape[1] > _cpu.ROW_CHUNK:
                 seen.add("long-row")
             return kernel(*args)
