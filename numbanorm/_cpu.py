@@ -411,55 +411,66 @@ def _split(base, offset, dtype):
 @njit(parallel=True, **_ew)
 def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var, rstd):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
-    computed first and returned in ``mean``/``var``/``rstd``.  ``blocks`` tasks take runs of rows.
+    computed first and returned in ``mean``/``var``/``rstd``.  ``blocks`` tasks take runs of rows
+    (see ``normalize_rows``)."""
+    rows = x.shape[0]
+    for task in prange(blocks):
+        _, _, first, last = _piece(task, blocks, rows)
+        normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, var, rstd)
+
+
+@njit(**_ew)
+def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, var, rstd):
+    """``row_normalize``'s rows ``first:last``, in this thread (the serial drivers take them all).
+    Row r takes ``weight[r % K]``/``bias[r % K]`` of (K, L // seg), each value applied to ``seg``
+    consecutive elements.
 
     ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
     ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation.
 
     Rows of at most ROW_CHUNK are one exact chunk, and their passes are pipelined: the pass
     that sums a row's deviations also sums the next row, two independent reductions in one loop
-    and one pass over memory less a row."""
-    rows, length = x.shape
+    and one pass over memory less a row.  (A short row's statistics are a chain of dependent
+    steps -- sum, mean, deviations, M2, rstd -- which alone would leave the core waiting.)"""
+    length = x.shape[1]
     kinds = weight.shape[0]
     dtype = x.dtype.type
     short = 0 < length <= ROW_CHUNK
-    for task in prange(blocks):
-        _, _, first, last = _piece(task, blocks, rows)
-        ahead = _plain_sum(x[first]) if short and first < last else dtype(0)
-        for r in range(first, last):
-            xs = x[r]
-            ys = out[r]
-            if short:
-                guess = ahead / dtype(length)
-                dev, sq, ahead = _deviation_sums(xs, guess, x[min(r + 1, last - 1)])
-                base = np.float64(guess)
-                offset, m2 = _corrected(length, guess, dev, sq, base)
-                spread = m2 / length
-            else:
-                n, base, offset, m2 = _span_moments(xs)
-                spread = m2 / n
-            if not centered:
-                spread += (base + offset) * (base + offset)
-                base = offset = 0.0
-            inv = 1.0 / np.sqrt(spread + eps)
-            mean[r] = base + offset
-            var[r] = spread
-            rstd[r] = inv
-            h, l = _split(base, offset, dtype)
-            w = weight[r % kinds]
-            b = bias[r % kinds]
-            if seg == 1:
-                s = dtype(inv)
-                for i in range(length):
-                    ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
-            else:
-                for j in range(w.shape[0]):
-                    a = dtype(inv * w[j])
-                    t = b[j]
-                    xj = xs[j * seg:(j + 1) * seg]
-                    yj = ys[j * seg:(j + 1) * seg]
-                    for i in range(seg):
-                        yj[i] = ((xj[i] - h) - l) * a + t
+    ahead = _plain_sum(x[first]) if short and first < last else dtype(0)
+    for r in range(first, last):
+        xs = x[r]
+        ys = out[r]
+        if short:
+            guess = ahead / dtype(length)
+            dev, sq, ahead = _deviation_sums(xs, guess, x[min(r + 1, last - 1)])
+            base = np.float64(guess)
+            offset, m2 = _corrected(length, guess, dev, sq, base)
+            spread = m2 / length
+        else:
+            n, base, offset, m2 = _span_moments(xs)
+            spread = m2 / n
+        if not centered:
+            spread += (base + offset) * (base + offset)
+            base = offset = 0.0
+        inv = 1.0 / np.sqrt(spread + eps)
+        mean[r] = base + offset
+        var[r] = spread
+        rstd[r] = inv
+        h, l = _split(base, offset, dtype)
+        w = weight[r % kinds]
+        b = bias[r % kinds]
+        if seg == 1:
+            s = dtype(inv)
+            for i in range(length):
+                ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
+        else:
+            for j in range(w.shape[0]):
+                a = dtype(inv * w[j])
+                t = b[j]
+                xj = xs[j * seg:(j + 1) * seg]
+                yj = ys[j * seg:(j + 1) * seg]
+                for i in range(seg):
+                    yj[i] = ((xj[i] - h) - l) * a + t
 
 
 @njit(**_jit)

@@ -31,6 +31,7 @@ from numba import njit
 
 from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._cpu import (
+    normalize_rows,
     ROW_CHUNK,
     _chan_merge,
     _corrected,
@@ -115,11 +116,12 @@ norm_row_inline = njit(inline="always", **_ew)(norm_row.py_func)
 
 @njit(**_ew)
 def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
-    """``norm_row`` for every row of ``x2`` (R, L); per-row statistics into ``mean``/``rstd``.
-    ``weight`` and ``bias`` are arrays (ones and zeros where absent): the row's body is inlined,
-    which saves a call and the re-reading of its arguments per row."""
-    for r in range(x2.shape[0]):
-        mean[r], rstd[r] = norm_row_inline(x2[r], weight, bias, eps, centered, y2[r])
+    """``norm_row`` for every row of ``x2`` (R, L), per-row statistics into ``mean``/``rstd``:
+    ``row_normalize``'s rows in one thread, the passes of neighbouring rows pipelined (see
+    ``normalize_rows``).  ``weight`` and ``bias`` are (L,) arrays (ones and zeros where absent)."""
+    w = np.ascontiguousarray(weight).reshape(1, -1)  # C-typed: the affine loop vectorizes
+    b = np.ascontiguousarray(bias).reshape(1, -1)
+    normalize_rows(x2, w, b, 1, eps, centered, 0, x2.shape[0], y2, mean, np.empty(x2.shape[0]), rstd)
 
 
 @njit(**_ew)
