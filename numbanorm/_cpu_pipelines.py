@@ -273,7 +273,7 @@ def row_forward(x, xk, k, weight, bias, eps, centered, out):
     Returns (y, mean, rstd), the statistics float64 per row, flat."""
     rows = math.prod(x.shape[: x.ndim - k])
     length = math.prod(x.shape[x.ndim - k:])
-    if _small.fits(x):
+    if _small.row_fits(x):
         return _small.row_forward(x, rows, length, weight, bias, eps, centered, out)
     x2 = _fused_rows(xk, rows, 1)
     if x2 is not None:
@@ -311,7 +311,7 @@ def prepare_row_forward(x, k, eps, centered):
     ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias), the statistics shaped like x's
     leading axes."""
     lead = x.shape[: x.ndim - k]
-    if _small.fits(x):
+    if _small.fits(x, factor=_small.ROW_FACTOR):  # thread-independent: prepared once
         return _small.RowCall.of(x, math.prod(x.shape[x.ndim - k:]), lead, eps, centered)
     return _RowForward(k, lead, eps, centered)
 
@@ -321,7 +321,7 @@ def row_moments(xk, k):
     its leading axes: a row norm's statistics without its output."""
     lead = xk.shape[: xk.ndim - k]
     rows = math.prod(lead)
-    if _small.fits(xk):
+    if _small.row_fits(xk):
         mean, var = _small.row_moments(xk, rows, xk.size // rows)
     elif (x2 := _fused_rows(xk, rows, 1)) is not None:
         count, mean, m2 = np.empty((rows, 1)), np.empty((rows, 1)), np.empty((rows, 1))
@@ -337,7 +337,7 @@ def row_backward_recomputing(dy, xk, k, eps):
     """The input gradient of a layer norm without parameters whose forward kept no statistics
     (weight standardization): they are recomputed, in the fused kernel while each row is in cache."""
     rows = math.prod(xk.shape[: xk.ndim - k])
-    x2 = None if _small.fits(xk, dy) or not _is_c(dy) else _fused_rows(xk, rows, 1)
+    x2 = None if _small.row_fits(xk, dy) or not _is_c(dy) else _fused_rows(xk, rows, 1)
     if x2 is None:
         mean, var = row_moments(xk, k)
         return row_backward(dy, xk, k, mean, _rstd(var, eps), None, False, True)[0]
@@ -369,7 +369,7 @@ def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
     shape = xk.shape[xk.ndim - k:]
     lead = xk.shape[: xk.ndim - k]
     length = math.prod(shape)
-    if _small.fits(xk, dy):
+    if _small.row_fits(xk, dy):
         dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered)
     elif (x2 := _fused_rows(xk, mean.size, 1) if _is_c(dy) else None) is not None:
         dx2, grad_w, grad_b = _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias)

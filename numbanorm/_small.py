@@ -5,8 +5,8 @@ path spends around it: planning the view, a parallel launch per kernel, merging 
 in Python between them.  There the front hands the checked arguments to one of the serial
 drivers of ``_serial`` (the kernels behind the ``@njit`` overloads, with ``_cpu``'s numerical
 scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R, L)`` (row
-norms).  The CPU device (``_cpu_pipelines``) asks `fits` first and otherwise takes its fused or
-planned kernels.
+norms).  The CPU device (``_cpu_pipelines``) asks `row_fits` or `grid_fits` first and otherwise
+takes its fused or planned kernels.
 
 `RowCall` and `GridCall` are the lane's prepared calls (see ``_prepared``): a repeated forward
 whose checks are already done, straight to its driver.
@@ -24,6 +24,7 @@ import numpy as np
 
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
+from ._cpu import thread_count
 
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
 # small inputs it costs several times more than the other grid norms': the lane pays off on inputs
@@ -33,6 +34,12 @@ OVER_BATCH_FACTOR = 16
 # few and short at these sizes, and their backward reduces per channel in Python after the
 # kernel: the lane stays ahead of them up to inputs this many times larger, at one thread or two
 PER_SAMPLE_FACTOR = 4
+# the row norms' serial drivers keep up with their parallel kernels' speed per thread (both run
+# ``_cpu.normalize_rows``), and a parallel call with its planning costs several microseconds:
+# their lane takes inputs this many times larger, and at one thread, where a parallel launch
+# buys nothing, this many
+ROW_FACTOR = 4
+ONE_THREAD_ROW_FACTOR = 16
 
 
 def fits(x, other=None, factor=1):
@@ -42,6 +49,13 @@ def fits(x, other=None, factor=1):
     if type(x) is not np.ndarray or not 0 < x.size <= SMALL_ELEMENTS * factor or x.dtype.char not in "fd":
         return False
     return x.flags.c_contiguous and (other is None or (type(other) is np.ndarray and other.flags.c_contiguous))
+
+
+def row_fits(x, other=None):
+    """`fits` for a row norm (layer norm, RMS norm, weight standardization), see `ROW_FACTOR`."""
+    if fits(x, other, ROW_FACTOR):
+        return True
+    return fits(x, other, ONE_THREAD_ROW_FACTOR) and thread_count() == 1
 
 
 def grid_fits(x, other=None, over_batch=False):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-from numbanorm import _prepared, _serial, _small
+from numbanorm import _cpu, _prepared, _serial, _small
 from numbanorm import reference as ref
 from numbanorm._ops import OPS
 
@@ -73,10 +73,12 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     gives the same result, and both match the float64 reference; just above it the general path
     runs by itself."""
     # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; instance and
-    # group norm's, and normalize's on a transposed copy (its NCHW case here), 4 times
+    # group norm's, and normalize's on a transposed copy (its NCHW case here), 4 times; the row
+    # norms' 4 times, and at one thread 16 times
+    rows = _small.ONE_THREAD_ROW_FACTOR if _cpu.thread_count() == 1 else _small.ROW_FACTOR
     factor = {"batch_norm": _small.OVER_BATCH_FACTOR, "instance_norm": _small.PER_SAMPLE_FACTOR,
               "group_norm": _small.PER_SAMPLE_FACTOR,
-              "normalize": _small.OVER_BATCH_FACTOR // (1 if layout == "nhwc" else 4)}.get(op, 1)
+              "normalize": _small.OVER_BATCH_FACTOR // (1 if layout == "nhwc" else 4)}.get(op, rows)
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor)
     x, dy, w, b, ca = _case(op, layout, 4608, dtype)
     small_y, small_grads = _run(nn, op, x, dy, w, b, ca)
