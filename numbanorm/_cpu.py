@@ -37,6 +37,7 @@ from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._scalar import chan_merge, piece
 
 ROW_CHUNK = 1024  # elements of one row per exact chunk (4 KiB of float32: L1-resident)
+ROW_TILE = 8  # short rows whose statistics are taken together, pass by pass (see normalize_rows)
 COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
 # ... and at most this many rows: each column's sums run down the rows one add after another in
 # the input precision, so few channels (C = 2 and a row count too prime to fold) would otherwise
@@ -71,24 +72,6 @@ def _plain_sum(v):
     for i in range(v.shape[0]):
         s += v[i]
     return s
-
-
-@njit(**_jit)
-def _deviation_sums(chunk, guess, following):
-    """The second pass: ``sum(x - guess)`` and ``sum((x - guess)**2)`` of ``chunk`` -- and, in
-    the same loop, the first pass (the plain sum) of ``following``, a span of the same length.
-
-    Short rows pipeline their passes this way (see ``row_normalize``): two independent
-    reductions in one loop, and one pass over memory less a row."""
-    dev = chunk.dtype.type(0)
-    sq = chunk.dtype.type(0)
-    ahead = chunk.dtype.type(0)
-    for i in range(chunk.shape[0]):
-        d = chunk[i] - guess
-        dev += d
-        sq += d * d
-        ahead += following[i]
-    return dev, sq, ahead
 
 
 @njit(inline="always", **_jit)
@@ -428,49 +411,69 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
     ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
     ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation.
 
-    Rows of at most ROW_CHUNK are one exact chunk, and their passes are pipelined: the pass
-    that sums a row's deviations also sums the next row, two independent reductions in one loop
-    and one pass over memory less a row.  (A short row's statistics are a chain of dependent
-    steps -- sum, mean, deviations, M2, rstd -- which alone would leave the core waiting.)"""
+    Rows of at most ROW_CHUNK are one exact chunk each (a plain sum for the mean, then the
+    corrected deviation sums), taken ROW_TILE at a time, pass by pass: a short row's statistics
+    are a chain of dependent steps -- sum, mean, deviations, M2, rstd -- and the rows of a tile
+    give the core independent chains to overlap."""
     length = x.shape[1]
-    kinds = weight.shape[0]
     dtype = x.dtype.type
-    short = 0 < length <= ROW_CHUNK
-    ahead = _plain_sum(x[first]) if short and first < last else dtype(0)
-    for r in range(first, last):
-        xs = x[r]
-        ys = out[r]
-        if short:
-            guess = ahead / dtype(length)
-            dev, sq, ahead = _deviation_sums(xs, guess, x[min(r + 1, last - 1)])
-            base = np.float64(guess)
-            offset, m2 = _corrected(length, guess, dev, sq, base)
-            spread = m2 / length
-        else:
-            n, base, offset, m2 = _span_moments(xs)
-            spread = m2 / n
-        if not centered:
-            spread += (base + offset) * (base + offset)
-            base = offset = 0.0
-        inv = 1.0 / np.sqrt(spread + eps)
-        mean[r] = base + offset
-        var[r] = spread
-        rstd[r] = inv
-        h, l = _split(base, offset, dtype)
-        w = weight[r % kinds]
-        b = bias[r % kinds]
-        if seg == 1:
-            s = dtype(inv)
-            for i in range(length):
-                ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
-        else:
-            for j in range(w.shape[0]):
-                a = dtype(inv * w[j])
-                t = b[j]
-                xj = xs[j * seg:(j + 1) * seg]
-                yj = ys[j * seg:(j + 1) * seg]
-                for i in range(seg):
-                    yj[i] = ((xj[i] - h) - l) * a + t
+    if not 0 < length <= ROW_CHUNK:
+        for r in range(first, last):
+            n, base, offset, m2 = _span_moments(x[r])
+            inv, h, l = _row_scale(r, base, offset, m2 / n, centered, eps, mean, var, rstd, dtype)
+            _row_affine(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+        return
+    guess = np.empty(ROW_TILE, x.dtype)
+    hi = np.empty(ROW_TILE, x.dtype)
+    lo = np.empty(ROW_TILE, x.dtype)
+    scale = np.empty(ROW_TILE)
+    for t0 in range(first, last, ROW_TILE):
+        t1 = min(t0 + ROW_TILE, last)
+        for r in range(t0, t1):
+            guess[r - t0] = _plain_sum(x[r]) / dtype(length)
+        for r in range(t0, t1):
+            g = guess[r - t0]
+            dev, sq = _shifted_sums(x[r], g)
+            base = np.float64(g)
+            offset, m2 = _corrected(length, g, dev, sq, base)
+            scale[r - t0], hi[r - t0], lo[r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps, mean, var,
+                                                               rstd, dtype)
+        for r in range(t0, t1):
+            _row_affine(x[r], hi[r - t0], lo[r - t0], scale[r - t0], weight[r % weight.shape[0]],
+                        bias[r % bias.shape[0]], seg, out[r])
+
+
+@njit(inline="always", **_ew)
+def _row_scale(r, base, offset, spread, centered, eps, mean, var, rstd, dtype):
+    """Row r's statistics into ``mean``/``var``/``rstd``; returns (rstd, hi, lo), the centre
+    ``hi + lo`` in the input precision (see ``_split``)."""
+    if not centered:
+        spread += (base + offset) * (base + offset)
+        base = offset = 0.0
+    inv = 1.0 / np.sqrt(spread + eps)
+    mean[r] = base + offset
+    var[r] = spread
+    rstd[r] = inv
+    h, l = _split(base, offset, dtype)
+    return inv, h, l
+
+
+@njit(inline="always", **_ew)
+def _row_affine(xs, h, l, inv, w, b, seg, ys):
+    """``ys = (xs - (h + l))*inv*w + b``, each value of ``w``/``b`` over ``seg`` consecutive elements."""
+    dtype = xs.dtype.type
+    if seg == 1:
+        s = dtype(inv)
+        for i in range(xs.shape[0]):
+            ys[i] = ((xs[i] - h) - l) * s * w[i] + b[i]
+    else:
+        for j in range(w.shape[0]):
+            a = dtype(inv * w[j])
+            t = b[j]
+            xj = xs[j * seg:(j + 1) * seg]
+            yj = ys[j * seg:(j + 1) * seg]
+            for i in range(seg):
+                yj[i] = ((xj[i] - h) - l) * a + t
 
 
 @njit(**_jit)

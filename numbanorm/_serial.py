@@ -117,8 +117,7 @@ norm_row_inline = njit(inline="always", **_ew)(norm_row.py_func)
 @njit(**_ew)
 def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
     """``norm_row`` for every row of ``x2`` (R, L), per-row statistics into ``mean``/``rstd``:
-    ``row_normalize``'s rows in one thread, the passes of neighbouring rows pipelined (see
-    ``normalize_rows``).  ``weight`` and ``bias`` are (L,) arrays (ones and zeros where absent)."""
+    ``row_normalize``'s rows in one thread (see ``normalize_rows``).  ``weight`` and ``bias`` are (L,) arrays (ones and zeros where absent)."""
     w = np.ascontiguousarray(weight).reshape(1, -1)  # C-typed: the affine loop vectorizes
     b = np.ascontiguousarray(bias).reshape(1, -1)
     normalize_rows(x2, w, b, 1, eps, centered, 0, x2.shape[0], y2, mean, np.empty(x2.shape[0]), rstd)
@@ -462,7 +461,17 @@ def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
     takes ``grid_stats`` instead: its chunk sums run along the channels in the input precision,
     a vector loop, where float64 sums along a row of channels would keep their accumulators in
     memory."""
-    n_, _, c_, q_ = x4.shape
+    n_, p_, c_, q_ = x4.shape
+    members = c_ // groups
+    if not over_batch and p_ == 1 and q_ > 1:
+        # channels first, groups per sample: each (sample, group) is one contiguous row, taken by
+        # the fused kernel's row body (``normalize_rows``, each weight over ``q_`` values)
+        flat = stats.reshape(4, -1)
+        normalize_rows(x4.reshape(n_ * groups, members * q_), np.ascontiguousarray(weight).reshape(groups, members),
+                       np.ascontiguousarray(bias).reshape(groups, members), q_, eps, True, 0, n_ * groups,
+                       y4.reshape(n_ * groups, members * q_), flat[1], flat[2], flat[3])
+        flat[0] = members * q_
+        return
     if q_ == 1:
         count_g, base_g, offset_g, var_g, rstd_g = grid_stats(x4, groups, over_batch, eps)
         grid_normalize(x4, y4, base_g, offset_g, rstd_g, weight, bias)
@@ -472,7 +481,6 @@ def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
         stats[3] = rstd_g
         return
     s_ = stats.shape[1]
-    members = c_ // groups
     count = x4.size / (s_ * groups)
     acc = np.empty((2, n_, c_))
     shift = np.zeros((s_, c_))
