@@ -334,14 +334,14 @@ def _flush_param_grads(r, first, last, part_dy, part_dyx, acc_dy, acc_dyx):
 
 
 @njit(inline="always", **_ew)
-def _start_param_grads(task, acc_dy, acc_dyx, scratch):
-    """The block's float64 accumulators zeroed, and its input-precision partial sums (``scratch``
-    (blocks, 2, L), handed in by the caller: buffers allocated inside the parallel loop came back
+def _start_param_grads(acc_dy, acc_dyx, scratch):
+    """A block's float64 accumulators zeroed, and its input-precision partial sums (``scratch``
+    (2, L), handed in by the caller: buffers allocated inside the parallel loop came back
     unzeroed on a first call with Numba 0.68)."""
     acc_dy[:] = 0.0
     acc_dyx[:] = 0.0
-    part_dy = scratch[task, 0]
-    part_dyx = scratch[task, 1]
+    part_dy = scratch[0]
+    part_dyx = scratch[1]
     part_dy[:] = 0
     part_dyx[:] = 0
     return part_dy, part_dyx
@@ -356,7 +356,7 @@ def row_input_grad_params(dy, x, hi, lo, ka, kb, kc, weight, blocks, out, weight
     rows, length = x.shape
     for task in prange(blocks):
         _, _, first, last = _piece(task, blocks, rows)
-        part_dy, part_dyx = _start_param_grads(task, bias_grad[task], weight_grad[task], scratch)
+        part_dy, part_dyx = _start_param_grads(bias_grad[task], weight_grad[task], scratch[task])
         for r in range(first, last):
             xs = x[r]
             gs = dy[r]
@@ -608,44 +608,55 @@ def segment_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_
 def row_normalize_backward(dy, x, weight, mean, rstd, centered, recompute, eps, param_grads, blocks, out, sum_dy,
                            sum_dy_xhat, scratch):
     """Input gradient of ``row_normalize`` for layer norm (``centered``) or RMS norm rows with a
-    per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows, each row's two reductions
-    ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row is in cache.  With ``recompute`` (layer
-    norm only) each row's statistics are taken first, in cache too, into ``mean``/``rstd`` (a
-    forward that kept none: weight standardization).  With ``param_grads`` the weight and bias
-    gradients' partial sums go to one float64 row per block, ``sum_dy``/``sum_dy_xhat`` (blocks,
-    L), by the policy of ``_flush_param_grads`` (``scratch`` (blocks, 2, L) of the input dtype);
-    without (a forward with neither parameter) they are left untouched."""
-    rows, length = x.shape
-    dtype = x.dtype.type
+    per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows (see ``normalize_rows_backward``).
+    With ``param_grads`` the weight and bias gradients' partial sums go to one float64 row per
+    block, ``sum_dy``/``sum_dy_xhat`` (blocks, L) (``scratch`` (blocks, 2, L) of the input dtype)."""
+    rows = x.shape[0]
     for task in prange(blocks):
         _, _, first, last = _piece(task, blocks, rows)
-        part_dy, part_dyx = _start_param_grads(task, sum_dy[task], sum_dy_xhat[task], scratch)
-        for r in range(first, last):
-            xs = x[r]
-            gs = dy[r]
-            ys = out[r]
-            if recompute:  # layer-norm rows
-                n, base, offset, m2 = _span_moments(xs)
-                mean[r] = base + offset
-                rstd[r] = 1.0 / np.sqrt(m2 / n + eps)
-            h, l = _split(mean[r], 0.0, dtype)
-            inv = rstd[r]
-            s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
-            # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
-            kb = dtype(-inv * inv * inv * s2 / length)
-            kc = dtype(-inv * s1 / length) if centered else dtype(0)
-            a = dtype(inv)
-            if not param_grads:
-                for i in range(length):
-                    ys[i] = gs[i] * weight[i] * a + ((xs[i] - h) - l) * kb + kc
-                continue
+        normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps, param_grads, first, last, out,
+                                sum_dy[task], sum_dy_xhat[task], scratch[task])
+
+
+@njit(**_ew)
+def normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps, param_grads, first, last, out,
+                            sum_dy, sum_dy_xhat, scratch):
+    """``row_normalize_backward``'s rows ``first:last``, in this thread (the serial drivers take
+    them all): each row's two reductions ``sum(dy*w)`` and ``sum(dy*w*xhat)`` done while the row
+    is in cache.  With ``recompute`` (layer norm only) each row's statistics are taken first, in
+    cache too, into ``mean``/``rstd`` (a forward that kept none: weight standardization).  With
+    ``param_grads`` the rows' weight and bias gradients ``sum(dy*xhat)``/``sum(dy)`` go to the
+    float64 (L,) ``sum_dy_xhat``/``sum_dy`` by the policy of ``_flush_param_grads`` (``scratch``
+    (2, L) of the input dtype); without (a forward with neither parameter) they are left untouched."""
+    length = x.shape[1]
+    dtype = x.dtype.type
+    part_dy, part_dyx = _start_param_grads(sum_dy, sum_dy_xhat, scratch)
+    for r in range(first, last):
+        xs = x[r]
+        gs = dy[r]
+        ys = out[r]
+        if recompute:  # layer-norm rows
+            n, base, offset, m2 = _span_moments(xs)
+            mean[r] = base + offset
+            rstd[r] = 1.0 / np.sqrt(m2 / n + eps)
+        h, l = _split(mean[r], 0.0, dtype)
+        inv = rstd[r]
+        s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
+        # dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat)); RMS norm has no mean(w*dy) term
+        kb = dtype(-inv * inv * inv * s2 / length)
+        kc = dtype(-inv * s1 / length) if centered else dtype(0)
+        a = dtype(inv)
+        if not param_grads:
             for i in range(length):
-                g = gs[i]
-                xc = (xs[i] - h) - l
-                ys[i] = g * weight[i] * a + xc * kb + kc
-                part_dy[i] += g
-                part_dyx[i] += g * xc * a
-            _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy[task], sum_dy_xhat[task])
+                ys[i] = gs[i] * weight[i] * a + ((xs[i] - h) - l) * kb + kc
+            continue
+        for i in range(length):
+            g = gs[i]
+            xc = (xs[i] - h) - l
+            ys[i] = g * weight[i] * a + xc * kb + kc
+            part_dy[i] += g
+            part_dyx[i] += g * xc * a
+        _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy, sum_dy_xhat)
 
 
 # -- cols view: per-slab helpers and the kernels built from them --------------------------------

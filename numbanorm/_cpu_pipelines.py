@@ -337,7 +337,9 @@ def row_backward_recomputing(dy, xk, k, eps):
     """The input gradient of a layer norm without parameters whose forward kept no statistics
     (weight standardization): they are recomputed, in the fused kernel while each row is in cache."""
     rows = math.prod(xk.shape[: xk.ndim - k])
-    x2 = None if _small.row_fits(xk, dy) or not _is_c(dy) else _fused_rows(xk, rows, 1)
+    if _small.row_fits(xk, dy):
+        return _small.row_backward_recomputing(dy, xk, rows, eps)
+    x2 = _fused_rows(xk, rows, 1) if _is_c(dy) else None
     if x2 is None:
         mean, var = row_moments(xk, k)
         return row_backward(dy, xk, k, mean, _rstd(var, eps), None, False, True)[0]
@@ -370,7 +372,7 @@ def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):
     lead = xk.shape[: xk.ndim - k]
     length = math.prod(shape)
     if _small.row_fits(xk, dy):
-        dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered)
+        dx, grad_w, grad_b = _small.row_backward(dy, xk, mean, rstd, weight, centered, weight is not None or has_bias)
     elif (x2 := _fused_rows(xk, mean.size, 1) if _is_c(dy) else None) is not None:
         dx2, grad_w, grad_b = _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias)
         dx = dx2.reshape(xk.shape)

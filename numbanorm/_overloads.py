@@ -1348,10 +1348,9 @@ def _ov_weight_standardization_backward(grad_output, weight, eps=1e-5):
                               grad_output.shape)
         x2, ones, _ = _weight_rows(weight, dtype)
         rows = x2.shape[0]
-        count, mean, m2 = np.empty(rows), np.empty(rows), np.empty(rows)
-        S.rows_moments(x2, count, mean, m2)  # the forward keeps no statistics: recomputed
-        rstd = 1.0 / np.sqrt(m2 / count + e)
         dx2 = np.empty(x2.shape, dtype)
-        S.norm_rows_backward(_view(grad_output, x2.shape), x2, ones, mean, rstd, True, dx2, None, None)
+        # the forward keeps no statistics: recomputed, row by row in the same pass
+        S.norm_rows_backward(_view(grad_output, x2.shape), x2, ones, np.empty(rows), np.empty(rows), True, dx2, None,
+                             None, True, e)
         return dx2.reshape(weight.shape)
     return impl

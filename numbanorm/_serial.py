@@ -32,6 +32,7 @@ from numba import njit
 from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._cpu import (
     normalize_rows,
+    normalize_rows_backward,
     ROW_CHUNK,
     _chan_merge,
     _corrected,
@@ -124,34 +125,22 @@ def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
 
 
 @njit(**_ew)
-def norm_rows_backward(dy2, x2, weight, mean, rstd, centered, dx2, grad_weight, grad_bias):
+def norm_rows_backward(dy2, x2, weight, mean, rstd, centered, dx2, grad_weight, grad_bias, recompute=False, eps=0.0):
     """Input gradient of ``norm_rows``: ``dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))``
-    per row (RMS norm: no ``mean(w*dy)`` term).  ``grad_weight``/``grad_bias``: float64 (L,)
-    accumulators of ``sum(dy*xhat)`` and ``sum(dy)`` over the rows, or None."""
+    per row (RMS norm: no ``mean(w*dy)`` term), the fused kernel's rows in one thread (see
+    ``normalize_rows_backward``; with ``recompute`` the statistics are taken there, into
+    ``mean``/``rstd``).  ``weight``: (L,) or None.  ``grad_weight``/``grad_bias``: float64 (L,) receiving ``sum(dy*xhat)``
+    and ``sum(dy)`` over the rows, or None (neither is summed when both are)."""
     rows, length = x2.shape
-    dtype = x2.dtype.type
-    for r in range(rows):
-        xs = x2[r]
-        gs = dy2[r]
-        ds = dx2[r]
-        inv = rstd[r]
-        h, l = _split(mean[r], 0.0, dtype)
-        s1, s2 = _weighted_dot_sums(gs, xs, weight, h, l)
-        ka = dtype(inv)
-        kb = dtype(-inv * inv * (s2 * inv / length))
-        kc = dtype(-inv * (s1 / length)) if centered else dtype(0)
-        if weight is None:
-            for i in range(length):
-                ds[i] = gs[i] * ka + ((xs[i] - h) - l) * kb + kc
-        else:
-            for i in range(length):
-                ds[i] = gs[i] * weight[i] * ka + ((xs[i] - h) - l) * kb + kc
-        if grad_weight is not None:
-            for i in range(length):
-                grad_weight[i] += np.float64(gs[i]) * np.float64((xs[i] - h) - l) * inv
-        if grad_bias is not None:
-            for i in range(length):
-                grad_bias[i] += gs[i]
+    if weight is None:
+        weight = np.ones(length, x2.dtype)
+    width = 0 if grad_weight is None and grad_bias is None else length
+    if grad_weight is None:
+        grad_weight = np.empty(width)
+    if grad_bias is None:
+        grad_bias = np.empty(width)
+    normalize_rows_backward(dy2, x2, np.ascontiguousarray(weight), mean, rstd, centered, recompute, eps, width > 0, 0,
+                            rows, dx2, grad_bias, grad_weight, np.empty((2, width), x2.dtype))
 
 
 @njit(**_ew)

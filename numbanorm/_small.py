@@ -147,16 +147,27 @@ def row_moments(x, rows, length):
     return mean, m2 / count
 
 
-def row_backward(dy, x, mean, rstd, weight, centered):
-    """(dx, grad_weight, grad_bias) of a row norm, the gradients float64 (L,)."""
+def row_backward(dy, x, mean, rstd, weight, centered, params=True):
+    """(dx, grad_weight, grad_bias) of a row norm, the gradients float64 (L,) (None without
+    ``params``: a forward with neither weight nor bias)."""
     rows = mean.size
     length = x.size // rows
     dx = np.empty_like(x)
-    grad_weight, grad_bias = np.zeros(length), np.zeros(length)
+    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
     S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype),
                          mean.reshape(rows), rstd.reshape(rows), centered, _rows(dx, rows, length), grad_weight,
                          grad_bias)
     return dx, grad_weight, grad_bias
+
+
+def row_backward_recomputing(dy, x, rows, eps):
+    """The input gradient of a layer norm without parameters over ``rows`` rows whose forward
+    kept no statistics (weight standardization): recomputed row by row in the same call."""
+    length = x.size // rows
+    dx = np.empty_like(x)
+    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _constant(1.0, length, x.dtype),
+                         np.empty(rows), np.empty(rows), True, _rows(dx, rows, length), None, None, True, eps)
+    return dx
 
 
 class RowCall(NamedTuple):
