@@ -353,7 +353,7 @@ def row_input_grad_params(dy, x, hi, lo, ka, kb, kc, weight, blocks, out, weight
     rstd), ``blocks`` tasks taking runs of rows, and in the same pass, while x and dy are in
     cache, the weight and bias gradients' partial sums ``sum_r dy*(x - center)*ka`` and
     ``sum_r dy``: one float64 row per block in ``weight_grad``/``bias_grad`` (blocks, L)."""
-    rows, length = x.shape
+    rows = x.shape[0]
     for task in prange(blocks):
         _, _, first, last = _piece(task, blocks, rows)
         part_dy, part_dyx = _start_param_grads(bias_grad[task], weight_grad[task], scratch[task])
@@ -365,14 +365,20 @@ def row_input_grad_params(dy, x, hi, lo, ka, kb, kc, weight, blocks, out, weight
             l = lo[r]
             a = ka[r]
             b = kb[r]
-            c = kc[r]
-            for i in range(length):
-                g = gs[i]
-                xc = (xs[i] - h) - l
-                ys[i] = g * weight[i] * a + xc * b + c
-                part_dy[i] += g
-                part_dyx[i] += g * xc * a
+            _input_grad_and_param_terms(gs, xs, weight, h, l, a, b, kc[r], ys, part_dy, part_dyx)
             _flush_param_grads(r, first, last, part_dy, part_dyx, bias_grad[task], weight_grad[task])
+
+
+@njit(inline="always", **_ew)
+def _input_grad_and_param_terms(gs, xs, weight, h, l, a, b, c, ys, part_dy, part_dyx):
+    """A row's ``dx = dy*w*a + (x - (h + l))*b + c`` into ``ys`` and, in the same loop, its weight
+    and bias gradient terms ``dy*(x - centre)*a`` and ``dy`` added to the partial sums."""
+    for i in range(xs.shape[0]):
+        g = gs[i]
+        xc = (xs[i] - h) - l
+        ys[i] = g * weight[i] * a + xc * b + c
+        part_dy[i] += g
+        part_dyx[i] += g * xc * a
 
 
 # -- fused row kernels: a whole statistics row is normalized while it is still in cache ----------
@@ -650,12 +656,7 @@ def normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps,
             for i in range(length):
                 ys[i] = gs[i] * weight[i] * a + ((xs[i] - h) - l) * kb + kc
             continue
-        for i in range(length):
-            g = gs[i]
-            xc = (xs[i] - h) - l
-            ys[i] = g * weight[i] * a + xc * kb + kc
-            part_dy[i] += g
-            part_dyx[i] += g * xc * a
+        _input_grad_and_param_terms(gs, xs, weight, h, l, a, kb, kc, ys, part_dy, part_dyx)
         _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy, sum_dy_xhat)
 
 
