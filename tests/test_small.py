@@ -5,6 +5,7 @@ reference's), and the small lane must be taken exactly where it should: below th
 C-contiguous float32/float64 NumPy input, never above it or for other layouts.
 """
 
+import numba
 import numpy as np
 import pytest
 
@@ -101,6 +102,38 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
         np.testing.assert_allclose(s, g, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=name)
         np.testing.assert_allclose(s, r, rtol=tol["rtol"], atol=tol["atol"] * scale, err_msg=name)
         assert s.dtype == g.dtype, name
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "weight_standardization"])
+def test_row_lane_widens_at_one_thread(op, driver_calls, monkeypatch):
+    """The row norms' lane takes ROW_FACTOR times SMALL_ELEMENTS at any thread count and
+    ONE_THREAD_ROW_FACTOR times at one thread, where a parallel launch buys nothing; a prepared
+    call made at one thread still takes the parallel kernels at two."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 72)
+    elements = 72 * 8  # between the two limits
+    x, dy, w, b, ca = _case(op, "rows", elements, "float32")
+    assert _small.ROW_FACTOR * 72 < x.size <= _small.ONE_THREAD_ROW_FACTOR * 72
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_y, one_grads = _run(nn, op, x, dy, w, b, ca)
+        one_y_again, _ = _run(nn, op, x, dy, w, b, ca)  # prepared
+        assert driver_calls.count("norm_rows_backward") == 2 and len(driver_calls) >= 3, driver_calls
+        driver_calls.clear()
+        if numba.config.NUMBA_NUM_THREADS > 1:
+            numba.set_num_threads(2)
+            two_y, two_grads = _run(nn, op, x, dy, w, b, ca)
+            assert not driver_calls, f"the row lane ran above ROW_FACTOR at two threads: {driver_calls}"
+            np.testing.assert_allclose(one_y, two_y, rtol=2e-5, atol=2e-5)
+            for s, g in zip(one_grads, two_grads):
+                if s is not None:
+                    np.testing.assert_allclose(s, g, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(g).max())))
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(one_y, one_y_again)
+    ref_y, _ = _run(ref, op, x.astype(np.float64), dy.astype(np.float64),
+                    *(None if p is None else p.astype(np.float64) for p in (w, b)), ca)
+    np.testing.assert_allclose(one_y, ref_y, rtol=2e-5, atol=2e-5)
 
 
 def test_small_lane_keeps_running_statistics_and_stats(driver_calls):
