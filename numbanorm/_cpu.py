@@ -752,24 +752,20 @@ def _slab_moments(xs, mean, m2, scratch):
 @njit(**_jit)
 def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc, scratch):
     """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums
-    (rows four at a time, as in ``_slab_moments``; the centre's low part applied per chunk, see
-    ``_less_low``); ``scratch`` (2, C) of the slab's dtype holds the chunk sums."""
+    (the centre's low part applied per chunk, see ``_less_low``); ``scratch`` (2, C) of the
+    slab's dtype holds the chunk sums.
+
+    One row at a time: taking four (as ``_slab_shifted_sums`` does) leaves LLVM nine arrays to
+    check for overlap with the two it writes, more than it will, and the loop ran unvectorized
+    at half the speed.  Chunks of at most COL_CHUNK_ROWS / 4 rows keep each column's chain of
+    input-precision adds as short as four-row sums over COL_CHUNK_ROWS would."""
     length, width = xs.shape
-    block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS) & ~3)
+    block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS // 4))
     s1, s2 = scratch[0], scratch[1]
     for b0 in range(0, length, block):
-        stop = min(b0 + block, length)
-        quads = b0 + ((stop - b0) & ~3)
         s1[:] = 0
         s2[:] = 0
-        for b in range(b0, quads, 4):
-            x0, x1, x2, x3 = xs[b], xs[b + 1], xs[b + 2], xs[b + 3]
-            g0, g1, g2, g3 = dy[b], dy[b + 1], dy[b + 2], dy[b + 3]
-            for c in range(width):
-                h = hi[c]
-                s1[c] += (g0[c] + g1[c]) + (g2[c] + g3[c])
-                s2[c] += (g0[c] * (x0[c] - h) + g1[c] * (x1[c] - h)) + (g2[c] * (x2[c] - h) + g3[c] * (x3[c] - h))
-        for b in range(quads, stop):
+        for b in range(b0, min(b0 + block, length)):
             xr = xs[b]
             gr = dy[b]
             for c in range(width):
