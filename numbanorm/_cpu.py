@@ -429,36 +429,36 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
             inv, h, l = _row_scale(r, base, offset, m2 / n, centered, eps, mean, var, rstd, dtype)
             _row_affine(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
         return
-    guess = np.empty(ROW_TILE, x.dtype)
-    hi = np.empty(ROW_TILE, x.dtype)
-    lo = np.empty(ROW_TILE, x.dtype)
-    scale = np.empty(ROW_TILE)
+    # one allocation (a small call's allocations are a measurable part of it): the tile's guesses,
+    # rstd and centres, float64 (each input-precision value round-trips through float64 exactly)
+    tile = np.empty((4, ROW_TILE))
     for t0 in range(first, last, ROW_TILE):
         t1 = min(t0 + ROW_TILE, last)
         for r in range(t0, t1):
-            guess[r - t0] = _plain_sum(x[r]) / dtype(length)
+            tile[0, r - t0] = _plain_sum(x[r]) / dtype(length)
         for r in range(t0, t1):
-            g = guess[r - t0]
+            g = dtype(tile[0, r - t0])
             dev, sq = _shifted_sums(x[r], g)
             base = np.float64(g)
             offset, m2 = _corrected(length, g, dev, sq, base)
-            scale[r - t0], hi[r - t0], lo[r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps, mean, var,
-                                                               rstd, dtype)
+            tile[1, r - t0], tile[2, r - t0], tile[3, r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps,
+                                                                            mean, var, rstd, dtype)
         for r in range(t0, t1):
-            _row_affine(x[r], hi[r - t0], lo[r - t0], scale[r - t0], weight[r % weight.shape[0]],
-                        bias[r % bias.shape[0]], seg, out[r])
+            _row_affine(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
+                        weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
 
 
 @njit(inline="always", **_ew)
 def _row_scale(r, base, offset, spread, centered, eps, mean, var, rstd, dtype):
-    """Row r's statistics into ``mean``/``var``/``rstd``; returns (rstd, hi, lo), the centre
+    """Row r's statistics into ``mean``/``var`` (unless None)/``rstd``; returns (rstd, hi, lo), the centre
     ``hi + lo`` in the input precision (see ``_split``)."""
     if not centered:
         spread += (base + offset) * (base + offset)
         base = offset = 0.0
     inv = 1.0 / np.sqrt(spread + eps)
     mean[r] = base + offset
-    var[r] = spread
+    if var is not None:
+        var[r] = spread
     rstd[r] = inv
     h, l = _split(base, offset, dtype)
     return inv, h, l

@@ -121,7 +121,7 @@ def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
     ``row_normalize``'s rows in one thread (see ``normalize_rows``).  ``weight`` and ``bias`` are (L,) arrays (ones and zeros where absent)."""
     w = np.ascontiguousarray(weight).reshape(1, -1)  # C-typed: the affine loop vectorizes
     b = np.ascontiguousarray(bias).reshape(1, -1)
-    normalize_rows(x2, w, b, 1, eps, centered, 0, x2.shape[0], y2, mean, np.empty(x2.shape[0]), rstd)
+    normalize_rows(x2, w, b, 1, eps, centered, 0, x2.shape[0], y2, mean, None, rstd)
 
 
 @njit(**_ew)
