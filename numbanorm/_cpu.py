@@ -450,8 +450,8 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
 
 @njit(inline="always", **_ew)
 def _row_scale(r, base, offset, spread, centered, eps, mean, var, rstd, dtype):
-    """Row r's statistics into ``mean``/``var`` (unless None)/``rstd``; returns (rstd, hi, lo), the centre
-    ``hi + lo`` in the input precision (see ``_split``)."""
+    """Row r's statistics into ``mean``/``var`` (unless None)/``rstd``; returns (rstd, hi, lo),
+    the centre ``hi + lo`` in the input precision (see ``_split``)."""
     if not centered:
         spread += (base + offset) * (base + offset)
         base = offset = 0.0
@@ -614,7 +614,8 @@ def segment_normalize_backward(dy, x, weight, seg, mean, rstd, blocks, out, seg_
 def row_normalize_backward(dy, x, weight, mean, rstd, centered, recompute, eps, param_grads, blocks, out, sum_dy,
                            sum_dy_xhat, scratch):
     """Input gradient of ``row_normalize`` for layer norm (``centered``) or RMS norm rows with a
-    per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows (see ``normalize_rows_backward``).
+    per-element ``weight`` (L,), ``blocks`` tasks taking runs of rows (see
+    ``normalize_rows_backward``).
     With ``param_grads`` the weight and bias gradients' partial sums go to one float64 row per
     block, ``sum_dy``/``sum_dy_xhat`` (blocks, L) (``scratch`` (blocks, 2, L) of the input dtype)."""
     rows = x.shape[0]

@@ -160,9 +160,10 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
     stats = np.empty((4, 1 if grouping.over_batch else n, grouping.groups))
     direct_out = out if out is not None and out.dtype == xk.dtype else None
     out_view, user = _engine.CPUDevice.result(plan, xk.dtype, direct_out, xk)
-    _cpu.grid_normalize(plan.view(xk), plan.pieces, _state_scratch(plan, 3), grouping.group_of(plan, ch), samples,
-                        channels, c // grouping.groups, weight, bias, eps, stats,
-                        np.empty((4, samples.size), xk.dtype), out_view)
+    _, states = _engine.CPU.partials(plan, plan.pieces, 3)
+    _cpu.grid_normalize(plan.view(xk), plan.pieces, states, grouping.group_of(plan, ch), samples, channels,
+                        c // grouping.groups, weight, bias, eps, stats, np.empty((4, samples.size), xk.dtype),
+                        out_view)
     y = _deliver(_engine.CPUDevice.finish(user, direct_out), x.dtype, out)
     return y, stats[0], stats[1], stats[2], stats[3]
 
@@ -170,12 +171,6 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
 def _flat_cells(plan, ch):
     """``plan.kernel_cells(ch)`` flat, as the grid drivers take them (cached on the plan)."""
     return plan.memo(("flat cells", ch), lambda: tuple(a.reshape(-1) for a in plan.kernel_cells(ch)))
-
-
-def _state_scratch(plan, count):
-    """``count`` per-piece float64 states for the grid drivers: (count, K, P, W), W = 1 for rows."""
-    width = plan.view_shape[2] if plan.kind == "cols" else 1
-    return np.empty((count, plan.view_shape[0], plan.pieces, width))
 
 
 class _GridForward(NamedTuple):
@@ -237,7 +232,8 @@ def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias
     samples, channels = _flat_cells(plan, ch)
     out_view, dx = _engine.CPUDevice.result(plan, x.dtype, None, x)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
-    _cpu.grid_normalize_backward(plan.view(dy), plan.view(x), plan.pieces, _state_scratch(plan, 2), samples, channels,
+    _, sums = _engine.CPU.partials(plan, plan.pieces, 2)
+    _cpu.grid_normalize_backward(plan.view(dy), plan.view(x), plan.pieces, sums, samples, channels,
                                  c // grouping.groups, x.size / mean.size, mean, rstd, weight, batch_stats,
                                  np.empty((5, samples.size), x.dtype), grad_weight, grad_bias, out_view)
     return (dx, None if weight is None else grad_weight.astype(weight.dtype),

@@ -95,7 +95,7 @@ class Engine:
         hi = exact.astype(dtype)
         return np.ascontiguousarray(hi), np.ascontiguousarray((exact - hi).astype(dtype))
 
-    def _partials(self, plan, pieces, count):
+    def partials(self, plan, pieces, count):
         """``count`` float64 arrays for the kernels' per-piece results, stacked: as the kernels
         take them, (K, P) for rows plans and (K, P, W) for cols plans, and the same memory as
         (count, K, P, W) with W = 1 for rows plans."""
@@ -109,7 +109,7 @@ class Engine:
         the (folded) columns for cols plans (see ``Plan.state_index``, ``Plan.kernel_cells``)."""
         dev = self.device
         pieces = dev.pieces(plan)
-        states, stacked = self._partials(plan, pieces, 3)
+        states, stacked = self.partials(plan, pieces, 3)
         kernel = dev.kernels.row_moments if plan.kind == "rows" else dev.kernels.col_moments
         kernel(dev.view(plan, x), pieces, *states)
         return stacked
@@ -162,7 +162,7 @@ class Engine:
         host float64 (2, K, P, W), laid out as ``states``; ``hi``/``lo`` in kernel order."""
         dev = self.device
         pieces = dev.pieces(plan)
-        sums, stacked = self._partials(plan, pieces, 2)
+        sums, stacked = self.partials(plan, pieces, 2)
         weight = self._row_param(weight)
         if plan.kind == "rows":
             dev.kernels.row_grad_sums(dev.view(plan, dy), dev.view(plan, x), hi, lo, weight, pieces, *sums)

@@ -118,7 +118,8 @@ norm_row_inline = njit(inline="always", **_ew)(norm_row.py_func)
 @njit(**_ew)
 def norm_rows(x2, weight, bias, eps, centered, y2, mean, rstd):
     """``norm_row`` for every row of ``x2`` (R, L), per-row statistics into ``mean``/``rstd``:
-    ``row_normalize``'s rows in one thread (see ``normalize_rows``).  ``weight`` and ``bias`` are (L,) arrays (ones and zeros where absent)."""
+    ``row_normalize``'s rows in one thread (see ``normalize_rows``).  ``weight`` and ``bias`` are
+    (L,) arrays (ones and zeros where absent)."""
     w = np.ascontiguousarray(weight).reshape(1, -1)  # C-typed: the affine loop vectorizes
     b = np.ascontiguousarray(bias).reshape(1, -1)
     normalize_rows(x2, w, b, 1, eps, centered, 0, x2.shape[0], y2, mean, None, rstd)
@@ -129,8 +130,9 @@ def norm_rows_backward(dy2, x2, weight, mean, rstd, centered, dx2, grad_weight, 
     """Input gradient of ``norm_rows``: ``dx = rstd*(w*dy - mean(w*dy) - xhat*mean(w*dy*xhat))``
     per row (RMS norm: no ``mean(w*dy)`` term), the fused kernel's rows in one thread (see
     ``normalize_rows_backward``; with ``recompute`` the statistics are taken there, into
-    ``mean``/``rstd``).  ``weight``: (L,) or None.  ``grad_weight``/``grad_bias``: float64 (L,) receiving ``sum(dy*xhat)``
-    and ``sum(dy)`` over the rows, or None (neither is summed when both are)."""
+    ``mean``/``rstd``).  ``weight``: (L,) or None.  ``grad_weight``/``grad_bias``: float64 (L,)
+    receiving ``sum(dy*xhat)`` and ``sum(dy)`` over the rows, or None (neither is summed when
+    both are)."""
     rows, length = x2.shape
     if weight is None:
         weight = np.ones(length, x2.dtype)
