@@ -29,9 +29,14 @@ passed as two numbers of the input precision, ``hi + lo`` (``lo`` the rounding e
 so float32 data are centred on a float64-accurate mean: ``(x - hi) - lo``.
 """
 
+import platform
+
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
 from ._scalar import chan_merge, piece
@@ -787,6 +792,131 @@ def _slab_affine(xs, hi, lo, alpha, beta, ys):
             yr[c] = ((xr[c] - hi[c]) - lo[c]) * alpha[c] + beta[c]
 
 
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+STREAM_ALIGN = 64  # bytes of one streamed vector, and the alignment its store needs
+# outputs at least this large are streamed past the caches (see ``_streams``)
+STREAM_BYTES = 8 << 20
+
+
+class _FloatOps:
+    """Vector arithmetic for ``_streamed_vector``'s formulas, with the elementwise kernels'
+    fast-math flags, so that a streamed result has the bits of the scalar loop's."""
+    flags = tuple(sorted(ELEMENTWISE_FASTMATH))
+
+    def __init__(self, builder):
+        self.builder = builder
+
+    def add(self, a, b):
+        return self.builder.fadd(a, b, flags=self.flags)
+
+    def sub(self, a, b):
+        return self.builder.fsub(a, b, flags=self.flags)
+
+    def mul(self, a, b):
+        return self.builder.fmul(a, b, flags=self.flags)
+
+
+def _streamed_vector(slab_inputs, formula, arguments):
+    """Signature and code of an intrinsic ``f(*slabs, *columns, ys, row, col)`` that computes one
+    STREAM_ALIGN-byte vector ``ys[row, col:col + k]`` by ``formula(ops, *vectors)`` from the same
+    vectors of the first ``slab_inputs`` arguments, (R, C) slabs, and of the per-column (C,)
+    arrays after them, and stores it non-temporally; ``ys[row, col]`` must be STREAM_ALIGN-aligned."""
+    dtype = arguments[0].dtype
+    if any(array.dtype != dtype for array in arguments[:-2]):
+        return None  # one vector type for every operand: no match, a typing error
+    lanes = STREAM_ALIGN * 8 // dtype.bitwidth
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(context.get_value_type(dtype), lanes)
+        row, col = args[-2], args[-1]
+
+        def address(k, index):
+            array = context.make_array(signature.args[k])(context, builder, args[k])
+            item = cgutils.get_item_pointer(context, builder, signature.args[k], array, index, wraparound=False)
+            return builder.bitcast(item, vector.as_pointer())
+
+        vectors = [builder.load(address(k, [row, col] if k < slab_inputs else [col]), align=dtype.bitwidth // 8)
+                   for k in range(len(args) - 3)]
+        store = builder.store(formula(_FloatOps(builder), *vectors), address(len(args) - 3, [row, col]),
+                              align=STREAM_ALIGN)
+        store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.void(*arguments), codegen
+
+
+@intrinsic
+def _affine_vector_streamed(typingctx, xs, hi, lo, alpha, beta, ys, row, col):
+    """``_slab_affine``'s arithmetic for one vector of row ``row``, streamed (see ``_streamed_vector``)."""
+    return _streamed_vector(1, lambda ops, x, h, l, a, b: ops.add(ops.mul(ops.sub(ops.sub(x, h), l), a), b),
+                            (xs, hi, lo, alpha, beta, ys, row, col))
+
+
+@intrinsic
+def _input_grad_vector_streamed(typingctx, dy, xs, hi, lo, ka, kb, kc, ys, row, col):
+    """``_slab_input_grad``'s arithmetic for one vector of row ``row``, streamed."""
+    return _streamed_vector(
+        2, lambda ops, g, x, h, l, a, b, c: ops.add(ops.add(ops.mul(g, a), ops.mul(ops.sub(ops.sub(x, h), l), b)), c),
+        (dy, xs, hi, lo, ka, kb, kc, ys, row, col))
+
+
+@intrinsic
+def _store_fence(typingctx):
+    """Order the non-temporal stores before everything after, so the thread that joins this one
+    sees them: they are weakly ordered, and x86 documents SFENCE as what orders them (LLVM's
+    portable fence becomes a locked instruction there)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            sfence = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                    "llvm.x86.sse.sfence")
+            builder.call(sfence, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(inline="always", **_ew)
+def _streams(out):
+    """Whether the affine passes store ``out``, a C-contiguous (..., C) array, past the caches.
+
+    A fused slab is read twice, for its statistics and for the affine pass.  Ordinary stores
+    allocate the output's lines in L2 (reading them from memory first), evicting the input that
+    the affine pass is about to re-read; non-temporal stores write whole lines straight to
+    memory, so the slab stays cached for its second read, and a pass over separate arrays saves
+    the reads.  Only for outputs larger than the caches (STREAM_BYTES): a smaller result is
+    better left cached for its consumer.  Rows must be whole vectors, each on a vector boundary
+    (they may be strided)."""
+    if (out.size * out.itemsize < STREAM_BYTES or out.strides[-1] != out.itemsize
+            or out.shape[-1] * out.itemsize % STREAM_ALIGN != 0):
+        return False
+    aligned = out.ctypes.data % STREAM_ALIGN == 0
+    for k in range(out.ndim - 1):
+        aligned &= out.strides[k] % STREAM_ALIGN == 0
+    return aligned
+
+
+@njit(**_ew)
+def _slab_affine_streamed(xs, hi, lo, alpha, beta, ys):
+    """``_slab_affine`` with non-temporal stores; ``ys`` a slab of an output that ``_streams``."""
+    lanes = STREAM_ALIGN // ys.itemsize
+    for b in range(xs.shape[0]):
+        for c in range(0, xs.shape[1], lanes):
+            _affine_vector_streamed(xs, hi, lo, alpha, beta, ys, b, c)
+    _store_fence()
+
+
+@njit(**_ew)
+def _slab_input_grad_streamed(dy, xs, hi, lo, ka, kb, kc, ys):
+    """``_slab_input_grad`` with non-temporal stores; ``ys`` as for ``_slab_affine_streamed``."""
+    lanes = STREAM_ALIGN // ys.itemsize
+    for b in range(xs.shape[0]):
+        for c in range(0, xs.shape[1], lanes):
+            _input_grad_vector_streamed(dy, xs, hi, lo, ka, kb, kc, ys, b, c)
+    _store_fence()
+
+
 @njit(**_ew)
 def _slab_input_grad(dy, xs, hi, lo, ka, kb, kc, ys):
     for b in range(xs.shape[0]):
@@ -812,9 +942,13 @@ def col_moments(x, pieces, count, mean, m2):
 def col_affine(x, hi, lo, alpha, beta, pieces, out):
     """``out[a, b, c] = (x[a, b, c] - center[a, c])*alpha[a, c] + beta[a, c]``."""
     outer, length, width = x.shape
+    streamed = _streams(out)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
-        _slab_affine(x[a, start:stop], hi[a], lo[a], alpha[a], beta[a], out[a, start:stop])
+        if streamed:
+            _slab_affine_streamed(x[a, start:stop], hi[a], lo[a], alpha[a], beta[a], out[a, start:stop])
+        else:
+            _slab_affine(x[a, start:stop], hi[a], lo[a], alpha[a], beta[a], out[a, start:stop])
 
 
 @njit(parallel=True, **_jit)
@@ -834,10 +968,15 @@ def col_grad_sums(dy, x, hi, lo, pieces, sum_dy, sum_dy_xc):
 def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
     """``out[a, b, c] = dy*ka[a, c] + (x - center[a, c])*kb[a, c] + kc[a, c]``."""
     outer, length, width = x.shape
+    streamed = _streams(out)
     for task in prange(outer * pieces):
         a, p, start, stop = _piece(task, pieces, length)
-        _slab_input_grad(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], ka[a], kb[a], kc[a],
-                         out[a, start:stop])
+        if streamed:
+            _slab_input_grad_streamed(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], ka[a], kb[a], kc[a],
+                                      out[a, start:stop])
+        else:
+            _slab_input_grad(dy[a, start:stop], x[a, start:stop], hi[a], lo[a], ka[a], kb[a], kc[a],
+                             out[a, start:stop])
 
 
 # -- planned grid drivers: batch, instance and group norm over any plan, one call from Python -------
@@ -913,6 +1052,7 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var, rstd):
     channels = width // fold
     members = channels // groups
     dtype = x.dtype.type
+    streamed = _streams(out)
     for a in prange(outer):
         col_mean = np.empty(width)
         col_m2 = np.empty(width)
@@ -944,7 +1084,10 @@ def col_normalize(x, weight, bias, groups, eps, fold, out, mean, var, rstd):
                     lo[f * channels + c] = l
                     alpha[f * channels + c] = dtype(inv * weight[c])
                     beta[f * channels + c] = bias[c]
-        _slab_affine(x[a], hi, lo, alpha, beta, out[a])
+        if streamed:
+            _slab_affine_streamed(x[a], hi, lo, alpha, beta, out[a])
+        else:
+            _slab_affine(x[a], hi, lo, alpha, beta, out[a])
 
 
 @njit(parallel=True, **_ew)
@@ -957,6 +1100,7 @@ def col_normalize_backward(dy, x, weight, groups, mean, rstd, fold, out, sum_dy,
     members = channels // groups
     count = length * members * fold
     dtype = x.dtype.type
+    streamed = _streams(out)
     for a in prange(outer):
         hi = np.empty(width, x.dtype)
         lo = np.empty(width, x.dtype)
@@ -991,4 +1135,7 @@ def col_normalize_backward(dy, x, weight, groups, mean, rstd, fold, out, sum_dy,
                     ka[f * channels + c] = dtype(inv * weight[c])
                     kb[f * channels + c] = dtype(-inv * inv * s2 / count)
                     kc[f * channels + c] = dtype(-inv * s1 / count)
-        _slab_input_grad(dy[a], x[a], hi, lo, ka, kb, kc, out[a])
+        if streamed:
+            _slab_input_grad_streamed(dy[a], x[a], hi, lo, ka, kb, kc, out[a])
+        else:
+            _slab_input_grad(dy[a], x[a], hi, lo, ka, kb, kc, out[a])

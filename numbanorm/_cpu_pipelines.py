@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _cpu, _engine, _small
 from ._arguments import _deliver, _is_c, _rstd
-from ._plan import fold_for, Plan
+from ._plan import aligned_empty, fold_for, Plan
 
 
 FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two passes
@@ -150,7 +150,7 @@ def grid_forward(x, xk, ch, grouping, weight, bias, eps, out):
     if x3 is not None:
         mean, var, rstd = np.empty((3, n, grouping.groups))
         direct = out is not None and out.dtype == xk.dtype and _is_c(out)
-        y3 = out.reshape(x3.shape) if direct else np.empty_like(x3)
+        y3 = out.reshape(x3.shape) if direct else aligned_empty(x3.shape, x3.dtype)
         w, b = _fused_params(weight, bias, (c,), xk.dtype)
         _cpu.col_normalize(x3, w, b, grouping.groups, eps, fold, y3, mean, var, rstd)
         y = out if direct else _deliver(y3.reshape(x.shape), x.dtype, out)
@@ -221,7 +221,7 @@ def grid_backward(dy, x, ch, grouping, mean, rstd, weight, batch_stats, has_bias
     x3, fold = _grid_slabs(x, ch, grouping) if batch_stats and _is_c(dy) else (None, 1)
     if x3 is not None:
         w, _ = _fused_params(weight, None, (c,), x.dtype)
-        dx3 = np.empty_like(x3)
+        dx3 = aligned_empty(x3.shape, x3.dtype)
         sum_dy, sum_dy_xhat = np.empty((n, c)), np.empty((n, c))
         _cpu.col_normalize_backward(dy.reshape(x3.shape), x3, w, grouping.groups, mean, rstd, fold, dx3,
                                     sum_dy, sum_dy_xhat)

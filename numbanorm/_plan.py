@@ -23,7 +23,7 @@ import functools
 import numpy as np
 
 from ._config import MIN_PIECE
-from ._cpu import thread_count
+from ._cpu import STREAM_ALIGN, STREAM_BYTES, thread_count
 
 
 class Plan:
@@ -101,7 +101,7 @@ class Plan:
 
     def empty(self, dtype):
         """A new array for a result: C order in the kernel view, returned with its user view."""
-        buf = np.empty(self.view_shape, dtype)
+        buf = aligned_empty(self.view_shape, dtype)
         return buf, self.unview(buf)
 
     def unview(self, buf):
@@ -223,6 +223,18 @@ class Plan:
 # channel k columns to be merged afterwards, so the vector loops stay long.
 FOLD_WIDTH = 64
 FOLDED_ROWS = 8
+
+
+def aligned_empty(shape, dtype):
+    """``np.empty(shape, dtype)``, starting on a STREAM_ALIGN boundary when it is large enough for
+    the kernels to stream into it (see ``_cpu._streams``); NumPy aligns only to 16 bytes."""
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < STREAM_BYTES:
+        return np.empty(shape, dtype)
+    raw = np.empty(nbytes + STREAM_ALIGN, np.uint8)
+    start = -raw.ctypes.data % STREAM_ALIGN
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def fold_for(length, width):
