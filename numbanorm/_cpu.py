@@ -428,11 +428,18 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
     give the core independent chains to overlap."""
     length = x.shape[1]
     dtype = x.dtype.type
+    streamed = _streams_rows(out, seg)
     if not 0 < length <= ROW_CHUNK:
         for r in range(first, last):
             n, base, offset, m2 = _span_moments(x[r])
             inv, h, l = _row_scale(r, base, offset, m2 / n, centered, eps, mean, var, rstd, dtype)
-            _row_affine(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+            if streamed:
+                _row_affine_streamed(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg,
+                                     out[r])
+            else:
+                _row_affine(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+        if streamed:
+            _store_fence()
         return
     # one allocation (a small call's allocations are a measurable part of it): the tile's guesses,
     # rstd and centres, float64 (each input-precision value round-trips through float64 exactly)
@@ -449,8 +456,14 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
             tile[1, r - t0], tile[2, r - t0], tile[3, r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps,
                                                                             mean, var, rstd, dtype)
         for r in range(t0, t1):
-            _row_affine(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
-                        weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+            if streamed:
+                _row_affine_streamed(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
+                                     weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+            else:
+                _row_affine(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
+                            weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+    if streamed:
+        _store_fence()
 
 
 @njit(inline="always", **_ew)
@@ -485,6 +498,23 @@ def _row_affine(xs, h, l, inv, w, b, seg, ys):
             yj = ys[j * seg:(j + 1) * seg]
             for i in range(seg):
                 yj[i] = ((xj[i] - h) - l) * a + t
+
+
+@njit(inline="always", **_ew)
+def _row_affine_streamed(xs, h, l, inv, w, b, seg, ys):
+    """``_row_affine`` with non-temporal stores, into a row of an output that ``_streams_rows``."""
+    dtype = xs.dtype.type
+    lanes = STREAM_ALIGN // ys.itemsize
+    if seg == 1:
+        s = dtype(inv)
+        for i in range(0, xs.shape[0], lanes):
+            _scaled_affine_vector_streamed(xs, h, l, s, w, b, ys, 0, i)
+    else:
+        for j in range(w.shape[0]):
+            a = dtype(inv * w[j])
+            t = b[j]
+            for i in range(j * seg, (j + 1) * seg, lanes):
+                _affine_vector_streamed(xs, h, l, a, t, ys, 0, i)
 
 
 @njit(**_jit)
@@ -819,13 +849,14 @@ class _FloatOps:
         return self.builder.fmul(a, b, flags=self.flags)
 
 
-def _streamed_vector(slab_inputs, formula, arguments):
-    """Signature and code of an intrinsic ``f(*slabs, *columns, ys, row, col)`` that computes one
-    STREAM_ALIGN-byte vector ``ys[row, col:col + k]`` by ``formula(ops, *vectors)`` from the same
-    vectors of the first ``slab_inputs`` arguments, (R, C) slabs, and of the per-column (C,)
-    arrays after them, and stores it non-temporally; ``ys[row, col]`` must be STREAM_ALIGN-aligned."""
-    dtype = arguments[0].dtype
-    if any(array.dtype != dtype for array in arguments[:-2]):
+def _streamed_vector(formula, arguments):
+    """Signature and code of an intrinsic ``f(*operands, ys, row, col)`` that computes one
+    STREAM_ALIGN-byte vector of ``ys`` by ``formula(ops, *vectors)`` and stores it non-temporally.
+    Each operand, and ``ys``, gives the vector at its own rank: a 2-D array its elements
+    ``[row, col:col + k]``, a 1-D array ``[col:col + k]`` (``row`` unused), a number that number
+    in every lane.  The vector of ``ys`` must start on a STREAM_ALIGN boundary."""
+    dtype = arguments[-3].dtype
+    if any(getattr(a, "dtype", a) != dtype for a in arguments[:-2]):
         return None  # one vector type for every operand: no match, a typing error
     lanes = STREAM_ALIGN * 8 // dtype.bitwidth
 
@@ -833,33 +864,59 @@ def _streamed_vector(slab_inputs, formula, arguments):
         vector = ir.VectorType(context.get_value_type(dtype), lanes)
         row, col = args[-2], args[-1]
 
-        def address(k, index):
-            array = context.make_array(signature.args[k])(context, builder, args[k])
-            item = cgutils.get_item_pointer(context, builder, signature.args[k], array, index, wraparound=False)
+        def address(k):
+            kind = signature.args[k]
+            array = context.make_array(kind)(context, builder, args[k])
+            index = [row, col] if kind.ndim == 2 else [col]
+            item = cgutils.get_item_pointer(context, builder, kind, array, index, wraparound=False)
             return builder.bitcast(item, vector.as_pointer())
 
-        vectors = [builder.load(address(k, [row, col] if k < slab_inputs else [col]), align=dtype.bitwidth // 8)
-                   for k in range(len(args) - 3)]
-        store = builder.store(formula(_FloatOps(builder), *vectors), address(len(args) - 3, [row, col]),
-                              align=STREAM_ALIGN)
+        def operand(k):
+            if not isinstance(signature.args[k], types.Array):
+                return _splat(builder, vector, args[k])
+            return builder.load(address(k), align=dtype.bitwidth // 8)
+
+        result = formula(_FloatOps(builder), *(operand(k) for k in range(len(args) - 3)))
+        store = builder.store(result, address(len(args) - 3), align=STREAM_ALIGN)
         store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
 
     return types.void(*arguments), codegen
 
 
+def _splat(builder, vector, value):
+    """``value`` in every lane of ``vector``."""
+    undefined = ir.Constant(vector, ir.Undefined)
+    first = builder.insert_element(undefined, value, ir.Constant(ir.IntType(32), 0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), vector.count), [0] * vector.count)
+    return builder.shuffle_vector(first, undefined, zeros)
+
+
+def _affine(ops, x, hi, lo, alpha, beta):
+    return ops.add(ops.mul(ops.sub(ops.sub(x, hi), lo), alpha), beta)
+
+
 @intrinsic
 def _affine_vector_streamed(typingctx, xs, hi, lo, alpha, beta, ys, row, col):
-    """``_slab_affine``'s arithmetic for one vector of row ``row``, streamed (see ``_streamed_vector``)."""
-    return _streamed_vector(1, lambda ops, x, h, l, a, b: ops.add(ops.mul(ops.sub(ops.sub(x, h), l), a), b),
-                            (xs, hi, lo, alpha, beta, ys, row, col))
+    """``((x - hi) - lo)*alpha + beta`` for one vector, streamed (see ``_streamed_vector``): the
+    arithmetic of ``_slab_affine`` (columns' coefficients) and of ``_row_affine`` (a segment's)."""
+    return _streamed_vector(_affine, (xs, hi, lo, alpha, beta, ys, row, col))
+
+
+@intrinsic
+def _scaled_affine_vector_streamed(typingctx, xs, hi, lo, scale, weight, bias, ys, row, col):
+    """``((x - hi) - lo)*scale*weight + bias`` for one vector, streamed: ``_row_affine``'s
+    per-element case."""
+    return _streamed_vector(
+        lambda ops, x, h, l, s, w, b: ops.add(ops.mul(ops.mul(ops.sub(ops.sub(x, h), l), s), w), b),
+        (xs, hi, lo, scale, weight, bias, ys, row, col))
 
 
 @intrinsic
 def _input_grad_vector_streamed(typingctx, dy, xs, hi, lo, ka, kb, kc, ys, row, col):
-    """``_slab_input_grad``'s arithmetic for one vector of row ``row``, streamed."""
+    """``_slab_input_grad``'s arithmetic for one vector, streamed."""
     return _streamed_vector(
-        2, lambda ops, g, x, h, l, a, b, c: ops.add(ops.add(ops.mul(g, a), ops.mul(ops.sub(ops.sub(x, h), l), b)), c),
+        lambda ops, g, x, h, l, a, b, c: ops.add(ops.add(ops.mul(g, a), ops.mul(ops.sub(ops.sub(x, h), l), b)), c),
         (dy, xs, hi, lo, ka, kb, kc, ys, row, col))
 
 
@@ -898,6 +955,13 @@ def _streams(out):
     for k in range(out.ndim - 1):
         aligned &= out.strides[k] % STREAM_ALIGN == 0
     return aligned
+
+
+@njit(inline="always", **_ew)
+def _streams_rows(out, seg):
+    """``_streams`` for the rows view (R, L) of a row kernel whose weights change every ``seg``
+    elements: each segment must start on a vector boundary too."""
+    return _streams(out) and (seg == 1 or seg * out.itemsize % STREAM_ALIGN == 0)
 
 
 @njit(**_ew)

@@ -43,7 +43,7 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     rows = x2.shape[0]
     mean, var, rstd = np.empty(rows), np.empty(rows), np.empty(rows)
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
-    y2 = out.reshape(x2.shape) if direct else np.empty_like(x2)
+    y2 = out.reshape(x2.shape) if direct else aligned_empty(x2.shape, x2.dtype)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
     _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)

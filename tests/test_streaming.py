@@ -63,6 +63,38 @@ def test_streamed_result_equals_cached_stores(op, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["layer_norm long rows", "layer_norm short rows", "rms_norm", "group_norm nchw",
+                                  "group_norm nchw, segments off the vectors"])
+def test_streamed_rows_equal_cached_stores(case, dtype, rng):
+    """The row kernels stream too: layer and RMS norm (rows longer and shorter than ROW_CHUNK) and
+    channels-first group norm, whose weights change every H*W elements -- streamed only when
+    those segments start on vector boundaries (``_streams_rows``): 2x2 pixels do not."""
+    elements = _cpu.STREAM_BYTES // np.dtype(dtype).itemsize
+    spatial = (2, 2) if "off" in case else (16, 16)
+    shape = {"layer_norm": (elements // 2048, 2048), "rms_norm": (elements // 512, 512),
+             "group_norm": (elements // (32 * spatial[0] * spatial[1]), 32) + spatial}[case.split()[0]]
+    if case == "layer_norm short rows":
+        shape = (elements // 64, 64)
+    x = (rng.standard_normal(shape) * 2 + 30).astype(dtype)
+    w, b = rng.standard_normal((2, 32) if case.startswith("group") else (2, shape[-1])).astype(dtype)
+    call, expected = {
+        "layer_norm": (lambda **k: nn.layer_norm(x, shape[-1:], w, b, **k), lambda: ref.layer_norm(x, shape[-1:], w, b)),
+        "rms_norm": (lambda **k: nn.rms_norm(x, shape[-1:], w, **k), lambda: ref.rms_norm(x, shape[-1:], w)),
+        "group_norm": (lambda **k: nn.group_norm(x, 8, w, b, **k), lambda: ref.group_norm(x, 8, w, b)),
+    }[case.split()[0]]
+    streamed = call()
+    if case.startswith("group"):  # the kernel's rows: (sample, group), 4 channels of H*W each
+        segment = spatial[0] * spatial[1]
+        rows = streamed.reshape(-1, 4 * segment)
+        assert _cpu._streams(rows) and _cpu._streams_rows(rows, segment) == ("off" not in case)
+    else:
+        assert _cpu._streams_rows(streamed.reshape(-1, shape[-1]), 1)
+    cached = call(out=_unaligned(x.shape, dtype))
+    np.testing.assert_array_equal(streamed, cached)
+    assert_close(streamed, expected(), 2e-5 if dtype == np.float32 else 1e-12, what=case)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("op", ["group_norm", "batch_norm"])
 def test_streamed_input_gradient_equals_cached_stores(op, dtype, rng):
     x = (rng.standard_normal(SHAPE) * 3 + 100).astype(dtype)
