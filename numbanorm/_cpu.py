@@ -49,6 +49,13 @@ COL_CHUNK = 4096  # elements per exact chunk of the cols view (rows * C)
 # sum 2048 float32 values in one chain (variance error 1.3e-5 on -1000 + 0.01 N(0, 1))
 COL_CHUNK_ROWS = 256
 FLUSH_ROWS = 32  # rows of layer-norm weight/bias gradient summed in the input precision
+STREAM_ALIGN = 64  # bytes of one streamed vector, and the alignment its store needs
+STREAM_BYTES = 8 << 20  # outputs at least this large are stored past the caches (see ``_streams``)
+# ... and a row norm's input gradient only in rows at least this long: shorter rows gained nothing
+# (256 float32 elements) or lost (128), the vector loop's start and the parameter terms' separate
+# loop costing more per row than the stores save
+STREAM_GRAD_ROW_BYTES = 2048
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 _jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
 _ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
@@ -386,6 +393,15 @@ def _input_grad_and_param_terms(gs, xs, weight, h, l, a, b, c, ys, part_dy, part
         part_dyx[i] += g * xc * a
 
 
+@njit(inline="always", **_ew)
+def _param_terms(gs, xs, h, l, a, part_dy, part_dyx):
+    """``_input_grad_and_param_terms``'s parameter terms alone (its input gradient streamed)."""
+    for i in range(xs.shape[0]):
+        g = gs[i]
+        part_dy[i] += g
+        part_dyx[i] += g * ((xs[i] - h) - l) * a
+
+
 # -- fused row kernels: a whole statistics row is normalized while it is still in cache ----------
 #
 # Layer norm rows and the (sample, group) rows of NCHW instance/group norm are short enough to stay
@@ -672,6 +688,8 @@ def normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps,
     (2, L) of the input dtype); without (a forward with neither parameter) they are left untouched."""
     length = x.shape[1]
     dtype = x.dtype.type
+    streamed = _streams(out) and length * out.itemsize >= STREAM_GRAD_ROW_BYTES
+    lanes = STREAM_ALIGN // out.itemsize
     part_dy, part_dyx = _start_param_grads(sum_dy, sum_dy_xhat, scratch)
     for r in range(first, last):
         xs = x[r]
@@ -688,12 +706,20 @@ def normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps,
         kb = dtype(-inv * inv * inv * s2 / length)
         kc = dtype(-inv * s1 / length) if centered else dtype(0)
         a = dtype(inv)
-        if not param_grads:
+        if streamed:  # the row is in L1: its parameter terms take a loop of their own
+            for i in range(0, length, lanes):
+                _row_input_grad_vector_streamed(gs, weight, a, xs, h, l, kb, kc, ys, 0, i)
+            if param_grads:
+                _param_terms(gs, xs, h, l, a, part_dy, part_dyx)
+        elif not param_grads:
             for i in range(length):
                 ys[i] = gs[i] * weight[i] * a + ((xs[i] - h) - l) * kb + kc
-            continue
-        _input_grad_and_param_terms(gs, xs, weight, h, l, a, kb, kc, ys, part_dy, part_dyx)
-        _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy, sum_dy_xhat)
+        else:
+            _input_grad_and_param_terms(gs, xs, weight, h, l, a, kb, kc, ys, part_dy, part_dyx)
+        if param_grads:
+            _flush_param_grads(r, first, last, part_dy, part_dyx, sum_dy, sum_dy_xhat)
+    if streamed:
+        _store_fence()
 
 
 # -- cols view: per-slab helpers and the kernels built from them --------------------------------
@@ -825,12 +851,6 @@ def _slab_affine(xs, hi, lo, alpha, beta, ys):
             yr[c] = ((xr[c] - hi[c]) - lo[c]) * alpha[c] + beta[c]
 
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-STREAM_ALIGN = 64  # bytes of one streamed vector, and the alignment its store needs
-# outputs at least this large are streamed past the caches (see ``_streams``)
-STREAM_BYTES = 8 << 20
-
-
 class _FloatOps:
     """Vector arithmetic for ``_streamed_vector``'s formulas, with the elementwise kernels'
     fast-math flags, so that a streamed result has the bits of the scalar loop's."""
@@ -910,6 +930,16 @@ def _scaled_affine_vector_streamed(typingctx, xs, hi, lo, scale, weight, bias, y
     return _streamed_vector(
         lambda ops, x, h, l, s, w, b: ops.add(ops.mul(ops.mul(ops.sub(ops.sub(x, h), l), s), w), b),
         (xs, hi, lo, scale, weight, bias, ys, row, col))
+
+
+@intrinsic
+def _row_input_grad_vector_streamed(typingctx, dy, weight, scale, xs, hi, lo, kb, kc, ys, row, col):
+    """``dy*weight*scale + ((x - hi) - lo)*kb + kc`` for one vector, streamed: a layer or RMS norm
+    row's input gradient (``normalize_rows_backward``)."""
+    def formula(ops, g, w, a, x, h, l, b, c):
+        return ops.add(ops.add(ops.mul(ops.mul(g, w), a), ops.mul(ops.sub(ops.sub(x, h), l), b)), c)
+
+    return _streamed_vector(formula, (dy, weight, scale, xs, hi, lo, kb, kc, ys, row, col))
 
 
 @intrinsic

@@ -351,7 +351,7 @@ def _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias, recomput
     length = x2.shape[1]
     w = np.ones(length, x2.dtype) if weight is None else weight.reshape(length)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-    dx2 = np.empty_like(x2)
+    dx2 = aligned_empty(x2.shape, x2.dtype)
     params = weight is not None or has_bias
     width = length if params else 0  # without parameters the kernel sums no gradients for them
     sum_dy, sum_dy_xhat = np.empty((blocks, width)), np.empty((blocks, width))

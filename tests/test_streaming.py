@@ -113,6 +113,36 @@ def test_streamed_input_gradient_equals_cached_stores(op, dtype, rng):
     assert_close(grads.weight, expected.weight, 1e-4 if dtype == np.float32 else 1e-10, what=op)
 
 
+@pytest.mark.parametrize("params", [True, False])
+@pytest.mark.parametrize("length", [1024, 128])
+def test_streamed_row_input_gradient_equals_cached_stores(length, params, rng):
+    """``row_normalize_backward`` streams its input gradient in rows of STREAM_GRAD_ROW_BYTES and
+    more (the parameter terms then in a loop of their own): the same bits, gradients of the
+    parameters included, as ordinary stores; shorter rows keep ordinary stores."""
+    x = (rng.standard_normal((_cpu.STREAM_BYTES // (4 * length), length)) + 3).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(length).astype(np.float32)
+    mean, rstd = x.mean(axis=1), 1 / np.sqrt(x.var(axis=1) + 1e-5)
+    blocks, width = 6, length if params else 0
+    results = []
+    for out in (aligned_empty(x.shape, x.dtype), _unaligned(x.shape, x.dtype)):
+        out.fill(np.nan)
+        sums = np.full((2, blocks, width), np.nan)
+        _cpu.row_normalize_backward(dy, x, w, mean.copy(), rstd.copy(), True, False, 1e-5, params, blocks, out,
+                                    sums[0], sums[1], np.empty((blocks, 2, width), x.dtype))
+        results.append((out, sums))
+    assert _cpu._streams(results[0][0]) and not _cpu._streams(results[1][0])
+    assert not np.isnan(results[0][0]).any()
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    xhat = (x - mean[:, None]) * rstd[:, None]
+    g = dy * w
+    expected = rstd[:, None] * (g - g.mean(axis=1, keepdims=True) - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    np.testing.assert_allclose(results[0][0], expected, rtol=1e-3, atol=1e-4)
+    if params:
+        np.testing.assert_allclose(results[0][1][1].sum(axis=0), (dy * xhat).sum(axis=0), rtol=1e-3, atol=1e-2)
+
+
 @pytest.mark.parametrize("kernel", ["col_affine", "col_input_grad", "col_normalize", "col_normalize_backward"])
 def test_streamed_kernels_write_every_element_as_cached_stores_do(kernel, rng):
     """Each kernel, into an aligned output (streamed) and an unaligned one (cached stores): the
