@@ -31,9 +31,13 @@ from ._cpu import thread_count
 # this many times larger there
 OVER_BATCH_FACTOR = 16
 # instance and group norm's fused kernels give each task whole (sample, group) rows or samples,
-# few and short at these sizes, and their backward reduces per channel in Python after the
-# kernel: the lane stays ahead of them up to inputs this many times larger, at one thread or two
+# few and short at these sizes: the lane's forward keeps to inputs this many times larger (above
+# them the fused forward wins at two threads, and its channels-last statistics, on slabs folded
+# wider, sum shorter float32 chains: a few times more exact next to outliers) ...
 PER_SAMPLE_FACTOR = 4
+# ... and its backward, where the fused kernels reduce per channel in Python afterwards and the
+# lane reads the given statistics, to inputs this many times larger, at one thread or two
+PER_SAMPLE_BACKWARD_FACTOR = 16
 # the row norms' serial drivers keep up with their parallel kernels' speed per thread (both run
 # ``_cpu.normalize_rows``), and a parallel call with its planning costs several microseconds:
 # their lane takes inputs this many times larger, and at one thread, where a parallel launch
@@ -59,8 +63,11 @@ def row_fits(x, other=None):
 
 
 def grid_fits(x, other=None, over_batch=False):
-    """`fits` for a grid norm: batch norm (``over_batch``) or instance/group norm."""
-    return fits(x, other, OVER_BATCH_FACTOR if over_batch else PER_SAMPLE_FACTOR)
+    """`fits` for a grid norm: batch norm (``over_batch``) or instance/group norm, a backward
+    where ``other`` (the output gradient) is given; see `PER_SAMPLE_FACTOR`."""
+    if over_batch:
+        return fits(x, other, OVER_BATCH_FACTOR)
+    return fits(x, other, PER_SAMPLE_FACTOR if other is None else PER_SAMPLE_BACKWARD_FACTOR)
 
 
 @functools.lru_cache(maxsize=256)

@@ -74,8 +74,9 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     gives the same result, and both match the float64 reference; just above it the general path
     runs by itself."""
     # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; instance and
-    # group norm's, and normalize's on a transposed copy (its NCHW case here), 4 times; the row
-    # norms' 4 times, and at one thread 16 times
+    # group norm's forward, and normalize's on a transposed copy (its NCHW case here), 4 times; the
+    # row norms' 4 times, and at one thread 16 times.  Instance and group norm's backward lane is
+    # wider than their forward's (test_per_sample_backward_lane_is_wider) and stays in it above.
     rows = _small.ONE_THREAD_ROW_FACTOR if _cpu.thread_count() == 1 else _small.ROW_FACTOR
     factor = {"batch_norm": _small.OVER_BATCH_FACTOR, "instance_norm": _small.PER_SAMPLE_FACTOR,
               "group_norm": _small.PER_SAMPLE_FACTOR,
@@ -87,7 +88,8 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     driver_calls.clear()
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor - 1)
     general_y, general_grads = _run(nn, op, x, dy, w, b, ca)
-    assert not driver_calls, f"the small lane ran above the crossover: {driver_calls}"
+    wider = ["grid_backward"] if op in ("instance_norm", "group_norm") else []
+    assert driver_calls == wider, f"the small lane ran above the crossover: {driver_calls}"
     ref_y, ref_grads = _run(ref, op, x.astype(np.float64), dy.astype(np.float64),
                             *(None if p is None else p.astype(np.float64) for p in (w, b)), ca)
     tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-11, atol=1e-11)
@@ -134,6 +136,32 @@ def test_row_lane_widens_at_one_thread(op, driver_calls, monkeypatch):
     ref_y, _ = _run(ref, op, x.astype(np.float64), dy.astype(np.float64),
                     *(None if p is None else p.astype(np.float64) for p in (w, b)), ca)
     np.testing.assert_allclose(one_y, ref_y, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_per_sample_backward_lane_is_wider(op, layout, driver_calls, monkeypatch):
+    """Instance and group norm's backward stays in the lane up to PER_SAMPLE_BACKWARD_FACTOR times
+    SMALL_ELEMENTS, past their forward's PER_SAMPLE_FACTOR, and leaves it above; on both sides it
+    gives the general path's gradients and the float64 reference's."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 256)
+    x, dy, w, b, ca = _case(op, layout, 256 * _small.PER_SAMPLE_BACKWARD_FACTOR, "float64")
+    assert _small.PER_SAMPLE_FACTOR * 256 < x.size
+    lane_y, lane_grads = _run(nn, op, x, dy, w, b, ca)
+    assert driver_calls == ["grid_backward"], driver_calls
+    driver_calls.clear()
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 255)
+    general_y, general_grads = _run(nn, op, x, dy, w, b, ca)
+    assert not driver_calls, f"the backward lane ran above its crossover: {driver_calls}"
+    ref_y, ref_grads = _run(ref, op, x, dy, w, b, ca)
+    np.testing.assert_array_equal(lane_y, general_y)  # the same fused forward on both sides
+    np.testing.assert_allclose(lane_y, ref_y, rtol=1e-12, atol=1e-12)
+    for name, s, g, r in zip(ref_grads._fields, lane_grads, general_grads, ref_grads):
+        assert (s is None) == (g is None) == (r is None), name
+        if r is not None:
+            scale = max(1.0, float(np.abs(r).max()))
+            np.testing.assert_allclose(s, g, rtol=1e-11, atol=1e-11 * scale, err_msg=name)
+            np.testing.assert_allclose(s, r, rtol=1e-11, atol=1e-11 * scale, err_msg=name)
 
 
 def test_small_lane_keeps_running_statistics_and_stats(driver_calls):
