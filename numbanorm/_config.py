@@ -5,8 +5,8 @@
                          tasks cost more in scheduling than they save.
 ``NUMBANORM_SMALL_ELEMENTS`` inputs of at most this many elements (16 times as many for batch
                          norm and for instance and group norm's backward, 4 times for their
-                         forward; see ``_small.py``'s factors) run in one serial compiled
-                         call (default 4096; see ``_small.py``);
+                         forward: ``_small.py``'s factors) run in one serial compiled
+                         call (default 4096);
                          0 turns that path off.
 ``NUMBANORM_CUDA_THREADS`` threads per CUDA block, a power of two (default 256; the tests use
                          fewer under the CUDA simulator, where every thread is a Python thread).
