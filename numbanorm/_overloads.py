@@ -456,7 +456,7 @@ def _row_norm_impl(input, normalized_shape, weight, bias, eps, return_stats, out
         rstd = np.empty(rows)
         S.norm_rows(x2, _filled(w, length, dtype, 1.0), _filled(b, length, dtype, 0.0), e, centered, y2, mean, rstd)
         return _deliver(out, y2, input.shape), mean, rstd, e
-    body = njit(cache=False)(body)
+    body = njit(cache=False, inline="always")(body)
     if stats:
         def impl(input, normalized_shape, weight=None, bias=None, eps=1e-5, return_stats=False, out=None):
             y, mean, rstd, e = body(input, normalized_shape, weight, bias, eps, out)
@@ -481,7 +481,7 @@ def _rms_eps(input):
 @overload(F.rms_norm, prefer_literal=True)
 def _ov_rms_norm(input, normalized_shape, weight=None, eps=None, return_stats=False, out=None):
     inner = _row_norm_impl(input, normalized_shape, weight, None, eps, return_stats, out, False, _rms_eps(input))
-    inner = njit(cache=False)(inner)
+    inner = njit(cache=False, inline="always")(inner)
 
     def impl(input, normalized_shape, weight=None, eps=None, return_stats=False, out=None):
         return inner(input, normalized_shape, weight, None, eps, return_stats, out)
@@ -520,7 +520,7 @@ def _row_backward_impl(grad_output, input, stats, normalized_shape, weight, cent
         gb = np.zeros(length)
         S.norm_rows_backward(dy2, x2, w, _flat64(stats.mean, rows), _flat64(stats.rstd, rows), centered, dx2, gw, gb)
         return dx2.reshape(input.shape), gw, gb
-    body = njit(cache=False)(body)
+    body = njit(cache=False, inline="always")(body)
 
     if has_bias is RUNTIME:
         def impl(grad_output, input, stats, normalized_shape, weight=None):
@@ -721,7 +721,7 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
             S.grid_normalize(x4, y4, mean, np.zeros((s_, c)), rstd, w, b)
         y = _deliver(out, y4, input.shape)
         return y, mean, rstd, e
-    body = njit(cache=False)(body)
+    body = njit(cache=False, inline="always")(body)
 
     def call(input, running_mean, running_var, weight, bias, batch_stats, momentum, eps, channel_axis, out,
              num_batches_tracked):
@@ -730,7 +730,7 @@ def _grid_forward_impl(input, running_mean, running_var, weight, bias, batch_sta
         if over_batch:
             return y, NormStats(mean[0].copy(), rstd[0].copy(), bool(batch_stats), has_bias, e)
         return y, NormStats(mean, rstd, bool(batch_stats), has_bias, e)
-    call = njit(cache=False)(call)
+    call = njit(cache=False, inline="always")(call)
     return call, stats_wanted
 
 
@@ -794,7 +794,7 @@ def _ov_group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, channel_
     ndim = input.ndim
     has_bias = not _is_none(bias)
 
-    @njit(cache=False)
+    @njit(cache=False, inline="always")
     def body(input, num_groups, weight, bias, eps, channel_axis, out):
         ch = _axis("channel_axis", channel_axis, ndim, 1)
         c = input.shape[ch]
@@ -845,7 +845,7 @@ def _grid_backward_impl(grad_output, input, stats, weight, channel_axis, kind):
     has_weight = not _is_none(weight)
     over_batch = kind == 0
 
-    @njit(cache=False)
+    @njit(cache=False, inline="always")
     def body(grad_output, input, stats, num_groups, weight, channel_axis):
         ch = _axis("channel_axis", channel_axis, ndim, 1)
         n = input.shape[0]
@@ -882,7 +882,7 @@ def _grads_impl(body, has_bias, group):
     else:
         def finish(dx, gw, gb, stats):
             return Grads(dx, gw, None)
-    finish = njit(cache=False)(finish)
+    finish = njit(cache=False, inline="always")(finish)
 
     def grouped(grad_output, input, stats, num_groups, weight=None, channel_axis=1):
         dx, gw, gb = body(grad_output, input, stats, num_groups, weight, channel_axis)
@@ -1036,7 +1036,7 @@ def _moments_impl(x, axes, keepdims, finish):
     if out_nd < 0:
         _fail(f"axes has {k} entries, more than x's {ndim} dimensions")
 
-    @njit(cache=False)
+    @njit(cache=False, inline="always")
     def body(x, axes):
         reduced = _reduced_mask(_axes_tuple(axes), ndim)
         shape = to_fixed_tuple(_stat_dims(x.shape, reduced, keep), out_nd)
