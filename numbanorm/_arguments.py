@@ -110,8 +110,9 @@ def _stats_arg(stats, shape, kind="NormStats returned by the forward", why="for 
     as float64, ``batch_stats`` and ``has_bias``."""
     if not (hasattr(stats, "mean") and hasattr(stats, "rstd")):
         raise TypeError(f"stats must be the {kind} with return_stats=True, got {chk._describe(stats)}")
-    mean = chk.float_array("stats.mean", stats.mean).astype(np.float64)
-    rstd = chk.float_array("stats.rstd", stats.rstd).astype(np.float64)
+    # C-ordered float64 copies whatever the caller's layout: the kernels compile once for them
+    mean = np.array(chk.float_array("stats.mean", stats.mean), np.float64, order="C")
+    rstd = np.array(chk.float_array("stats.rstd", stats.rstd), np.float64, order="C")
     for name, a in (("stats.mean", mean), ("stats.rstd", rstd)):
         if a.shape != tuple(shape):
             raise ValueError(f"{name} must have shape {tuple(shape)} {why}, got shape {a.shape}")

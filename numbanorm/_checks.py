@@ -29,6 +29,28 @@ def is_device_array(value):
     return type(value).__module__.startswith("numba.cuda")
 
 
+class _WritableAlias:
+    """Holds a read-only array's ``__array_interface__`` with the read-only mark cleared."""
+
+    def __init__(self, array):
+        interface = dict(array.__array_interface__)
+        interface["data"] = (interface["data"][0], False)
+        self.__array_interface__ = interface
+        self.base = array  # keeps the memory alive as long as the alias
+
+
+def kernel_view(value):
+    """A read-only NumPy array as the kernels take it: the same memory, typed writable.
+
+    Numba compiles a kernel once per combination of its arguments' writeable flags; the kernels
+    never write their inputs, so a read-only input (a read-only memory map, a broadcast, an array
+    marked read-only) runs the writable input's compiled code instead of compiling its own.  The
+    view never leaves numbanorm: results are new arrays."""
+    if type(value) is np.ndarray and not value.flags.writeable:
+        return np.asarray(_WritableAlias(value))
+    return value
+
+
 def refuse_masked(name, value):
     """Masked arrays are refused: the kernels would read the masked-out values as data."""
     if isinstance(value, np.ma.MaskedArray):
@@ -57,7 +79,7 @@ def float_array(name, value, min_ndim=0):
         value = value.astype(value.dtype.newbyteorder("="))
     if len(value.shape) < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {value.shape}")
-    return value
+    return kernel_view(value)
 
 
 def compute_dtype(dtype):
@@ -70,11 +92,11 @@ def parameter(name, value, shape, dtype):
     if value is None:
         return None
     if type(value) is np.ndarray and value.dtype == dtype and value.shape == shape and value.flags.c_contiguous:
-        return value  # the common case, quickly
+        return kernel_view(value)  # the common case, quickly
     value = float_array(name, value)
     if value.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {value.shape}")
-    return np.ascontiguousarray(value, dtype=dtype)
+    return kernel_view(np.ascontiguousarray(value, dtype=dtype))
 
 
 def running_stat(name, value, length):

@@ -25,9 +25,10 @@ LIMIT = 1024  # signatures kept; past it the cache starts again empty
 
 
 def array_key(a):
-    """An array argument's part of a call signature: a plain ndarray's shape, strides and dtype;
-    the type of anything else (the checks convert those, so no call is prepared for them)."""
-    return (a.shape, a.strides, a.dtype) if type(a) is np.ndarray else type(a)
+    """An array argument's part of a call signature: a plain ndarray's shape, strides, dtype and
+    writeable flag (the checks hand a read-only array on as a view, see ``_checks.kernel_view``,
+    so none is prepared); the type of anything else (the checks convert those too)."""
+    return (a.shape, a.strides, a.dtype, a.flags.writeable) if type(a) is np.ndarray else type(a)
 
 
 def served(key, input, weight, bias, return_stats):

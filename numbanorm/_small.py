@@ -11,7 +11,7 @@ takes its fused or planned kernels.
 `RowCall` and `GridCall` are the lane's prepared calls (see ``_prepared``): a repeated forward
 whose checks are already done, straight to its driver.
 
-Absent parameters are passed as shared read-only ones and zeros rather than None: scaling by 1
+Absent parameters are passed as shared ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
 combination of absent arguments.
 """
@@ -72,9 +72,9 @@ def grid_fits(x, other=None, over_batch=False):
 
 @functools.lru_cache(maxsize=256)
 def _constant(value, length, dtype):
-    a = np.full(length, value, dtype)
-    a.flags.writeable = False
-    return a
+    # writable like the parameters users pass (Numba compiles apart for read-only arrays); the
+    # drivers never write their parameters
+    return np.full(length, value, dtype)
 
 
 def _flat(a, length):

@@ -171,3 +171,36 @@ def test_channels_last_with_few_channels(op, channels, spatial, rng):
     mean, var = nn.moments(x, axes=(0, 1, 2))
     assert_close(mean, x.mean(axis=(0, 1, 2)), 1e-12)
     assert_close(var, x.var(axis=(0, 1, 2)), 1e-12)
+
+
+def test_read_only_inputs_run_the_writable_inputs_compiled_kernels(rng):
+    """A read-only input (a read-only memory map, a broadcast, weights marked read-only) reaches
+    the kernels typed like a writable one: no compilation of its own, the same bits, and the
+    caller's array stays read-only and unchanged."""
+    from numbanorm import _serial
+
+    x = rng.normal(size=(4, 8, 6)).astype(np.float32)
+    w = rng.normal(size=8).astype(np.float32)
+    y, stats = nn.group_norm(x, 2, w, return_stats=True)
+    compiled = len(_serial.grid_forward.signatures)
+    xr, wr = x.copy(), w.copy()
+    xr.flags.writeable = wr.flags.writeable = False
+    yr, stats_r = nn.group_norm(xr, 2, wr, return_stats=True)
+    assert len(_serial.grid_forward.signatures) == compiled
+    np.testing.assert_array_equal(yr, y)
+    np.testing.assert_array_equal(stats_r.rstd, stats.rstd)
+    assert not xr.flags.writeable and not wr.flags.writeable
+    np.testing.assert_array_equal(xr, x)
+    assert yr.flags.writeable and yr.base is None or yr.base is not xr
+
+
+def test_kernel_view_shares_the_memory_of_a_read_only_array():
+    from numbanorm._checks import kernel_view
+
+    a = np.arange(6.0).reshape(2, 3)[:, ::-1]
+    a.flags.writeable = False
+    v = kernel_view(a)
+    assert v.flags.writeable and v.shape == a.shape and v.strides == a.strides
+    assert np.shares_memory(v, a) and (v == a).all()
+    writable = np.ones(3)
+    assert kernel_view(writable) is writable

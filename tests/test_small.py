@@ -217,12 +217,14 @@ def test_out_argument_in_the_small_lane(driver_calls):
 
 
 def test_absent_parameters_are_not_written(driver_calls):
-    """The shared ones/zeros that stand in for absent weight and bias are read-only."""
+    """The shared ones/zeros that stand in for absent weight and bias are left as they were."""
     x = np.random.default_rng(4).standard_normal((4, 8, 5)).astype(np.float64)
-    nn.instance_norm(x)
-    assert driver_calls == ["grid_forward"]
-    ones = _small._constant(1.0, 8, np.dtype(np.float64))
-    assert not ones.flags.writeable and (ones == 1).all()
+    y, stats = nn.instance_norm(x, return_stats=True)
+    nn.instance_norm_backward(np.ones_like(x), x, stats)
+    assert driver_calls == ["grid_forward", "grid_backward"]
+    for value in (1.0, 0.0):
+        shared = _small._constant(value, 8, np.dtype(np.float64))
+        assert (shared == value).all()
 
 
 @pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
