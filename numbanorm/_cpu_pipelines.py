@@ -45,7 +45,7 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else aligned_empty(x2.shape, x2.dtype)
     blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)  # see _FusedRows too
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
     return y, mean, var, rstd
 
@@ -54,6 +54,45 @@ def _fused_params(weight, bias, shape, dtype):
     w = np.ones(shape, dtype) if weight is None else weight.reshape(shape)
     b = np.zeros(shape, dtype) if bias is None else bias.reshape(shape)
     return w, b
+
+
+class _FusedRows(NamedTuple):
+    """A prepared `_fused_forward` (see ``_prepared``): layer/RMS norm rows, or NCHW instance and
+    group norm's (sample, group) rows, their shapes worked out once.  From 16 K elements a call
+    is tens of microseconds, and the general path's steps around the kernel cost a third of it.
+    ``(y, mean, rstd)``, the statistics shaped ``stats_shape``; ``ones``/``zeros`` (K, L // seg)
+    stand in for an absent weight/bias; at one thread a ``lane`` call, where one is given, runs
+    instead (see ``_small.row_fits``)."""
+
+    rows: int
+    length: int
+    params: tuple  # (K, L // seg): the weight and bias as the kernel takes them
+    seg: int
+    eps: float
+    centered: bool
+    stats_shape: tuple
+    ones: np.ndarray
+    zeros: np.ndarray
+    lane: "_small.RowCall | None"
+
+    @classmethod
+    def of(cls, x2, params, seg, eps, centered, stats_shape, lane=None):
+        count = math.prod(params)
+        return cls(x2.shape[0], x2.shape[1], params, seg, eps, centered, stats_shape,
+                   _small.constant(1.0, count, x2.dtype).reshape(params),
+                   _small.constant(0.0, count, x2.dtype).reshape(params), lane)
+
+    def __call__(self, x, weight, bias):
+        rows, length, params, seg, eps, centered, stats_shape, ones, zeros, lane = self
+        threads = _cpu.thread_count()
+        if lane is not None and threads == 1:
+            return lane(x, weight, bias)
+        y = aligned_empty(x.shape, x.dtype)
+        stats = np.empty((3, rows))
+        _cpu.row_normalize(x.reshape(rows, length), ones if weight is None else weight.reshape(params),
+                           zeros if bias is None else bias.reshape(params), seg, eps, centered,
+                           min(rows, 4 * threads), y.reshape(rows, length), stats[0], stats[1], stats[2])
+        return y, stats[0].reshape(stats_shape), stats[2].reshape(stats_shape)
 
 
 class Grouping(NamedTuple):
@@ -192,6 +231,11 @@ def prepare_grid_forward(x, ch, grouping, eps):
     ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias)."""
     if _small.grid_fits(x, over_batch=grouping.over_batch):
         return _small.GridCall.of(x, ch, grouping.groups, grouping.over_batch, eps)
+    x2 = _grid_rows(x, ch, grouping)
+    if x2 is not None:
+        n, c = x.shape[0], x.shape[ch]
+        return _FusedRows.of(x2, (grouping.groups, c // grouping.groups), x.size // (n * c), eps, True,
+                             (n, grouping.groups))
     return _GridForward(ch, grouping, eps)
 
 
@@ -307,8 +351,14 @@ def prepare_row_forward(x, k, eps, centered):
     ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias), the statistics shaped like x's
     leading axes."""
     lead = x.shape[: x.ndim - k]
+    length = math.prod(x.shape[x.ndim - k:])
     if _small.fits(x, factor=_small.ROW_FACTOR):  # thread-independent: prepared once
-        return _small.RowCall.of(x, math.prod(x.shape[x.ndim - k:]), lead, eps, centered)
+        return _small.RowCall.of(x, length, lead, eps, centered)
+    x2 = _fused_rows(x, math.prod(lead), 1)
+    if x2 is not None:
+        lane = _small.RowCall.of(x, length, lead, eps, centered) if _small.fits(
+            x, factor=_small.ONE_THREAD_ROW_FACTOR) else None
+        return _FusedRows.of(x2, (1, length), 1, eps, centered, lead, lane)
     return _RowForward(k, lead, eps, centered)
 
 

@@ -71,7 +71,7 @@ def grid_fits(x, other=None, over_batch=False):
 
 
 @functools.lru_cache(maxsize=256)
-def _constant(value, length, dtype):
+def constant(value, length, dtype):
     # writable like the parameters users pass (Numba compiles apart for read-only arrays); the
     # drivers never write their parameters
     return np.full(length, value, dtype)
@@ -82,11 +82,11 @@ def _flat(a, length):
 
 
 def _or_ones(weight, length, dtype):
-    return _constant(1.0, length, dtype) if weight is None else _flat(weight, length)
+    return constant(1.0, length, dtype) if weight is None else _flat(weight, length)
 
 
 def _or_zeros(bias, length, dtype):
-    return _constant(0.0, length, dtype) if bias is None else _flat(bias, length)
+    return constant(0.0, length, dtype) if bias is None else _flat(bias, length)
 
 
 def _rows(a, rows, length):
@@ -172,7 +172,7 @@ def row_backward_recomputing(dy, x, rows, eps):
     kept no statistics (weight standardization): recomputed row by row in the same call."""
     length = x.size // rows
     dx = np.empty_like(x)
-    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _constant(1.0, length, x.dtype),
+    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), constant(1.0, length, x.dtype),
                          np.empty(rows), np.empty(rows), True, _rows(dx, rows, length), None, None, True, eps)
     return dx
 
@@ -193,8 +193,8 @@ class RowCall(NamedTuple):
 
     @classmethod
     def of(cls, x, length, lead, eps, centered):
-        return cls(x.size // length, length, lead, eps, centered, _constant(1.0, length, x.dtype),
-                   _constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1)
+        return cls(x.size // length, length, lead, eps, centered, constant(1.0, length, x.dtype),
+                   constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1)
 
     def __call__(self, x, weight, bias):
         rows, length, lead, eps, centered, ones, zeros, two_d = self
@@ -225,7 +225,7 @@ class GridCall(NamedTuple):
     def of(cls, x, ch, groups, over_batch, eps):
         shape4 = grid_shape(x.shape, ch)
         c = shape4[2]
-        return cls(shape4, groups, over_batch, eps, _constant(1.0, c, x.dtype), _constant(0.0, c, x.dtype))
+        return cls(shape4, groups, over_batch, eps, constant(1.0, c, x.dtype), constant(0.0, c, x.dtype))
 
     def __call__(self, x, weight, bias):
         shape4, groups, over_batch, eps, ones, zeros = self

@@ -223,7 +223,7 @@ def test_absent_parameters_are_not_written(driver_calls):
     nn.instance_norm_backward(np.ones_like(x), x, stats)
     assert driver_calls == ["grid_forward", "grid_backward"]
     for value in (1.0, 0.0):
-        shared = _small._constant(value, 8, np.dtype(np.float64))
+        shared = _small.constant(value, 8, np.dtype(np.float64))
         assert (shared == value).all()
 
 
@@ -331,6 +331,37 @@ def prepared_hits(monkeypatch):
 
     monkeypatch.setattr(_prepared, "lookup", spy)
     return hits
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("op,layout", [("layer_norm", "rows"), ("rms_norm", "rows"), ("group_norm", "nchw"),
+                                       ("instance_norm", "nchw")])
+def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_calls, prepared_hits, monkeypatch):
+    """A forward prepared above the lane at two threads (the fused row kernel, its shapes worked
+    out once) gives the checked call's bits at any thread count, and a row norm within
+    ONE_THREAD_ROW_FACTOR still takes the lane at one thread."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
+    x, _, w, b, ca = _case(op, layout, 1024, "float32", seed=3)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        checked = OPS[op].run_forward(nn, x, w, b, ca, GROUPS)
+        results = [OPS[op].run_forward(nn, x, w, b, ca, GROUPS)]  # prepared
+        assert not driver_calls and prepared_hits == [False, True]
+        numba.set_num_threads(1)
+        results.append(OPS[op].run_forward(nn, x, w, b, ca, GROUPS))
+        assert prepared_hits == [False, True, True]
+    finally:
+        numba.set_num_threads(before)
+    lane = x.size <= _small.ONE_THREAD_ROW_FACTOR * 64 and OPS[op].kind == "rows"
+    assert driver_calls == (["norm_rows"] if lane else [])
+    for y, stats in results:
+        np.testing.assert_allclose(y, checked[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(stats.rstd, checked[1].rstd, rtol=1e-5)
+        assert stats.mean.shape == checked[1].mean.shape
+    np.testing.assert_array_equal(results[0][0], checked[0])
+    if not lane:
+        np.testing.assert_array_equal(results[1][0], checked[0])
 
 
 @pytest.mark.parametrize("elements", [1024, 131072], ids=["lane", "planned"])
