@@ -96,7 +96,7 @@ def parameter(name, value, shape, dtype):
     value = float_array(name, value)
     if value.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got shape {value.shape}")
-    return kernel_view(np.ascontiguousarray(value, dtype=dtype))
+    return np.ascontiguousarray(value, dtype=dtype)  # float_array's view or a new array: writable
 
 
 def running_stat(name, value, length):

@@ -41,13 +41,13 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
     """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
     Returns (y, mean, var, rstd) with the statistics per row."""
     rows = x2.shape[0]
-    mean, var, rstd = np.empty(rows), np.empty(rows), np.empty(rows)
+    stats = np.empty((3, rows))  # one allocation: at 16 K-64 K elements each costs a measurable part
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else aligned_empty(x2.shape, x2.dtype)
-    blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, mean, var, rstd)  # see _FusedRows too
+    blocks = _engine.CPUDevice.row_blocks(rows)
+    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, stats[0], stats[1], stats[2])
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
-    return y, mean, var, rstd
+    return y, stats[0], stats[1], stats[2]
 
 
 def _fused_params(weight, bias, shape, dtype):
@@ -64,8 +64,7 @@ class _FusedRows(NamedTuple):
     stand in for an absent weight/bias; at one thread a ``lane`` call, where one is given, runs
     instead (see ``_small.row_fits``)."""
 
-    rows: int
-    length: int
+    shape2: tuple  # (rows, L): x as the kernel takes it
     params: tuple  # (K, L // seg): the weight and bias as the kernel takes them
     seg: int
     eps: float
@@ -78,21 +77,17 @@ class _FusedRows(NamedTuple):
     @classmethod
     def of(cls, x2, params, seg, eps, centered, stats_shape, lane=None):
         count = math.prod(params)
-        return cls(x2.shape[0], x2.shape[1], params, seg, eps, centered, stats_shape,
+        return cls(x2.shape, params, seg, eps, centered, stats_shape,
                    _small.constant(1.0, count, x2.dtype).reshape(params),
                    _small.constant(0.0, count, x2.dtype).reshape(params), lane)
 
     def __call__(self, x, weight, bias):
-        rows, length, params, seg, eps, centered, stats_shape, ones, zeros, lane = self
-        threads = _cpu.thread_count()
-        if lane is not None and threads == 1:
+        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane = self
+        if lane is not None and _cpu.thread_count() == 1:
             return lane(x, weight, bias)
-        y = aligned_empty(x.shape, x.dtype)
-        stats = np.empty((3, rows))
-        _cpu.row_normalize(x.reshape(rows, length), ones if weight is None else weight.reshape(params),
-                           zeros if bias is None else bias.reshape(params), seg, eps, centered,
-                           min(rows, 4 * threads), y.reshape(rows, length), stats[0], stats[1], stats[2])
-        return y, stats[0].reshape(stats_shape), stats[2].reshape(stats_shape)
+        y, mean, _, rstd = _fused_forward(x, x.reshape(shape2), ones if weight is None else weight.reshape(params),
+                                          zeros if bias is None else bias.reshape(params), seg, eps, None, centered)
+        return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
 class Grouping(NamedTuple):
