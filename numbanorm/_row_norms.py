@@ -40,7 +40,9 @@ def _row_key(input, normalized_shape, weight, bias, eps, centered, out):
     if type(input) is not np.ndarray or out is not None or (eps is not None and type(eps) is not float):
         return None
     if type(normalized_shape) is tuple:
-        normalized_shape = (normalized_shape, tuple(map(type, normalized_shape)))  # (16,) == (16.0,)
+        for size in normalized_shape:
+            if type(size) is not int:  # (16,) == (16.0,) == (True,): the checks take or refuse those
+                return None
     elif type(normalized_shape) is not int:
         return None
     return ("rows", input.shape, input.strides, input.dtype, normalized_shape, _prepared.array_key(weight),
