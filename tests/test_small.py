@@ -444,6 +444,18 @@ def test_prepared_calls_keep_every_check(call, error, prepared_hits):
         call(x, w)
 
 
+def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits):
+    """A ``normalized_shape`` tuple of NumPy integers gives the plain tuple's result; only tuples of
+    exact ints key a prepared call, so it looks none up."""
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal((4, 16)), rng.standard_normal(16)
+    plain = [nn.layer_norm(x, (16,), w, w) for _ in range(2)]
+    numpy_ints = nn.layer_norm(x, (np.int64(16),), w, w)
+    np.testing.assert_array_equal(numpy_ints, plain[1])
+    np.testing.assert_array_equal(plain[0], plain[1])
+    assert prepared_hits == [False, True]
+
+
 def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits):
     """A weight of another dtype, a list, ``out``, a transposed or float16 input: each takes the
     checked path beside a prepared call of the plain signature, with its own correct result."""
