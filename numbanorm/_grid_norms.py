@@ -447,7 +447,7 @@ def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
     ``out`` given, or an argument of another type than the usual (the checks decide those)."""
     if type(input) is not np.ndarray or out is not None or type(eps) is not float or type(channel_axis) is not int:
         return None
-    return (family, input.shape, input.strides, input.dtype, _prepared.array_key(weight), _prepared.array_key(bias),
+    return (family, _prepared.array_key(input), _prepared.array_key(weight), _prepared.array_key(bias),
             eps, channel_axis, *options)
 
 

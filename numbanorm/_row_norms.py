@@ -19,6 +19,12 @@ def _row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_
     key = _row_key(input, normalized_shape, weight, bias, eps, centered, out)
     if (result := _prepared.served(key, input, weight, bias, return_stats)) is not None:
         return result
+    return _checked_row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_stats, key)
+
+
+def _checked_row_norm(input, normalized_shape, weight, bias, eps, centered, out, return_stats, key):
+    """`_row_norm` past its prepared call: the checks, then the kernels; a call prepared under
+    ``key`` (None: none) where the checks hand the arrays on unchanged."""
     x, xk = _input("input", input, 1)
     shape = chk.normalized_shape_of(normalized_shape, x.shape)
     given = weight, bias
@@ -45,7 +51,7 @@ def _row_key(input, normalized_shape, weight, bias, eps, centered, out):
                 return None
     elif type(normalized_shape) is not int:
         return None
-    return ("rows", input.shape, input.strides, input.dtype, normalized_shape, _prepared.array_key(weight),
+    return ("rows", _prepared.array_key(input), normalized_shape, _prepared.array_key(weight),
             _prepared.array_key(bias), eps, centered)
 
 
@@ -404,8 +410,14 @@ def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
     >>> bool(np.allclose(ws, nn.layer_norm(w, (3, 3, 3))))
     True
     """
+    # a repeated call goes to its prepared layer norm before the weight's own checks (that call
+    # was kept only for a weight that those checks handed on unchanged)
+    key = _row_key(weight, weight.shape[1:], None, None, eps, True, None) if type(weight) is np.ndarray else None
+    if (result := _prepared.served(key, weight, None, None, False)) is not None:
+        return result
     w, _ = _weight_arrays(weight)
-    return _row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None, False)
+    return _checked_row_norm(w, w.shape[1:], None, None, chk.eps_value("eps", eps), True, None, False,
+                             key if w is weight else None)
 
 
 @dispatch

@@ -456,6 +456,24 @@ def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits):
     assert prepared_hits == [False, True]
 
 
+def test_weight_standardization_serves_only_weights_its_checks_keep(prepared_hits):
+    """Weight standardization looks its prepared call up before checking the weight: a weight the
+    checks convert or wrap (float16, read-only, a list) is computed afresh on every call, each with
+    its own correct result, and only the plain array's signature is served."""
+    rng = np.random.default_rng(14)
+    plain = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    read_only = plain.copy()
+    read_only.flags.writeable = False
+    expected = ref.weight_standardization(plain.astype(np.float64))
+    for weight, dtype in ((plain, np.float32), (plain.astype(np.float16), np.float16), (read_only, np.float32),
+                          (plain.tolist(), np.float64)):
+        for _ in range(2):
+            y = nn.weight_standardization(weight)
+            assert y.dtype == dtype
+            np.testing.assert_allclose(y, expected, rtol=0, atol=2e-2 if dtype == np.float16 else 2e-5)
+    assert prepared_hits.count(True) == 1 and prepared_hits[:2] == [False, True]
+
+
 def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits):
     """A weight of another dtype, a list, ``out``, a transposed or float16 input: each takes the
     checked path beside a prepared call of the plain signature, with its own correct result."""
