@@ -198,17 +198,19 @@ class RowCall(NamedTuple):
 
     def __call__(self, x, weight, bias):
         rows, length, lead, eps, centered, ones, zeros, two_d = self
-        if not two_d:
-            y, mean, rstd = row_forward(x, rows, length, weight, bias, eps, centered, None)
-            return y, mean.reshape(lead), rstd.reshape(lead)
-        # x (rows, length) normalized over its last axis, the common case: `row_forward` without
-        # its views and stand-ins for absent parameters
+        # `row_forward` without its checks of ``out`` and stand-ins for absent parameters; x is
+        # C-contiguous (the signature pins its strides), so its rows are a reshape
         y = np.empty_like(x)
         stats = np.empty((2, rows))
         mean, rstd = stats[0], stats[1]  # each view made once: at a few rows, these cost more than the arithmetic
-        S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
-                    mean, rstd)
-        return y, mean, rstd
+        if two_d:  # x (rows, length) normalized over its last axis, the common case: no reshapes
+            S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
+                        mean, rstd)
+            return y, mean, rstd
+        S.norm_rows(x.reshape(rows, length), ones if weight is None else weight.reshape(length),
+                    zeros if bias is None else bias.reshape(length), eps, centered, y.reshape(rows, length), mean,
+                    rstd)
+        return y, mean.reshape(lead), rstd.reshape(lead)
 
 
 class GridCall(NamedTuple):
