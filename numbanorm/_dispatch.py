@@ -78,7 +78,8 @@ def launch_guard():
 
 def _host_only(args, kwargs):
     """Every argument of a type that is never a Dask or CUDA array (``map`` keeps the loop in C)."""
-    return _HOST_TYPES.issuperset(map(type, args)) and (not kwargs or _HOST_TYPES.issuperset(map(type, kwargs.values())))
+    return _HOST_TYPES.issuperset(map(type, args)) and (
+        not kwargs or _HOST_TYPES.issuperset(map(type, kwargs.values())))
 
 
 def _refuse_mixed(signature, args, kwargs, backend, first):
