@@ -471,11 +471,14 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
             offset, m2 = _corrected(length, g, dev, sq, base)
             tile[1, r - t0], tile[2, r - t0], tile[3, r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps,
                                                                             mean, var, rstd, dtype)
-        for r in range(t0, t1):
-            if streamed:
+        # a loop for each kind of store, not a test in one loop: with both bodies in the loop,
+        # the plain one ran about a fifth slower on 128-element rows
+        if streamed:
+            for r in range(t0, t1):
                 _row_affine_streamed(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
                                      weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
-            else:
+        else:
+            for r in range(t0, t1):
                 _row_affine(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
                             weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
     if streamed:
