@@ -99,3 +99,30 @@ def test_float64_row_centres_keep_digits_below_float64(length, rng):
     exact = (xl - mean) / np.sqrt(((xl - mean) ** 2).mean(axis=1, keepdims=True) + np.longdouble(1e-5))
     y = nn.layer_norm(x, (length,))
     assert float(np.abs(y.astype(np.longdouble) - exact).max()) < 2e-9
+
+
+@pytest.mark.parametrize("copies", [1, 25], ids=["serial lane", "parallel rows"])
+def test_float64_short_rows_whose_means_jump_keep_their_digits(copies, rng):
+    """Float64 rows of at most ROW_CHUNK sum their deviations around the previous rows' mean in
+    one pass, unless their own mean lies further from it than their spread.  Rows whose means
+    jump by 1e6, drift, or equal that shift exactly (a constant row), and NaN and inf rows
+    between them, all keep the two-pass result's digits; the non-finite rows spoil only
+    themselves."""
+    block = rng.normal(size=(24, 128))
+    block[3:6] += 1e6
+    block[6] = block[5].mean()  # constant
+    block[7] = np.nan
+    block[8, 5] = np.inf
+    block[10] = -1e3  # constant, far from its neighbours
+    block[12:] += np.arange(12)[:, None] * 3.0
+    x = np.concatenate([block] * copies)
+    y, stats = nn.layer_norm(x, 128, return_stats=True)
+    bad = np.zeros(len(block), bool)
+    bad[7:9] = True
+    bad = np.tile(bad, copies)
+    assert np.isnan(y[bad]).all() and np.isnan(stats.rstd[bad]).all()
+    xl = x[~bad].astype(np.longdouble)
+    mean = xl.mean(axis=1, keepdims=True)
+    exact = (xl - mean) / np.sqrt(((xl - mean) ** 2).mean(axis=1, keepdims=True) + np.longdouble(1e-5))
+    assert float(np.abs(y[~bad].astype(np.longdouble) - exact).max()) < 2e-15
+    assert np.all(y[6::24] == 0) and np.all(y[10::24] == 0)
