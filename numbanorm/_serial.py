@@ -15,7 +15,8 @@ The numerical scheme is ``_cpu``'s, through its own helpers: exact chunked stati
 merged with Chan's formula in float64, the centre carried as ``hi + lo`` of the input precision,
 normalization as ``((x - hi) - lo) * a + b``, never ``x * a + (b - mean * a)``, never
 ``E[x^2] - E[x]^2``.  Short rows (at most ``ROW_CHUNK``) take ``row_normalize``'s fast path:
-one chunk, a plain sum then the deviation sums, no allocation.
+one chunk, a plain sum (in float64 only where the previous rows' mean is no shift for the row)
+then the deviation sums, no allocation.
 
 Cached on disk like ``_cpu``'s kernels (``NUMBANORM_CACHE``): the small lane calls these from
 Python in every new process, and they are much of what a user's ``@njit`` function compiles on
