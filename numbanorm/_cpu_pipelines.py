@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _cpu, _engine, _small
+from . import _cpu, _engine, _prepared, _small
 from ._arguments import _deliver, _is_c, _rstd
 from ._plan import aligned_empty, fold_for, Plan
 
@@ -37,15 +37,17 @@ def _fused_rows(x, rows, segments):
     return x.reshape(rows, length)
 
 
-def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True):
-    """Run ``row_normalize``; ``weight``/``bias`` (K, L // seg) in the compute dtype.
-    Returns (y, mean, var, rstd) with the statistics per row."""
+def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True, kernel=None):
+    """Run ``row_normalize`` (a prepared call passes it as its ``_prepared.Kernel``);
+    ``weight``/``bias`` (K, L // seg) in the compute dtype.  Returns (y, mean, var, rstd) with the
+    statistics per row."""
     rows = x2.shape[0]
     stats = np.empty((3, rows))  # one allocation: at 16 K-64 K elements each costs a measurable part
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else aligned_empty(x2.shape, x2.dtype)
     blocks = _engine.CPUDevice.row_blocks(rows)
-    _cpu.row_normalize(x2, weight, bias, seg, eps, centered, blocks, y2, stats[0], stats[1], stats[2])
+    run = _cpu.row_normalize if kernel is None else kernel.run
+    run(x2, weight, bias, seg, eps, centered, blocks, y2, stats[0], stats[1], stats[2])
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
     return y, stats[0], stats[1], stats[2]
 
@@ -73,20 +75,22 @@ class _FusedRows(NamedTuple):
     ones: np.ndarray
     zeros: np.ndarray
     lane: "_small.RowCall | None"
+    kernel: "_prepared.Kernel"  # _cpu.row_normalize
 
     @classmethod
     def of(cls, x2, params, seg, eps, centered, stats_shape, lane=None):
         count = math.prod(params)
         return cls(x2.shape, params, seg, eps, centered, stats_shape,
                    _small.constant(1.0, count, x2.dtype).reshape(params),
-                   _small.constant(0.0, count, x2.dtype).reshape(params), lane)
+                   _small.constant(0.0, count, x2.dtype).reshape(params), lane, _prepared.Kernel(_cpu.row_normalize))
 
     def __call__(self, x, weight, bias):
-        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane = self
+        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane, kernel = self
         if lane is not None and _cpu.thread_count() == 1:
             return lane(x, weight, bias)
         y, mean, _, rstd = _fused_forward(x, x.reshape(shape2), ones if weight is None else weight.reshape(params),
-                                          zeros if bias is None else bias.reshape(params), seg, eps, None, centered)
+                                          zeros if bias is None else bias.reshape(params), seg, eps, None, centered,
+                                          kernel)
         return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 

@@ -5,8 +5,9 @@ signature: the types, shapes, strides and dtypes of its arrays and the exact typ
 its other arguments (exact types: ``True == 1`` and ``16.0 == 16``, but the checks refuse a bool
 axis and a float shape).  So the first call of a signature whose arrays the checks pass on
 unchanged leaves a prepared call under that signature (``_cpu_pipelines.prepare_row_forward``,
-``prepare_grid_forward``), and later calls of the signature go straight to the kernels.  On inputs
-of a few thousand elements the checks cost more than the arithmetic.
+``prepare_grid_forward``), and later calls of the signature go straight to the kernels -- to the
+code each kernel compiled for the signature's types (`Kernel`), past Numba's dispatcher.  On
+inputs of a few thousand elements the checks cost more than the arithmetic.
 
 Only the plain case is prepared: NumPy input of float32/float64 and native byte order, parameters
 already of the compute dtype and shape, no ``out``, no running statistics.  Anything the checks
@@ -55,6 +56,34 @@ def lookup(key):
     limit it was chosen under, which the tests move."""
     entry = _PREPARED.get(key)
     return entry[1] if entry is not None and entry[0] == _small.SMALL_ELEMENTS else None
+
+
+def compiled(kernel, args):
+    """The code that ``kernel``, a Numba dispatcher, compiled for arguments of exactly the types of
+    ``args``, or ``kernel`` itself where it has none.  The code is called like the dispatcher but
+    skips its typing of every argument (a few hundred nanoseconds a call), and converts each
+    argument to those types unchecked: only for a prepared call, whose signature fixes them."""
+    try:
+        return kernel.overloads[tuple(map(kernel.typeof_pyval, args))].entry_point
+    except (AttributeError, KeyError):  # no such code, or a Numba that keeps it elsewhere
+        return kernel
+
+
+class Kernel:
+    """A prepared call's kernel: ``run`` calls the dispatcher the first time, then the code
+    `compiled` for the types that call passed.  (The kernel compiles, or loads from Numba's
+    cache, at that first call, after the call was prepared.)"""
+
+    __slots__ = ("dispatcher", "run")
+
+    def __init__(self, dispatcher):
+        self.dispatcher = dispatcher
+        self.run = self._first
+
+    def _first(self, *args):
+        result = self.dispatcher(*args)
+        self.run = compiled(self.dispatcher, args)
+        return result
 
 
 def keep(key, call):

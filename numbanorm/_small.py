@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _prepared
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
 from ._cpu import thread_count
@@ -190,26 +191,27 @@ class RowCall(NamedTuple):
     ones: np.ndarray
     zeros: np.ndarray
     two_d: bool
+    kernel: "_prepared.Kernel"  # S.norm_rows
 
     @classmethod
     def of(cls, x, length, lead, eps, centered):
         return cls(x.size // length, length, lead, eps, centered, constant(1.0, length, x.dtype),
-                   constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1)
+                   constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1, _prepared.Kernel(S.norm_rows))
 
     def __call__(self, x, weight, bias):
-        rows, length, lead, eps, centered, ones, zeros, two_d = self
+        rows, length, lead, eps, centered, ones, zeros, two_d, kernel = self
         # `row_forward` without its checks of ``out`` and stand-ins for absent parameters; x is
         # C-contiguous (the signature pins its strides), so its rows are a reshape
         y = np.empty_like(x)
         stats = np.empty((2, rows))
         mean, rstd = stats[0], stats[1]  # each view made once: at a few rows, these cost more than the arithmetic
         if two_d:  # x (rows, length) normalized over its last axis, the common case: no reshapes
-            S.norm_rows(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
-                        mean, rstd)
+            kernel.run(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
+                       mean, rstd)
             return y, mean, rstd
-        S.norm_rows(x.reshape(rows, length), ones if weight is None else weight.reshape(length),
-                    zeros if bias is None else bias.reshape(length), eps, centered, y.reshape(rows, length), mean,
-                    rstd)
+        kernel.run(x.reshape(rows, length), ones if weight is None else weight.reshape(length),
+                   zeros if bias is None else bias.reshape(length), eps, centered, y.reshape(rows, length), mean,
+                   rstd)
         return y, mean.reshape(lead), rstd.reshape(lead)
 
 
@@ -223,19 +225,21 @@ class GridCall(NamedTuple):
     eps: float
     ones: np.ndarray
     zeros: np.ndarray
+    kernel: "_prepared.Kernel"  # S.grid_forward
 
     @classmethod
     def of(cls, x, ch, groups, over_batch, eps):
         shape4 = grid_shape(x.shape, ch)
         c = shape4[2]
-        return cls(shape4, groups, over_batch, eps, constant(1.0, c, x.dtype), constant(0.0, c, x.dtype))
+        return cls(shape4, groups, over_batch, eps, constant(1.0, c, x.dtype), constant(0.0, c, x.dtype),
+                   _prepared.Kernel(S.grid_forward))
 
     def __call__(self, x, weight, bias):
-        shape4, groups, over_batch, eps, ones, zeros = self
+        shape4, groups, over_batch, eps, ones, zeros, kernel = self
         y = np.empty_like(x)
         stats = np.empty((4, 1 if over_batch else shape4[0], groups))
-        S.grid_forward(x.reshape(shape4), groups, over_batch, ones if weight is None else weight,
-                       zeros if bias is None else bias, eps, y.reshape(shape4), stats)
+        kernel.run(x.reshape(shape4), groups, over_batch, ones if weight is None else weight,
+                   zeros if bias is None else bias, eps, y.reshape(shape4), stats)
         if over_batch:
             return y, stats[1, 0], stats[3, 0]
         return y, stats[1], stats[3]

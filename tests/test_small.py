@@ -508,3 +508,33 @@ def test_prepared_batch_norm_leaves_running_statistics_to_the_checked_path(prepa
     np.testing.assert_allclose(rm, 0.19 * mean, rtol=1e-5)
     np.testing.assert_allclose(rv, 0.81 + 0.19 * var, rtol=1e-5)
     assert prepared_hits == [False, True]
+
+
+@pytest.mark.parametrize("op,layout,elements", [("layer_norm", "rows", 1024), ("group_norm", "nchw", 1024),
+                                                ("layer_norm", "rows", 131072)])
+def test_a_prepared_call_runs_the_code_compiled_for_its_signature(op, layout, elements, prepared_hits):
+    """From its second use a prepared call runs the compiled code of its kernel directly
+    (``_prepared.Kernel``), past the dispatcher's typing, with the dispatcher's results."""
+    inputs = [_case(op, layout, elements, "float32", seed=seed) for seed in (20, 21, 22, 23)]
+    results = [OPS[op].run_forward(nn, x, w, b, ca, GROUPS)[0] for x, _, w, b, ca in inputs]
+    (call,) = [entry[1] for entry in _prepared._PREPARED.values()]
+    kernel = call.kernel
+    assert kernel.run is not kernel.dispatcher and hasattr(kernel.dispatcher, "overloads")
+    assert any(kernel.run is code.entry_point for code in kernel.dispatcher.overloads.values())
+    for (x, _, w, b, ca), y in zip(inputs, results):
+        _prepared._PREPARED.clear()
+        np.testing.assert_array_equal(y, OPS[op].run_forward(nn, x, w, b, ca, GROUPS)[0])  # checked
+    assert prepared_hits == [False, True, True, True] + [False] * 4
+
+
+def test_compiled_code_is_found_only_for_the_types_it_was_compiled_for():
+    """``_prepared.compiled`` falls back to the dispatcher where it has no code for exactly these
+    types (it would convert arguments unchecked), and to any callable that is no dispatcher."""
+    x = np.ones((2, 8))
+    args = (x, np.ones(8), np.zeros(8), 1e-5, True, np.empty_like(x), np.empty(2), np.empty(2))
+    _serial.norm_rows(*args)
+    assert _prepared.compiled(_serial.norm_rows, args) is not _serial.norm_rows
+    strided = (x[:, ::2], np.ones(4), np.zeros(4), 1e-5, True, np.empty((2, 4)), np.empty(2), np.empty(2))
+    assert _prepared.compiled(_serial.norm_rows, strided) is _serial.norm_rows
+    plain = lambda *a: None
+    assert _prepared.compiled(plain, args) is plain
