@@ -26,10 +26,15 @@ LIMIT = 1024  # signatures kept; past it the cache starts again empty
 
 
 def array_key(a):
-    """An array argument's part of a call signature: a plain ndarray's shape, strides, dtype and
+    """An array argument's part of a call signature: a plain ndarray's shape, strides, dtype,
     writeable flag (the checks hand a read-only array on as a view, see ``_checks.kernel_view``,
-    so none is prepared); the type of anything else (the checks convert those too)."""
-    return (a.shape, a.strides, a.dtype, a.flags.writeable) if type(a) is np.ndarray else type(a)
+    so none is prepared) and alignment (Numba types an unaligned array apart, and a prepared
+    call runs code compiled for its signature's types, see `compiled`); the type of anything else
+    (the checks convert those too)."""
+    if type(a) is not np.ndarray:
+        return type(a)
+    flags = a.flags
+    return a.shape, a.strides, a.dtype, flags.writeable, flags.aligned
 
 
 def served(key, input, weight, bias, return_stats):

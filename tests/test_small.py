@@ -538,3 +538,17 @@ def test_compiled_code_is_found_only_for_the_types_it_was_compiled_for():
     assert _prepared.compiled(_serial.norm_rows, strided) is _serial.norm_rows
     plain = lambda *a: None
     assert _prepared.compiled(plain, args) is plain
+
+
+def test_an_unaligned_input_is_not_served_an_aligned_inputs_call(prepared_hits):
+    """Numba compiles unaligned arrays apart, and a prepared call runs the code compiled for its
+    signature: alignment is part of the signature, so an unaligned input of the same shape,
+    strides and dtype takes the checked path (and gets the same result)."""
+    x = np.random.default_rng(14).standard_normal((4, 16)).astype(np.float32)
+    raw = np.empty(x.nbytes + 1, np.uint8)
+    unaligned = raw[1:].view(np.float32).reshape(x.shape)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned and unaligned.strides == x.strides
+    aligned = [nn.layer_norm(x, 16) for _ in range(3)]
+    np.testing.assert_array_equal(nn.layer_norm(unaligned, 16), aligned[0])
+    assert prepared_hits == [False, True, True, False]
