@@ -121,7 +121,7 @@ def _moved(k, dev, sq):
 def _near(k, dev, sq):
     """Whether a row's mean lies within its spread of the shift of its deviation sums, so that
     ``M2 = sq - dev**2 / k`` cancels at most one bit, and the sums are finite (False on NaN)."""
-    return np.float64(sq) < np.inf and 2.0 * np.float64(dev) * np.float64(dev) <= k * np.float64(sq)
+    return np.float64(sq) < np.inf and not _moved(k, dev, sq)
 
 
 @njit(**_jit)
