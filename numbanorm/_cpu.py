@@ -58,8 +58,15 @@ STREAM_BYTES = 8 << 20  # outputs at least this large are stored past the caches
 STREAM_GRAD_ROW_BYTES = 2048
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
-_jit = dict(cache=CACHE, fastmath=REDUCE_FASTMATH)  # kernels that reduce
-_ew = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
+# Every kernel names its error model.  A function that leaves it unset inherits its caller's, and
+# Numba keeps (in memory and on disk) the first compilation of each signature, whoever called it:
+# the same kernel would be compiled with or without Python's checks depending on which call came
+# first -- code that differs in speed (the checks stop loops vectorising), and in results, a float
+# division by zero (eps = 0 on a constant row) raising ZeroDivisionError inside a parallel region
+# instead of giving inf/NaN as NumPy does.
+_numpy_errors = dict(cache=CACHE, error_model="numpy")  # the grid drivers and their serial steps
+_jit = dict(_numpy_errors, fastmath=REDUCE_FASTMATH)  # kernels that reduce
+_ew = dict(_numpy_errors, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
 
 
 # The scalar helpers shared with the CUDA kernels live in _scalar.py; Numba's cache does not see
@@ -159,7 +166,7 @@ def _span_moments(v):
     return n, base, mean, m2
 
 
-@njit(cache=CACHE)
+@njit(**_numpy_errors)
 def merge_groups(count, mean, m2, group_of, n_out, mean_out, m2_out):
     """Merge (K, P, W) float64 states -- K outer indices, P pieces, W columns -- into groups,
     ``group_of[k, w]`` naming the group of every piece of (k, w) (Chan's formula for many parts)
@@ -199,7 +206,7 @@ def merge_groups(count, mean, m2, group_of, n_out, mean_out, m2_out):
                     m2_out[g] += m2[k, p, w] + n * d * d
 
 
-@njit(cache=CACHE)
+@njit(**_numpy_errors)
 def grid_coefficients(samples, channels, members, mean, rstd, weight, bias, coef):
     """The affine pass's coefficients from per-group statistics: at kernel outer position i,
     lying on sample ``samples[i]`` and channel ``channels[i]`` (group ``channel // members``),
@@ -228,7 +235,7 @@ def grid_coefficients(samples, channels, members, mean, rstd, weight, bias, coef
             coef[3, i] = bias[c]
 
 
-@njit(cache=CACHE)
+@njit(**_numpy_errors)
 def grid_backward_coefficients(sums, samples, channels, members, per_group, rstd, weight, batch_stats, coef,
                                grad_weight, grad_bias):
     """The input gradient's coefficients from the gradient sums the kernels left, ``sums`` =
@@ -1106,7 +1113,7 @@ def col_input_grad(dy, x, hi, lo, ka, kb, kc, pieces, out):
 # ``x.ndim`` is a compile-time constant, so each specialization keeps one kind's kernels only.
 
 
-@njit(cache=CACHE, error_model="numpy")
+@njit(**_numpy_errors)
 def grid_normalize(x, pieces, states, group_of, samples, channels, members, weight, bias, eps, stats, coef, out):
     """Normalize the rows (R, L) or cols (A, B, C) view ``x`` with statistics per group.
 
@@ -1133,7 +1140,7 @@ def grid_normalize(x, pieces, states, group_of, samples, channels, members, weig
         col_affine(x, k[0], k[1], k[2], k[3], pieces, out)
 
 
-@njit(cache=CACHE, error_model="numpy")
+@njit(**_numpy_errors)
 def grid_normalize_backward(dy, x, pieces, sums, samples, channels, members, per_group, mean, rstd, weight,
                             batch_stats, coef, grad_weight, grad_bias, out):
     """Input gradient of ``grid_normalize`` into ``out`` (laid out as the view ``x``), and the

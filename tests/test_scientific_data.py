@@ -219,7 +219,7 @@ def test_empty_normalized_axes_are_a_value_error_naming_normalized_shape(fn):
                 fn(np.ones(shape, np.float32), normalized)
 
 
-@pytest.mark.parametrize("rows", [3, 400])  # few rows: the engine; many: the fused row kernel
+@pytest.mark.parametrize("rows", [3, 400, 40_000])  # the engine, the small lane, the parallel row kernel
 @pytest.mark.parametrize("layout", ["c", "transposed"])
 def test_constant_rows_with_eps_zero_give_nan_and_infinite_rstd_without_warnings(rows, layout):
     x = np.full((rows, 8), 2.5, np.float32)
@@ -235,6 +235,38 @@ def test_constant_rows_with_eps_zero_give_nan_and_infinite_rstd_without_warnings
     assert np.isnan(y[1:]).all() and np.isfinite(y[0]).all()
     assert np.isinf(stats.rstd[1:]).all() and np.isfinite(stats.rstd[0])
     assert np.isnan(y_rms).all() and np.isnan(y_bn).all() and np.isnan(y_gn).all()
+
+
+@pytest.mark.parametrize("channel_axis", [1, -1])
+def test_constant_groups_with_eps_zero_give_nan_in_the_parallel_kernels(channel_axis):
+    """Large enough for the parallel kernels (fused rows and slabs, the planned moments and affine):
+    eps = 0 on a constant group divides by zero there, which must give NaN as in NumPy, not a
+    ZeroDivisionError out of a parallel region."""
+    x = np.full((8, 16, 32, 32), 2.5, np.float32)
+    x = np.moveaxis(x, 1, -1).copy() if channel_axis == -1 else x
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        outs = [nn.group_norm(x, 4, eps=0.0, channel_axis=channel_axis),
+                nn.instance_norm(x, eps=0.0, channel_axis=channel_axis),
+                nn.batch_norm(x, None, None, training=True, eps=0.0, channel_axis=channel_axis)]
+    for y in outs:
+        assert y.shape == x.shape and np.isnan(y).all()
+
+
+def test_every_cpu_kernel_names_its_error_model():
+    """A Numba function that leaves its error model unset inherits its first caller's, and keeps
+    that compilation: the same kernel would raise or give NaN, and vectorise or not, depending
+    on which call compiled it first."""
+    from numba.core.registry import CPUDispatcher
+
+    from numbanorm import _cpu, _serial
+
+    kernels = {f"{m.__name__}.{name}": f for m in (_cpu, _serial) for name, f in vars(m).items()
+               if isinstance(f, CPUDispatcher) and f.__module__ == m.__name__}
+    assert len(kernels) > 40
+    unset = sorted(name for name, f in kernels.items() if f.targetoptions.get("error_model") != "numpy"
+                   and f.py_func.__name__ != "thread_count")
+    assert unset == []
 
 
 # -- running variance: PyTorch's unbiased or Keras/Flax/ONNX's biased ----------------------------
