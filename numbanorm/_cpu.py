@@ -61,9 +61,9 @@ _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 # Every kernel names its error model.  A function that leaves it unset inherits its caller's, and
 # Numba keeps (in memory and on disk) the first compilation of each signature, whoever called it:
 # the same kernel would be compiled with or without Python's checks depending on which call came
-# first -- code that differs in speed (the checks stop loops vectorising), and in results, a float
-# division by zero (eps = 0 on a constant row) raising ZeroDivisionError inside a parallel region
-# instead of giving inf/NaN as NumPy does.
+# first -- code that differs in speed (the checks add a test and a branch to every division) and
+# in results (a float division by zero, eps = 0 on a constant row, raising ZeroDivisionError
+# inside a parallel region instead of giving inf/NaN as NumPy does).
 _numpy_errors = dict(cache=CACHE, error_model="numpy")  # the grid drivers and their serial steps
 _jit = dict(_numpy_errors, fastmath=REDUCE_FASTMATH)  # kernels that reduce
 _ew = dict(_numpy_errors, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write elementwise
