@@ -74,7 +74,7 @@ _ew = dict(_numpy_errors, fastmath=ELEMENTWISE_FASTMATH)  # kernels that write e
 SCALAR_SHA256 = "f8641d116536acdc0652ba5ff0608b1160cd89ef8f4d183129927d2bca44cffb"
 
 
-@njit(cache=False)  # it reads a runtime pointer, which Numba's disk cache cannot keep
+@njit(cache=False, error_model="numpy")  # it reads a runtime pointer, which Numba's disk cache cannot keep
 def thread_count():
     """``numba.get_num_threads()`` for Python callers without the two locks the Python function
     takes per call; still thread-local."""

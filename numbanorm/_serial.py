@@ -25,18 +25,18 @@ timestamp alone, so during development an edit of ``_cpu``'s helpers needs this 
 (or the cache cleared) to be seen here; an installed release replaces both files.
 """
 
-from typing import Any
-
 import numpy as np
 from numba import njit
 
-from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
+# compiled with _cpu's flags (_ew, _jit): NumPy's error model, a 0/0 NaN and not an exception
 from ._cpu import (
     normalize_rows,
     normalize_rows_backward,
     ROW_CHUNK,
     _chan_merge,
     _corrected,
+    _ew,
+    _jit,
     _less_low,
     _plain_sum,
     _slab_affine,
@@ -48,10 +48,6 @@ from ._cpu import (
     _split,
     _weighted_dot_sums,
 )
-
-# elementwise flags (no "reassoc": ``(x - hi) - lo`` must not fold); a 0/0 is NaN, not an exception
-_ew: dict[str, Any] = dict(cache=CACHE, fastmath=ELEMENTWISE_FASTMATH, error_model="numpy")
-_reduce: dict[str, Any] = dict(cache=CACHE, fastmath=REDUCE_FASTMATH, error_model="numpy")
 
 
 # -- rows: layer norm and RMS norm --------------------------------------------------------------
@@ -266,7 +262,7 @@ def grid_affine(x4, coef, y4):
                     ys[q] = ((xs[q] - h) - l) * a + b
 
 
-@njit(**_reduce)
+@njit(**_jit)
 def _segments_dot_sums(dy3, x3, hi, lo, sum_dy, sum_dy_xc):
     """Add per-channel ``sum(dy)`` and ``sum(dy*(x - centre))`` of one sample's (P, C, Q) block,
     each segment of at most ROW_CHUNK one exact chunk in the input precision, to float64 (C,)
@@ -406,7 +402,7 @@ def grid_normalize(x4, y4, base, offset, rstd, weight, bias):
     grid_affine(x4, coef, y4)
 
 
-@njit(**_reduce)
+@njit(**_jit)
 def channel_deviations(x4, shift, acc):
     """Per-(sample, channel) float64 sums of ``x - shift`` and of its square into ``acc``
     (2, N, C); ``shift`` (S, C) float64, S = 1 (every sample) or N.  For ``grid_forward``'s
