@@ -35,8 +35,9 @@ import platform
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import literal_unroll, njit, prange, types
 from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from ._config import CACHE, ELEMENTWISE_FASTMATH, REDUCE_FASTMATH
@@ -758,13 +759,187 @@ def normalize_rows_backward(dy, x, weight, mean, rstd, centered, recompute, eps,
 # that a chunk's second pass, where it takes one, re-reads the block from L1.
 
 
+def _vector_registers():
+    """(bytes, count) of the vector registers compiled code may use: the host's, or those of the
+    features NUMBA_CPU_FEATURES names."""
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    features = set(features.split(","))
+    if "+avx512f" in features:
+        return 64, 32
+    if "+avx" in features:
+        return 32, 16
+    return 16, 32 if platform.machine().lower() in ("aarch64", "arm64") else 16
+
+
+_REGISTER_BYTES, _REGISTERS = _vector_registers()
+# registers a column-sum strip (``_register_sums``) holds per vector of columns: two sums, a 1-D
+# operand and four loaded values -- seven, so four vectors where there are 32 registers
+REGISTER_VECTORS = max(1, _REGISTERS // 7)
+
+
+class _FloatOps:
+    """Vector arithmetic for the intrinsics' formulas, with the fast-math ``flags`` of the loops
+    they stand in for (so that an elementwise one gives its loop's bits)."""
+
+    def __init__(self, builder, flags):
+        self.builder = builder
+        self.flags = tuple(sorted(flags))
+
+    def add(self, a, b):
+        return self.builder.fadd(a, b, flags=self.flags)
+
+    def sub(self, a, b):
+        return self.builder.fsub(a, b, flags=self.flags)
+
+    def mul(self, a, b):
+        return self.builder.fmul(a, b, flags=self.flags)
+
+
+def _pairwise(add, values):
+    """``values`` summed as a balanced tree."""
+    while len(values) > 1:
+        values = [add(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)] + values[len(values) & ~1:]
+    return values[0]
+
+
+def _register_sums(formula, arguments):
+    """Signature and code of an intrinsic ``f(*operands, first, second)`` that sums the pair
+    ``formula(ops, *operands)`` down the rows of its 2-D operands into the 1-D ``first`` and
+    ``second``, per column, for rows that ``_fits_registers``.  A 2-D operand gives each row's
+    elements, a 1-D operand the same elements for every row.
+
+    Why an intrinsic: LLVM keeps a loop's per-column sums in memory (a load and a store of each
+    per row, the number of columns being known only at run time).  Here they are SSA values, a
+    few vector registers wide (the last one masked to the row's end), which stay in registers.
+    The rows come four loaded values a step (four rows of one 2-D operand, two of two), summed
+    pairwise before they join the sums, and are loaded in address order: read from L3 or
+    memory, a slab's statistics then take about half the time of a loop over eight rows a step,
+    whose loads hop between rows.  Taking a wider row in strips, one pass over the chunk each,
+    measured slower from memory than that loop, so wider rows keep it."""
+    dtype = arguments[0].dtype
+    if any(a.dtype != dtype for a in arguments):
+        return None  # one vector type for every array: no match, a typing error
+    lanes = _REGISTER_BYTES * 8 // dtype.bitwidth
+    operands = len(arguments) - 2
+    matrices = [k for k in range(operands) if arguments[k].ndim == 2]
+    step = max(1, 4 // len(matrices))
+
+    def codegen(context, builder, signature, args):
+        scalar = context.get_value_type(dtype)
+        vector = ir.VectorType(scalar, lanes)
+        ops = _FloatOps(builder, REDUCE_FASTMATH)
+        arrays = [context.make_array(kind)(context, builder, value) for kind, value in zip(signature.args, args)]
+        rows, width = cgutils.unpack_tuple(builder, arrays[matrices[0]].shape)
+        intp = rows.type
+        i32 = ir.IntType(32)
+        align = i32(dtype.bitwidth // 8)
+        mask_type = ir.VectorType(ir.IntType(1), lanes)
+        masked_load = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vector, [vector.as_pointer(), i32, mask_type, vector]),
+            f"llvm.masked.load.v{lanes}{dtype.name[0]}{dtype.bitwidth}.p0")
+        masked_store = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vector, vector.as_pointer(), i32, mask_type]),
+            f"llvm.masked.store.v{lanes}{dtype.name[0]}{dtype.bitwidth}.p0")
+        zero = ir.Constant(vector, [ir.Constant(scalar, 0.0)] * lanes)
+
+        def const(value):
+            return ir.Constant(intp, value)
+
+        def strip(vectors):
+            last = vectors - 1
+            lane_cols = ir.Constant(ir.VectorType(intp, lanes), [last * lanes + i for i in range(lanes)])
+            mask = builder.icmp_signed("<", lane_cols, _splat(builder, ir.VectorType(intp, lanes), width))
+
+            def address(k, index):
+                item = cgutils.get_item_pointer(context, builder, signature.args[k], arrays[k], index, wraparound=False)
+                return builder.bitcast(item, vector.as_pointer())
+
+            def load(k, row, j):
+                index = [const(j * lanes)] if row is None else [row, const(j * lanes)]
+                if j < last:
+                    return builder.load(address(k, index), align=align.constant)
+                return builder.call(masked_load, [address(k, index), align, mask, zero])
+
+            fixed = {k: [load(k, None, j) for j in range(vectors)] for k in range(operands) if k not in matrices}
+            sums = [[cgutils.alloca_once_value(builder, zero) for _ in range(vectors)] for _ in range(2)]
+
+            def add_rows(first_row, count):
+                terms = [[formula(ops, *(fixed[k][j] if k in fixed else load(k, builder.add(first_row, const(i)), j)
+                                         for k in range(operands))) for j in range(vectors)] for i in range(count)]
+                for j in range(vectors):
+                    for which in range(2):
+                        total = _pairwise(ops.add, [terms[i][j][which] for i in range(count)])
+                        builder.store(ops.add(builder.load(sums[which][j]), total), sums[which][j])
+
+            whole = builder.and_(rows, const(-step))
+            with cgutils.for_range_slice(builder, const(0), whole, const(step), intp) as (b, _):
+                add_rows(b, step)
+            with cgutils.for_range_slice(builder, whole, rows, const(1), intp) as (b, _):
+                add_rows(b, 1)
+            for which in range(2):
+                for j in range(vectors):
+                    total = builder.load(sums[which][j])
+                    pointer = address(operands + which, [const(j * lanes)])
+                    if j < last:
+                        builder.store(total, pointer, align=align.constant)
+                    else:
+                        builder.call(masked_store, [total, pointer, align, mask])
+
+        vectors = builder.sdiv(builder.add(width, const(lanes - 1)), const(lanes))
+        done = builder.append_basic_block("register_sums.done")
+        switch = builder.switch(vectors, done)
+        for count in range(1, REGISTER_VECTORS + 1):
+            block = builder.append_basic_block(f"register_sums.{count}")
+            switch.add_case(const(count), block)
+            builder.position_at_end(block)
+            strip(count)
+            builder.branch(done)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return types.void(*arguments), codegen
+
+
+@njit(**_jit)
+def _fits_registers(width, *arrays):
+    """Whether ``_register_sums`` takes rows of ``width`` of these arrays: rows of at most
+    REGISTER_VECTORS registers, their columns side by side (its vectors load them so)."""
+    fits = width * arrays[0].itemsize <= REGISTER_VECTORS * _REGISTER_BYTES
+    for a in literal_unroll(arrays):
+        fits &= a.strides[-1] == a.itemsize
+    return fits
+
+
+def _deviations(ops, x, shift):
+    d = ops.sub(x, shift)
+    return d, ops.mul(d, d)
+
+
+@intrinsic
+def _register_shifted_sums(typingctx, chunk, shift, dev, sq):
+    """``_slab_shifted_sums`` for rows that ``_fits_registers`` (see ``_register_sums``)."""
+    return _register_sums(_deviations, (chunk, shift, dev, sq))
+
+
+@intrinsic
+def _register_dot_sums(typingctx, dy, chunk, centre, sum_dy, sum_dy_xc):
+    """Per-column ``sum_dy = sum(dy)`` and ``sum_dy_xc = sum(dy*(x - centre))`` over the chunk's
+    rows, in the input precision, for rows that ``_fits_registers`` (see ``_register_sums``)."""
+    return _register_sums(lambda ops, g, x, c: (g, ops.mul(g, ops.sub(x, c))), (dy, chunk, centre, sum_dy, sum_dy_xc))
+
+
 @njit(**_jit)
 def _slab_shifted_sums(chunk, shift, dev, sq):
     """Per-column ``dev = sum(x - shift)`` and ``sq = sum((x - shift)**2)`` over the chunk's rows,
-    in the input precision; rows eight at a time (the per-column accumulators live in memory, C
-    being known only at run time, so each row added alone would cost a load and a store of them;
-    eight rows' loads keep more of memory's latency hidden than four did)."""
+    in the input precision: in registers for rows that fit (``_register_sums``), else rows eight
+    at a time (the per-column accumulators then live in memory, and each row added alone would
+    cost a load and a store of them)."""
     k, width = chunk.shape
+    if _fits_registers(width, chunk, shift, dev, sq):
+        _register_shifted_sums(chunk, shift, dev, sq)
+        return
     octets = k & ~7
     dev[:] = 0
     sq[:] = 0
@@ -847,25 +1022,30 @@ def _slab_moments(xs, mean, m2, scratch):
 def _slab_dot_sums(dy, xs, hi, lo, sum_dy, sum_dy_xc, scratch):
     """Add per-column ``sum(dy)`` and ``sum(dy*(x - centre))`` of the slab to float64 (C,) sums
     (the centre's low part applied per chunk, see ``_less_low``); ``scratch`` (2, C) of the
-    slab's dtype holds the chunk sums.
+    slab's dtype holds the chunk sums, taken in registers where the row fits (``_register_sums``).
 
-    One row at a time: taking four (as ``_slab_shifted_sums`` takes eight) leaves LLVM nine arrays to
-    check for overlap with the two it writes, more than it will, and the loop ran unvectorized
-    at half the speed.  Chunks of at most COL_CHUNK_ROWS / 4 rows keep each column's chain of
-    input-precision adds as short as four-row sums over COL_CHUNK_ROWS would."""
+    Wider rows take one row at a time: taking four leaves LLVM nine arrays to check for overlap
+    with the two it writes, more than it will, and the loop ran unvectorized at half the speed.
+    Chunks of at most COL_CHUNK_ROWS / 4 rows keep each column's chain of input-precision adds
+    as short as four-row sums over COL_CHUNK_ROWS would."""
     length, width = xs.shape
     block = max(4, min(COL_CHUNK // width, COL_CHUNK_ROWS // 4))
+    in_registers = _fits_registers(width, dy, xs, hi, scratch)
     s1, s2 = scratch[0], scratch[1]
     for b0 in range(0, length, block):
-        s1[:] = 0
-        s2[:] = 0
-        for b in range(b0, min(b0 + block, length)):
-            xr = xs[b]
-            gr = dy[b]
-            for c in range(width):
-                g = gr[c]
-                s1[c] += g
-                s2[c] += g * (xr[c] - hi[c])
+        b1 = min(b0 + block, length)
+        if in_registers:
+            _register_dot_sums(dy[b0:b1], xs[b0:b1], hi, s1, s2)
+        else:
+            s1[:] = 0
+            s2[:] = 0
+            for b in range(b0, b1):
+                xr = xs[b]
+                gr = dy[b]
+                for c in range(width):
+                    g = gr[c]
+                    s1[c] += g
+                    s2[c] += g * (xr[c] - hi[c])
         for c in range(width):
             sum_dy[c] += s1[c]
             sum_dy_xc[c] += _less_low(s2[c], s1[c], lo[c])
@@ -878,24 +1058,6 @@ def _slab_affine(xs, hi, lo, alpha, beta, ys):
         yr = ys[b]
         for c in range(xs.shape[1]):
             yr[c] = ((xr[c] - hi[c]) - lo[c]) * alpha[c] + beta[c]
-
-
-class _FloatOps:
-    """Vector arithmetic for ``_streamed_vector``'s formulas, with the elementwise kernels'
-    fast-math flags, so that a streamed result has the bits of the scalar loop's."""
-    flags = tuple(sorted(ELEMENTWISE_FASTMATH))
-
-    def __init__(self, builder):
-        self.builder = builder
-
-    def add(self, a, b):
-        return self.builder.fadd(a, b, flags=self.flags)
-
-    def sub(self, a, b):
-        return self.builder.fsub(a, b, flags=self.flags)
-
-    def mul(self, a, b):
-        return self.builder.fmul(a, b, flags=self.flags)
 
 
 def _streamed_vector(formula, arguments):
@@ -925,7 +1087,7 @@ def _streamed_vector(formula, arguments):
                 return _splat(builder, vector, args[k])
             return builder.load(address(k), align=dtype.bitwidth // 8)
 
-        result = formula(_FloatOps(builder), *(operand(k) for k in range(len(args) - 3)))
+        result = formula(_FloatOps(builder, ELEMENTWISE_FASTMATH), *(operand(k) for k in range(len(args) - 3)))
         store = builder.store(result, address(len(args) - 3), align=STREAM_ALIGN)
         store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
