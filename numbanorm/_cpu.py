@@ -816,8 +816,8 @@ def _register_sums(formula, arguments):
     The rows come four loaded values a step (four rows of one 2-D operand, two of two), summed
     pairwise before they join the sums, and are loaded in address order: read from L3 or
     memory, a slab's statistics then take about half the time of a loop over eight rows a step,
-    whose loads hop between rows.  Taking a wider row in strips, one pass over the chunk each,
-    measured slower from memory than that loop, so wider rows keep it."""
+    whose loads hop between rows.  A wider row taken in strips, one pass over the chunk each,
+    measured no faster from memory than the loops (the gradient sums slower), so it keeps them."""
     dtype = arguments[0].dtype
     if any(a.dtype != dtype for a in arguments):
         return None  # one vector type for every array: no match, a typing error
