@@ -24,6 +24,7 @@ from . import _arguments
 from . import _checks as chk
 from . import _engine
 from . import _functional as F
+from . import _prepared
 from . import _small
 from ._types import Array, AxesLike, Grads, InPlace
 from ._cpu_pipelines import row_backward, row_forward
@@ -177,6 +178,99 @@ def _check_axes(arr, axes):
     return axes
 
 
+def _normalize_key(x, axes, weight, bias, eps, out, nan_policy):
+    """The call's signature for a prepared call (see ``_prepared``), or None where none is kept:
+    ``out`` given, NaN omitted, or an argument of another type than the usual (the checks decide
+    those)."""
+    if type(x) is not np.ndarray or out is not None or type(eps) is not float or nan_policy != "propagate":
+        return None
+    if type(axes) is tuple:
+        for axis in axes:
+            if type(axis) is not int:  # (1,) == (1.0,) == (True,): the checks take or refuse those
+                return None
+    elif type(axes) is not int:
+        return None
+    return ("normalize", _prepared.array_key(x), axes, _prepared.array_key(weight), _prepared.array_key(bias), eps)
+
+
+def _as_given(param, checked):
+    """Whether the checks took a parameter as it came, but for a view with x's number of
+    dimensions (which a prepared call makes again): none, or an array of the compute dtype that
+    they neither copied nor cast."""
+    return param is None or (type(param) is np.ndarray and checked.dtype == param.dtype
+                             and np.may_share_memory(checked, param))
+
+
+class _Normalization(NamedTuple):
+    """`normalize` past its checks: which kernels a call signature takes, worked out once, and
+    the prepared call of the signature (see ``_prepared``) where the checks took x and the
+    parameters as they came.
+
+    Three cases, by the axes and the parameters' shapes: over the trailing axes with parameters
+    constant along the others a layer norm (``trailing`` > 0, its row kernels); a small input
+    whose parameters vary only along the kept axes the small lane (``lane``); any other the
+    engine's moments, then the affine pass on a plan whose kept axes also hold the parameters'."""
+
+    axes: tuple
+    keep: tuple  # the statistics' keepdims shape
+    kept: list  # the statistics' kept axes
+    kept_u: list  # ... and every axis a parameter varies along
+    trailing: int
+    lane: Optional[_Lane]
+    w_full: Optional[tuple]  # the parameters' shapes with x's number of dimensions (None: absent)
+    b_full: Optional[tuple]
+    b_shape: Optional[tuple]  # the bias's own shape
+    eps: float
+    policy: str
+
+    @classmethod
+    def of(cls, xk, axes, w_shape, b_shape, eps, policy):
+        ndim = xk.ndim
+        kept = [i not in axes for i in range(ndim)]
+        kept_u = _union_kept(xk.shape, axes, w_shape, b_shape)
+        full = [None if s is None else (1,) * (ndim - len(s)) + s for s in (w_shape, b_shape)]
+        omit = policy == "omit"
+        return cls(axes, tuple(1 if i in axes else d for i, d in enumerate(xk.shape)), kept, kept_u,
+                   0 if omit else _trailing(ndim, axes, w_shape, b_shape),
+                   None if omit else _small_lane(xk, axes, kept_u, kept), full[0], full[1], b_shape, eps, policy)
+
+    def __call__(self, x, weight, bias):
+        """The prepared call: (y, stats) of x and the parameters as given."""
+        return self.run(x, x, None if weight is None else weight.reshape(self.w_full),
+                        None if bias is None else bias.reshape(self.b_full), None)
+
+    def run(self, arr, xk, w, b, out):
+        """(y, stats) of the checked x (``xk`` as the kernels take it) and parameters (x's number
+        of dimensions, the compute dtype)."""
+        axes, keep, kept, kept_u, k, lane, _, _, b_shape, eps, policy = self
+        if policy == "omit":
+            _host_only("normalize with nan_policy='omit'", arr)
+            count, mean, m2, present = omit_states(xk, np.ones((1,) * arr.ndim), axes)
+            none = present == 0  # a group of NaN only: NaN statistics
+            mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
+            rstd = _arguments._rstd(m2 / count, eps)
+        elif k:
+            y, mean, rstd = row_forward(arr, xk, k, _along_row(w, arr.shape, k), _along_row(b, arr.shape, k), eps,
+                                        True, out)
+            return y, NormalizeStats(mean.reshape(keep), rstd.reshape(keep), True, b is not None, eps, b_shape, policy)
+        elif lane is not None:
+            y, st = _small.grid_forward(lane.rows(xk), 2, lane.shape4[2], True, lane.per_cell(w), lane.per_cell(b),
+                                        eps, None)
+            y = _arguments._deliver(lane.back(y, xk), arr.dtype, out)
+            return y, NormalizeStats(st[1].reshape(keep), st[3].reshape(keep), True, b is not None, eps, b_shape,
+                                     policy)
+        else:
+            count, mean, m2 = _engine.CPU.moments(xk, kept)
+            rstd = _arguments._rstd(m2 / count, eps)
+        plan = Plan.of(xk, kept_u)
+        alpha = rstd if w is None else rstd * w.astype(np.float64)
+        beta = np.zeros(()) if b is None else b
+        direct_out = out if out is not None and out.dtype == xk.dtype else None
+        y = _arguments._deliver(_engine.CPU.affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
+        return y, NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
+                                 b is not None, eps, b_shape, policy)
+
+
 @overload
 def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ...,
               eps: float = ..., *, return_stats: Literal[False] = ..., out: Optional[InPlace] = ...,
@@ -287,6 +381,10 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
     >>> nn.normalize(np.array([[1.0, np.nan, 3.0]]), 1, eps=0.0, nan_policy="omit")
     array([[-1., nan,  1.]])
     """
+    key = _normalize_key(x, axes, weight, bias, eps, out, nan_policy)
+    if key is not None and (prepared := _prepared.lookup(key)) is not None:
+        y, stats = prepared(x, weight, bias)
+        return (y, stats) if return_stats else y
     arr, xk = _arguments._input("x", x, 0)
     axes = _check_axes(arr, axes)
     w_shape, w = _param("weight", weight, arr.shape, xk.dtype, "x")
@@ -294,39 +392,15 @@ def normalize(x: ArrayLike, axes: AxesLike, weight: Optional[ArrayLike] = None, 
     eps = chk.eps_value("eps", eps)
     out = chk.out_array(out, arr.shape, arr.dtype)
     policy = nan_policy_value(nan_policy)
-    kept = [i not in axes for i in range(arr.ndim)]
-    kept_u = _union_kept(arr.shape, axes, w_shape, b_shape)
-    keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
     if arr.size == 0:
+        keep = tuple(1 if i in axes else d for i, d in enumerate(arr.shape))
         y = np.empty_like(arr) if out is None else out
         stats = NormalizeStats(np.zeros(keep), np.zeros(keep), True, b is not None, eps, b_shape, policy)
         return (y, stats) if return_stats else y
-    if policy == "omit":
-        _host_only("normalize with nan_policy='omit'", arr)
-        count, mean, m2, present = omit_states(xk, np.ones((1,) * arr.ndim), axes)
-        none = present == 0  # a group of NaN only: NaN statistics
-        mean, m2, count = np.where(none, np.nan, mean), np.where(none, np.nan, m2), np.where(none, 1.0, count)
-        rstd = _arguments._rstd(m2 / count, eps)
-    elif k := _trailing(arr.ndim, axes, w_shape, b_shape):  # a layer norm: its row kernels
-        y, mean, rstd = row_forward(arr, xk, k, _along_row(w, arr.shape, k), _along_row(b, arr.shape, k), eps, True,
-                                    out)
-        stats = NormalizeStats(mean.reshape(keep), rstd.reshape(keep), True, b is not None, eps, b_shape, policy)
-        return (y, stats) if return_stats else y
-    elif t := _small_lane(xk, axes, kept_u, kept):
-        y, st = _small.grid_forward(t.rows(xk), 2, t.shape4[2], True, t.per_cell(w), t.per_cell(b), eps, None)
-        y = _arguments._deliver(t.back(y, xk), arr.dtype, out)
-        stats = NormalizeStats(st[1].reshape(keep), st[3].reshape(keep), True, b is not None, eps, b_shape, policy)
-        return (y, stats) if return_stats else y
-    else:
-        count, mean, m2 = _engine.CPU.moments(xk, kept)
-        rstd = _arguments._rstd(m2 / count, eps)
-    plan = Plan.of(xk, kept_u)
-    alpha = rstd if w is None else rstd * w.astype(np.float64)
-    beta = np.zeros(()) if b is None else b
-    direct_out = out if out is not None and out.dtype == xk.dtype else None
-    y = _arguments._deliver(_engine.CPU.affine(xk, plan, mean, alpha, beta, out=direct_out), arr.dtype, out)
-    stats = NormalizeStats(np.asarray(mean, np.float64).reshape(keep), np.asarray(rstd).reshape(keep), True,
-                           b is not None, eps, b_shape, policy)
+    plan = _Normalization.of(xk, axes, w_shape, b_shape, eps, policy)
+    if key is not None and xk is x and _as_given(weight, w) and _as_given(bias, b):
+        _prepared.keep(key, plan)
+    y, stats = plan.run(arr, xk, w, b, out)
     return (y, stats) if return_stats else y
 
 

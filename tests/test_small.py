@@ -315,7 +315,8 @@ def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape,
 
 # prepared calls: a forward repeated with arguments like the last skips its checks
 
-PREPARED_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
+PREPARED_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization",
+                "normalize")
 
 
 @pytest.fixture
@@ -426,8 +427,14 @@ def test_row_norms_prepared_over_several_axes(prepared_hits):
     (lambda x, w: nn.group_norm(x, True, w, w), TypeError),
     (lambda x, w: nn.group_norm(x, 5, w, w), ValueError),
     (lambda x, w: nn.instance_norm(x[:, :, None], None, None, w, w), ValueError),
+    (lambda x, w: nn.normalize(x, (0.0,), w, w), TypeError),
+    (lambda x, w: nn.normalize(x, 0, w, w, eps=-1.0), ValueError),
+    (lambda x, w: nn.normalize(x, 0, w, w, nan_policy="raise"), ValueError),
+    (lambda x, w: nn.normalize(x, 0, w[:8], w), ValueError),
+    (lambda x, w: nn.normalize(x, 2, w, w), ValueError),
 ], ids=["float-shape", "negative-eps", "bool-shape", "bool-axis", "momentum", "unbiased-flag", "weight-shape",
-        "bn-one-value", "bool-groups", "groups", "in-one-value"])
+        "bn-one-value", "bool-groups", "groups", "in-one-value", "float-axes", "normalize-eps", "nan-policy",
+        "normalize-weight", "axis-range"])
 def test_prepared_calls_keep_every_check(call, error, prepared_hits):
     """Arguments that differ from a prepared call's only in a type or value the checks refuse
     (a bool for an int, a float for an int, a bad value) are refused as before, not served."""
@@ -436,12 +443,52 @@ def test_prepared_calls_keep_every_check(call, error, prepared_hits):
     good = [lambda: nn.layer_norm(x, (16,), w, w), lambda: nn.layer_norm(np.ascontiguousarray(x[:, :1]), (1,)),
             lambda: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=1, momentum=0.1),
             lambda: nn.batch_norm(x[:2, :, None], None, None, w, w, training=True, channel_axis=1),
-            lambda: nn.group_norm(x, 1, w, w), lambda: nn.instance_norm(x[:, :, None, None].repeat(2, 2))]
+            lambda: nn.group_norm(x, 1, w, w), lambda: nn.instance_norm(x[:, :, None, None].repeat(2, 2)),
+            lambda: nn.normalize(x, 0, w, w), lambda: nn.normalize(x, (0, 1), w, w)]
     for make in good * 2:
         make()
     assert prepared_hits == [False] * len(good) + [True] * len(good)
     with pytest.raises(error):
         call(x, w)
+
+
+@pytest.mark.parametrize("shape,axes,param_shape", [
+    ((4, 5, 6, 3), (1, 2, 3), (3,)),  # a layer norm with a per-channel scale: the row kernels
+    ((4, 5, 6, 3), (0, 1, 2), (3,)),  # batch norm of channels-last data: the small lane's view
+    ((4, 3, 5, 6), (0, 2), (3, 1, 6)),  # kept axes apart: the lane's transposed copy
+    ((64, 48, 40), (0, 2), (48, 1)),  # above the lane: moments, then the planned affine pass
+    ((4, 5, 6, 3), -1, None),
+])
+def test_normalize_is_prepared_in_each_of_its_cases(shape, axes, param_shape, prepared_hits):
+    """A repeated `normalize` signature skips its checks in every case it plans (row kernels, the
+    lane on a view or a copy, the planned passes) and gives the checked call's bits on new data and
+    new parameters; a parameter that is a view into a larger array, or of another dtype, gives its
+    own correct result."""
+    rng = np.random.default_rng(15)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    ps = [None if param_shape is None else rng.standard_normal(param_shape).astype(np.float32) for _ in range(3)]
+    first = nn.normalize(xs[0], axes, ps[0], ps[0], return_stats=True)
+    served = [nn.normalize(x, axes, p, p, return_stats=True) for x, p in zip(xs[1:], ps[1:])]
+    assert prepared_hits == [False, True, True]
+    for (y, stats), x, p in zip([first] + served, xs, ps):
+        _prepared._PREPARED.clear()
+        checked_y, checked_stats = nn.normalize(x, axes, p, p, return_stats=True)
+        np.testing.assert_array_equal(y, checked_y)
+        for name, a, c in zip(stats._fields, stats, checked_stats):
+            if isinstance(c, np.ndarray):
+                np.testing.assert_array_equal(a, c, err_msg=name)
+            else:
+                assert a == c, name
+        wide = None if p is None else p.astype(np.float64)
+        np.testing.assert_allclose(y, ref.normalize(x.astype(np.float64), axes, wide, wide), rtol=2e-5, atol=2e-5)
+    if param_shape is not None:
+        _prepared._PREPARED.clear()
+        nn.normalize(xs[0], axes, ps[0], ps[0])
+        larger = np.stack([ps[1], ps[2]])  # ps[1] as a view of another array, same signature
+        for p in (larger[0], ps[1].astype(np.float64)):
+            expected = ref.normalize(xs[1].astype(np.float64), axes, p.astype(np.float64), p.astype(np.float64))
+            for _ in range(2):
+                np.testing.assert_allclose(nn.normalize(xs[1], axes, p, p), expected, rtol=2e-5, atol=2e-5)
 
 
 def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits):
