@@ -61,10 +61,11 @@ def _fused_params(weight, bias, shape, dtype):
 class _FusedRows(NamedTuple):
     """A prepared `_fused_forward` (see ``_prepared``): layer/RMS norm rows, or NCHW instance and
     group norm's (sample, group) rows, their shapes worked out once.  From 16 K elements a call
-    is tens of microseconds, and the general path's steps around the kernel cost a third of it.
-    ``(y, mean, rstd)``, the statistics shaped ``stats_shape``; ``ones``/``zeros`` (K, L // seg)
-    stand in for an absent weight/bias; at one thread a ``lane`` call, where one is given, runs
-    instead (see ``_small.row_fits``)."""
+    is tens of microseconds, and `_fused_forward`'s steps around the kernel cost a third of it:
+    this call takes only the steps its signature leaves open.  ``(y, mean, rstd)``, the
+    statistics shaped ``stats_shape``; ``ones``/``zeros`` (K, L // seg) stand in for an absent
+    weight/bias; at one thread a ``lane`` call, where one is given, runs instead (see
+    ``_small.row_fits``)."""
 
     shape2: tuple  # (rows, L): x as the kernel takes it
     params: tuple  # (K, L // seg): the weight and bias as the kernel takes them
@@ -76,21 +77,32 @@ class _FusedRows(NamedTuple):
     zeros: np.ndarray
     lane: "_small.RowCall | None"
     kernel: "_prepared.Kernel"  # _cpu.row_normalize
+    streamed: bool  # the output large enough to take aligned_empty's alignment (see ``_cpu._streams``)
 
     @classmethod
     def of(cls, x2, params, seg, eps, centered, stats_shape, lane=None):
         count = math.prod(params)
         return cls(x2.shape, params, seg, eps, centered, stats_shape,
                    _small.constant(1.0, count, x2.dtype).reshape(params),
-                   _small.constant(0.0, count, x2.dtype).reshape(params), lane, _prepared.Kernel(_cpu.row_normalize))
+                   _small.constant(0.0, count, x2.dtype).reshape(params), lane, _prepared.Kernel(_cpu.row_normalize),
+                   x2.nbytes >= _cpu.STREAM_BYTES)
 
     def __call__(self, x, weight, bias):
-        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane, kernel = self
-        if lane is not None and _cpu.thread_count() == 1:
+        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane, kernel, streamed = self
+        threads = _cpu.thread_count()
+        if lane is not None and threads == 1:
             return lane(x, weight, bias)
-        y, mean, _, rstd = _fused_forward(x, x.reshape(shape2), ones if weight is None else weight.reshape(params),
-                                          zeros if bias is None else bias.reshape(params), seg, eps, None, centered,
-                                          kernel)
+        rows = shape2[0]
+        # x is C-contiguous and of the compute dtype (the signature pins both): y is the kernel's
+        # output as it is, and each view is made once
+        y = aligned_empty(x.shape, x.dtype) if streamed else np.empty_like(x)
+        stats = np.empty((3, rows))
+        mean, rstd = stats[0], stats[2]
+        kernel.run(x.reshape(shape2), ones if weight is None else weight.reshape(params),
+                   zeros if bias is None else bias.reshape(params), seg, eps, centered,
+                   _engine.CPUDevice.blocks_of(rows, threads), y.reshape(shape2), mean, stats[1], rstd)
+        if len(stats_shape) == 1:
+            return y, mean, rstd
         return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 

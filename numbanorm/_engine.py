@@ -79,7 +79,12 @@ class CPUDevice:
     @staticmethod
     def row_blocks(rows):
         """Blocks of whole rows for fused weight-gradient buffers: a few per thread."""
-        return max(1, min(rows, 4 * _cpu.thread_count()))
+        return CPUDevice.blocks_of(rows, _cpu.thread_count())
+
+    @staticmethod
+    def blocks_of(rows, threads):
+        """`row_blocks` at ``threads`` threads."""
+        return max(1, min(rows, 4 * threads))
 
 
 class Engine:
