@@ -19,9 +19,10 @@ input precision (these loops vectorise, and have no division per element).  The 
 previous chunk's mean, which neighbouring data rarely move far from; a chunk whose mean lies
 further from it than the chunk's spread (the first chunk, drifting data, an outlier) takes a
 second pass around its own mean, the "corrected two-pass" algorithm, whose deviation sum corrects
-that mean for its own rounding.  Short rows (at most ROW_CHUNK) are centred on their plain sum,
-taken in a pass of their own, or in float64 on the previous rows' mean when it lies within the
-row's spread (see ``normalize_rows``).  The chunk results are merged in float64
+that mean for its own rounding.  Short rows (at most ROW_CHUNK) take one pass: float32 rows sum
+their deviations from their first element in float64, exactly but for the sums' rounding, and
+float64 rows theirs from the previous rows' mean when it lies within the row's spread, else from
+their plain sum (see ``normalize_rows``).  The chunk results are merged in float64
 with Chan's formula, so large offsets such as 1e4 + N(0, 1) in float32 keep their digits.
 
 Elementwise passes subtract the centre before scaling, ``(x - mean) * a + b``, never
@@ -454,10 +455,12 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
     ``centered=False`` is RMS norm: the centre is 0 and ``var`` the mean square, which is
     ``var + mean**2`` of the row -- a sum of two non-negative terms, no cancellation.
 
-    Rows of at most ROW_CHUNK are one exact chunk each (a plain sum for the mean, then the
-    corrected deviation sums), taken ROW_TILE at a time, pass by pass: a short row's statistics
-    are a chain of dependent steps -- sum, mean, deviations, M2, rstd -- and the rows of a tile
-    give the core independent chains to overlap."""
+    Rows of at most ROW_CHUNK take one pass for their statistics.  float32 rows sum their
+    deviations from their own first element in float64 (`_wide_shifted_sums`), each row on its
+    own: no row waits for another's mean.  float64 rows are taken ROW_TILE at a time, pass by
+    pass, their deviations summed around the previous tile's last mean: a row's statistics are
+    then a chain of dependent steps -- deviations, M2, rstd -- and the rows of a tile give the
+    core independent chains to overlap."""
     length = x.shape[1]
     dtype = x.dtype.type
     streamed = _streams_rows(out, seg)
@@ -473,43 +476,81 @@ def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, 
         if streamed:
             _store_fence()
         return
-    # one allocation (a small call's allocations are a measurable part of it): the tile's guesses,
-    # rstd and centres, float64 (each input-precision value round-trips through float64 exactly)
-    tile = np.empty((4, ROW_TILE))
+    if x.itemsize == 4:
+        # a loop for each kind of store, not a test in one loop: with both bodies in the loop,
+        # the plain one ran about a fifth slower on 128-element rows
+        if streamed:
+            for r in range(first, last):
+                inv, h, l = _wide_row_scale(x[r], r, centered, eps, mean, var, rstd)
+                _row_affine_streamed(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg,
+                                     out[r])
+            _store_fence()
+        else:
+            for r in range(first, last):
+                inv, h, l = _wide_row_scale(x[r], r, centered, eps, mean, var, rstd)
+                _row_affine(x[r], h, l, inv, weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
+        return
+    # one allocation (a small call's allocations are a measurable part of it): the tile's rstd
+    # and centres
+    tile = np.empty((3, ROW_TILE))
     # float64 rows sum their deviations around the previous tile's last mean in one pass; a row
     # whose mean lies further from it than the row's spread (see ``_near``) takes its plain sum
-    # first, as every float32 row does.  Where it lies within, ``M2 = sq - dev**2 / n`` cancels at
-    # most one bit, which float64's 53 bits can spare for the pass it saves; float32 rows would
-    # lose that bit from 24 for a few percent.
-    one_pass = x.itemsize == 8
+    # first.  Where it lies within, ``M2 = sq - dev**2 / n`` cancels at most one bit, which
+    # float64's 53 bits can spare for the pass it saves.
     shift = x[first, 0]
     for t0 in range(first, last, ROW_TILE):
         t1 = min(t0 + ROW_TILE, last)
         for r in range(t0, t1):
-            tile[0, r - t0] = shift if one_pass else _plain_sum(x[r]) / dtype(length)
-        for r in range(t0, t1):
-            g = dtype(tile[0, r - t0])
+            g = shift
             dev, sq = _shifted_sums(x[r], g)
-            if one_pass and not _near(length, dev, sq):
+            if not _near(length, dev, sq):
                 g = _plain_sum(x[r]) / dtype(length)
                 dev, sq = _shifted_sums(x[r], g)
             base = np.float64(g)
             offset, m2 = _corrected(length, g, dev, sq, base)
-            tile[1, r - t0], tile[2, r - t0], tile[3, r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps,
+            tile[0, r - t0], tile[1, r - t0], tile[2, r - t0] = _row_scale(r, base, offset, m2 / length, centered, eps,
                                                                             mean, var, rstd, dtype)
-        shift = dtype(tile[2, t1 - 1 - t0])
-        # a loop for each kind of store, not a test in one loop: with both bodies in the loop,
-        # the plain one ran about a fifth slower on 128-element rows
+        shift = dtype(tile[1, t1 - 1 - t0])
         if streamed:
             for r in range(t0, t1):
-                _row_affine_streamed(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
+                _row_affine_streamed(x[r], dtype(tile[1, r - t0]), dtype(tile[2, r - t0]), tile[0, r - t0],
                                      weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
         else:
             for r in range(t0, t1):
-                _row_affine(x[r], dtype(tile[2, r - t0]), dtype(tile[3, r - t0]), tile[1, r - t0],
+                _row_affine(x[r], dtype(tile[1, r - t0]), dtype(tile[2, r - t0]), tile[0, r - t0],
                             weight[r % weight.shape[0]], bias[r % bias.shape[0]], seg, out[r])
     if streamed:
         _store_fence()
+
+
+@njit(**_jit)
+def _wide_shifted_sums(v, shift):
+    """``sum(x - shift)`` and ``sum((x - shift)**2)`` of a float32 span, in float64.
+
+    Each deviation of two float32 values is exact in float64, and so is its square (48
+    significant bits), so only the sums round, at float64's precision.  With ``shift`` an
+    element of the span, ``(shift - mean)**2`` is one term of M2, so ``dev**2 / n`` is at most
+    ``n*M2``: ``M2 = sq - dev**2 / n`` cancels at most log2(n + 1) bits, 11 of float64's 53 on
+    a ROW_CHUNK row, and keeps far more than float32's 24."""
+    centre = np.float64(shift)
+    dev = 0.0
+    sq = 0.0
+    for i in range(v.shape[0]):
+        d = np.float64(v[i]) - centre
+        dev += d
+        sq += d * d
+    return dev, sq
+
+
+@njit(inline="always", **_ew)
+def _wide_row_scale(xs, r, centered, eps, mean, var, rstd):
+    """`_row_scale` of a float32 row of at most ROW_CHUNK elements, from its one-pass
+    `_wide_shifted_sums` around its first element."""
+    n = xs.shape[0]
+    dev, sq = _wide_shifted_sums(xs, xs[0])
+    offset = dev / n
+    return _row_scale(r, np.float64(xs[0]), offset, max(sq - dev * offset, 0.0) / n, centered, eps, mean, var, rstd,
+                      xs.dtype.type)
 
 
 @njit(inline="always", **_ew)

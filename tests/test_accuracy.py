@@ -126,3 +126,33 @@ def test_float64_short_rows_whose_means_jump_keep_their_digits(copies, rng):
     exact = (xl - mean) / np.sqrt(((xl - mean) ** 2).mean(axis=1, keepdims=True) + np.longdouble(1e-5))
     assert float(np.abs(y[~bad].astype(np.longdouble) - exact).max()) < 2e-15
     assert np.all(y[6::24] == 0) and np.all(y[10::24] == 0)
+
+
+@pytest.mark.parametrize("copies", [1, 25], ids=["serial lane", "parallel rows"])
+def test_float32_short_rows_have_float64_exact_statistics(copies, rng):
+    """Float32 rows of at most ROW_CHUNK sum their deviations from their first element in float64,
+    where each deviation and its square are exact: the statistics match float64 arithmetic on the
+    same float32 values to about 1e-15, where float32 sums would err by about 1e-7.  Rows far
+    from zero, rows whose first element is an outlier, constant rows, and NaN and inf rows between
+    them (which spoil only themselves)."""
+    block = rng.normal(size=(24, 128))
+    block[3:6] += 1e4
+    block[6] = -7.25  # constant
+    block[7] = np.nan
+    block[8, 5] = np.inf
+    block[10, 0] = 3e3  # the shift an outlier
+    block[11, 0] = -1e6
+    block[12:] *= np.logspace(-3, 3, 12)[:, None]
+    x = np.concatenate([block] * copies).astype(np.float32)
+    y, stats = nn.layer_norm(x, 128, return_stats=True)
+    bad = np.tile((np.arange(len(block)) == 7) | (np.arange(len(block)) == 8), copies)
+    assert np.isnan(y[bad]).all() and np.isnan(stats.rstd[bad]).all()
+    constant = np.tile(np.arange(len(block)) == 6, copies)
+    assert np.all(y[constant] == 0) and np.all(stats.mean[constant] == -7.25)
+    good = ~bad & ~constant
+    exact = x[good].astype(np.float64)
+    mean, std = exact.mean(axis=1), np.sqrt(exact.var(axis=1) + 1e-5)
+    assert np.all(np.abs(stats.mean[good] - mean) <= 1e-14 * (np.abs(mean) + std))
+    assert np.all(np.abs(stats.rstd[good] * std - 1) <= 1e-13)
+    rms = nn.rms_norm(x[good], 128, eps=1e-5, return_stats=True)[1]
+    assert np.all(np.abs(rms.rstd * np.sqrt((exact ** 2).mean(axis=1) + 1e-5) - 1) <= 1e-13)
