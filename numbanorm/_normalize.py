@@ -184,11 +184,7 @@ def _normalize_key(x, axes, weight, bias, eps, out, nan_policy):
     those)."""
     if type(x) is not np.ndarray or out is not None or type(eps) is not float or nan_policy != "propagate":
         return None
-    if type(axes) is tuple:
-        for axis in axes:
-            if type(axis) is not int:  # (1,) == (1.0,) == (True,): the checks take or refuse those
-                return None
-    elif type(axes) is not int:
+    if not _prepared.exact_ints(axes):
         return None
     return ("normalize", _prepared.array_key(x), axes, _prepared.array_key(weight), _prepared.array_key(bias), eps)
 

@@ -37,6 +37,14 @@ def array_key(a):
     return a.shape, a.strides, a.dtype, flags.writeable, flags.aligned
 
 
+def exact_ints(value):
+    """Whether ``value`` is an int or a tuple of ints, of exactly those types: a signature keeps
+    only those, since ``(16,) == (16.0,) == (True,)`` and the checks take or refuse the others."""
+    if type(value) is tuple:
+        return all(type(item) is int for item in value)
+    return type(value) is int
+
+
 def served(key, input, weight, bias, return_stats):
     """The result of the call prepared under signature ``key`` (None: not prepared) on these
     arrays, as the front returns it: y, or (y, NormStats) with ``return_stats``; None if there is

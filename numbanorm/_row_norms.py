@@ -45,11 +45,7 @@ def _row_key(input, normalized_shape, weight, bias, eps, centered, out):
     ``out`` given, or an argument of another type than the usual (the checks decide those)."""
     if type(input) is not np.ndarray or out is not None or (eps is not None and type(eps) is not float):
         return None
-    if type(normalized_shape) is tuple:
-        for size in normalized_shape:
-            if type(size) is not int:  # (16,) == (16.0,) == (True,): the checks take or refuse those
-                return None
-    elif type(normalized_shape) is not int:
+    if not _prepared.exact_ints(normalized_shape):
         return None
     return ("rows", _prepared.array_key(input), normalized_shape, _prepared.array_key(weight),
             _prepared.array_key(bias), eps, centered)
