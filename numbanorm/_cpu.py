@@ -87,6 +87,7 @@ _chan_merge = njit(inline="always", **_jit)(chan_merge)
 _piece = njit(inline="always", **_jit)(piece)
 
 
+
 @njit(**_jit)
 def _plain_sum(v):
     """The first pass of the exact chunk statistics: the sum, in the input precision."""
@@ -436,14 +437,15 @@ def _split(base, offset, dtype):
 
 
 @njit(parallel=True, **_ew)
-def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, mean, var, rstd):
+def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, stats):
     """``out = (x - mean_r) / sqrt(var_r + eps) * W + B`` per row, the row's (biased) statistics
-    computed first and returned in ``mean``/``var``/``rstd``.  ``blocks`` tasks take runs of rows
-    (see ``normalize_rows``)."""
+    computed first and returned in ``stats`` (3, R) float64: mean, var and rstd (one array: on
+    the 16 K-64 K element calls this kernel serves, each argument's unboxing counts).  ``blocks``
+    tasks take runs of rows (see ``normalize_rows``)."""
     rows = x.shape[0]
     for task in prange(blocks):
         _, _, first, last = _piece(task, blocks, rows)
-        normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, var, rstd)
+        normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, stats[0], stats[1], stats[2])
 
 
 @njit(**_ew)

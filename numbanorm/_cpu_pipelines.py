@@ -41,13 +41,11 @@ def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True, kernel=Non
     """Run ``row_normalize`` (a prepared call passes it as its ``_prepared.Kernel``);
     ``weight``/``bias`` (K, L // seg) in the compute dtype.  Returns (y, mean, var, rstd) with the
     statistics per row."""
-    rows = x2.shape[0]
-    stats = np.empty((3, rows))  # one allocation: at 16 K-64 K elements each costs a measurable part
+    stats = np.empty((3, x2.shape[0]))  # one allocation: at 16 K-64 K elements each costs a measurable part
     direct = out is not None and out.dtype == x2.dtype and _is_c(out)
     y2 = out.reshape(x2.shape) if direct else aligned_empty(x2.shape, x2.dtype)
-    blocks = _engine.CPUDevice.row_blocks(rows)
     run = _cpu.row_normalize if kernel is None else kernel.run
-    run(x2, weight, bias, seg, eps, centered, blocks, y2, stats[0], stats[1], stats[2])
+    run(x2, weight, bias, seg, eps, centered, _engine.CPUDevice.row_blocks(x2.shape[0]), y2, stats)
     y = out if direct else _deliver(y2.reshape(x.shape), x.dtype, out)
     return y, stats[0], stats[1], stats[2]
 
@@ -92,18 +90,19 @@ class _FusedRows(NamedTuple):
         threads = _cpu.thread_count()
         if lane is not None and threads == 1:
             return lane(x, weight, bias)
-        rows = shape2[0]
+        blocks = _engine.CPUDevice.blocks_of(shape2[0], threads)
         # x is C-contiguous and of the compute dtype (the signature pins both): y is the kernel's
         # output as it is, and each view is made once
         y = aligned_empty(x.shape, x.dtype) if streamed else np.empty_like(x)
-        stats = np.empty((3, rows))
-        mean, rstd = stats[0], stats[2]
+        stats = np.empty((3, shape2[0]))
+        if x.shape == shape2 and len(stats_shape) == 1:  # (rows, L) over its last axis: no views to make
+            kernel.run(x, ones if weight is None else weight.reshape(params),
+                       zeros if bias is None else bias.reshape(params), seg, eps, centered, blocks, y, stats)
+            return y, stats[0], stats[2]
         kernel.run(x.reshape(shape2), ones if weight is None else weight.reshape(params),
-                   zeros if bias is None else bias.reshape(params), seg, eps, centered,
-                   _engine.CPUDevice.blocks_of(rows, threads), y.reshape(shape2), mean, stats[1], rstd)
-        if len(stats_shape) == 1:
-            return y, mean, rstd
-        return y, mean.reshape(stats_shape), rstd.reshape(stats_shape)
+                   zeros if bias is None else bias.reshape(params), seg, eps, centered, blocks, y.reshape(shape2),
+                   stats)
+        return y, stats[0].reshape(stats_shape), stats[2].reshape(stats_shape)
 
 
 class Grouping(NamedTuple):
