@@ -87,7 +87,6 @@ _chan_merge = njit(inline="always", **_jit)(chan_merge)
 _piece = njit(inline="always", **_jit)(piece)
 
 
-
 @njit(**_jit)
 def _plain_sum(v):
     """The first pass of the exact chunk statistics: the sum, in the input precision."""
