@@ -95,13 +95,12 @@ class _FusedRows(NamedTuple):
         # output as it is, and each view is made once
         y = aligned_empty(x.shape, x.dtype) if streamed else np.empty_like(x)
         stats = np.empty((3, shape2[0]))
-        if x.shape == shape2 and len(stats_shape) == 1:  # (rows, L) over its last axis: no views to make
-            kernel.run(x, ones if weight is None else weight.reshape(params),
-                       zeros if bias is None else bias.reshape(params), seg, eps, centered, blocks, y, stats)
+        flat = x.shape == shape2 and len(stats_shape) == 1  # (rows, L) over its last axis: no views to make
+        kernel.run(x if flat else x.reshape(shape2), ones if weight is None else weight.reshape(params),
+                   zeros if bias is None else bias.reshape(params), seg, eps, centered, blocks,
+                   y if flat else y.reshape(shape2), stats)
+        if flat:
             return y, stats[0], stats[2]
-        kernel.run(x.reshape(shape2), ones if weight is None else weight.reshape(params),
-                   zeros if bias is None else bias.reshape(params), seg, eps, centered, blocks, y.reshape(shape2),
-                   stats)
         return y, stats[0].reshape(stats_shape), stats[2].reshape(stats_shape)
 
 
