@@ -115,12 +115,9 @@ def dispatch(fn=None, *, route_by=None):
 
     @functools.wraps(fn)
     def routed(*args, **kwargs):
-        # NumPy and plain values only, under a thread-safe layer: the common case, straight
-        # through (on a 64-element call each function call here is a few percent of it)
-        if _guard is _NO_GUARD and _HOST_TYPES.issuperset(map(type, args)) and (
-                not kwargs or _HOST_TYPES.issuperset(map(type, kwargs.values()))):
-            return fn(*args, **kwargs)
         if _host_only(args, kwargs):
+            if _guard is _NO_GUARD:  # under a thread-safe layer, the common case goes straight through
+                return fn(*args, **kwargs)
             backend = None
         else:
             backend = backend_of(decider(args, kwargs))
