@@ -191,9 +191,10 @@ def _normalize_key(x, axes, weight, bias, eps, out, nan_policy):
 
 def _as_given(param, checked):
     """Whether the checks took a parameter as it came, but for a view with x's number of
-    dimensions (which a prepared call makes again): none, or an array of the compute dtype that
-    they neither copied nor cast."""
-    return param is None or (type(param) is np.ndarray and checked.dtype == param.dtype
+    dimensions (which a prepared call makes again): none, or a writable array of the compute
+    dtype that they neither copied nor cast (a read-only one they wrap, see
+    ``_checks.kernel_view``, as the other prepared calls' checks do)."""
+    return param is None or (type(param) is np.ndarray and param.flags.writeable and checked.dtype == param.dtype
                              and np.may_share_memory(checked, param))
 
 

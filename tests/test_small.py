@@ -462,8 +462,8 @@ def test_prepared_calls_keep_every_check(call, error, prepared_hits):
 def test_normalize_is_prepared_in_each_of_its_cases(shape, axes, param_shape, prepared_hits):
     """A repeated `normalize` signature skips its checks in every case it plans (row kernels, the
     lane on a view or a copy, the planned passes) and gives the checked call's bits on new data and
-    new parameters; a parameter that is a view into a larger array, or of another dtype, gives its
-    own correct result."""
+    new parameters; a parameter that is a view into a larger array, of another dtype or read-only
+    gives its own correct result, a read-only one checked on every call as in the other ops."""
     rng = np.random.default_rng(15)
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
     ps = [None if param_shape is None else rng.standard_normal(param_shape).astype(np.float32) for _ in range(3)]
@@ -485,10 +485,15 @@ def test_normalize_is_prepared_in_each_of_its_cases(shape, axes, param_shape, pr
         _prepared._PREPARED.clear()
         nn.normalize(xs[0], axes, ps[0], ps[0])
         larger = np.stack([ps[1], ps[2]])  # ps[1] as a view of another array, same signature
-        for p in (larger[0], ps[1].astype(np.float64)):
+        read_only = ps[1].copy()
+        read_only.flags.writeable = False
+        for p in (larger[0], ps[1].astype(np.float64), read_only):
             expected = ref.normalize(xs[1].astype(np.float64), axes, p.astype(np.float64), p.astype(np.float64))
+            hits = len(prepared_hits)
             for _ in range(2):
                 np.testing.assert_allclose(nn.normalize(xs[1], axes, p, p), expected, rtol=2e-5, atol=2e-5)
+            if p is read_only:  # wrapped by the checks (``kernel_view``): checked on every call
+                assert prepared_hits[hits:] == [False, False]
 
 
 def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits):
