@@ -3,7 +3,7 @@ dtype or ``out``, running-statistics updates, a forward's ``stats`` read back by
 
 Every check runs before anything is computed or written (see ``_checks``)."""
 
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, overload
 
 import numpy as np
 
@@ -13,7 +13,13 @@ from ._types import Grads
 if TYPE_CHECKING:
     _F = TypeVar("_F", bound=Callable[..., Any])
 
-    def dispatch(fn: _F) -> _F:
+    @overload
+    def dispatch(fn: _F) -> _F: ...
+
+    @overload
+    def dispatch(*, lane: Optional[Callable[..., Any]] = None) -> Callable[[_F], _F]: ...
+
+    def dispatch(fn: Any = None, *, lane: Any = None) -> Any:
         """``_dispatch.dispatch`` wraps with ``functools.wraps``: the signature stays the function's."""
         return fn
 else:

@@ -62,8 +62,7 @@ class _FusedRows(NamedTuple):
     is tens of microseconds, and `_fused_forward`'s steps around the kernel cost a third of it:
     this call takes only the steps its signature leaves open.  ``(y, mean, rstd)``, the
     statistics shaped ``stats_shape``; ``ones``/``zeros`` (K, L // seg) stand in for an absent
-    weight/bias; at one thread a ``lane`` call, where one is given, runs instead (see
-    ``_small.row_fits``)."""
+    weight/bias."""
 
     shape2: tuple  # (rows, L): x as the kernel takes it
     params: tuple  # (K, L // seg): the weight and bias as the kernel takes them
@@ -73,24 +72,20 @@ class _FusedRows(NamedTuple):
     stats_shape: tuple
     ones: np.ndarray
     zeros: np.ndarray
-    lane: "_small.RowCall | None"
     kernel: "_prepared.Kernel"  # _cpu.row_normalize
     streamed: bool  # the output large enough to take aligned_empty's alignment (see ``_cpu._streams``)
 
     @classmethod
-    def of(cls, x2, params, seg, eps, centered, stats_shape, lane=None):
+    def of(cls, x2, params, seg, eps, centered, stats_shape):
         count = math.prod(params)
         return cls(x2.shape, params, seg, eps, centered, stats_shape,
                    _small.constant(1.0, count, x2.dtype).reshape(params),
-                   _small.constant(0.0, count, x2.dtype).reshape(params), lane, _prepared.Kernel(_cpu.row_normalize),
+                   _small.constant(0.0, count, x2.dtype).reshape(params), _prepared.Kernel(_cpu.row_normalize),
                    x2.nbytes >= _cpu.STREAM_BYTES)
 
     def __call__(self, x, weight, bias):
-        shape2, params, seg, eps, centered, stats_shape, ones, zeros, lane, kernel, streamed = self
-        threads = _cpu.thread_count()
-        if lane is not None and threads == 1:
-            return lane(x, weight, bias)
-        blocks = _engine.CPUDevice.blocks_of(shape2[0], threads)
+        shape2, params, seg, eps, centered, stats_shape, ones, zeros, kernel, streamed = self
+        blocks = _engine.CPUDevice.blocks_of(shape2[0], _cpu.thread_count())
         # x is C-contiguous and of the compute dtype (the signature pins both): y is the kernel's
         # output as it is, and each view is made once
         y = aligned_empty(x.shape, x.dtype) if streamed else np.empty_like(x)
@@ -238,8 +233,6 @@ class _GridForward(NamedTuple):
 def prepare_grid_forward(x, ch, grouping, eps):
     """The prepared call of a grid norm with batch statistics on a checked ``x`` (see
     ``_prepared``): ``(y, mean, rstd)`` from (x, weight, bias)."""
-    if _small.grid_fits(x, over_batch=grouping.over_batch):
-        return _small.GridCall.of(x, ch, grouping.groups, grouping.over_batch, eps)
     x2 = _grid_rows(x, ch, grouping)
     if x2 is not None:
         n, c = x.shape[0], x.shape[ch]
@@ -361,13 +354,9 @@ def prepare_row_forward(x, k, eps, centered):
     leading axes."""
     lead = x.shape[: x.ndim - k]
     length = math.prod(x.shape[x.ndim - k:])
-    if _small.fits(x, factor=_small.ROW_FACTOR):  # thread-independent: prepared once
-        return _small.RowCall.of(x, length, lead, eps, centered)
     x2 = _fused_rows(x, math.prod(lead), 1)
     if x2 is not None:
-        lane = _small.RowCall.of(x, length, lead, eps, centered) if _small.fits(
-            x, factor=_small.ONE_THREAD_ROW_FACTOR) else None
-        return _FusedRows.of(x2, (1, length), 1, eps, centered, lead, lane)
+        return _FusedRows.of(x2, (1, length), 1, eps, centered, lead)
     return _RowForward(k, lead, eps, centered)
 
 

@@ -9,12 +9,48 @@ from numpy.typing import ArrayLike
 
 from . import _checks as chk
 from . import _cpu_pipelines as cpu
-from . import _prepared
+from . import _prepared, _small
 from ._arguments import (
     _backward_inputs, _batch_counter, _bessel, dispatch, _grads, _grid_affine_params, _input, _maybe_stats,
     _num_groups, _running_pair, _stats_arg, _update_running,
 )
 from ._types import Array, Grads, InPlace, NormStats
+
+
+# the public functions' lanes (see ``dispatch``), of their exact signatures: batch statistics only,
+# nothing to track, nothing to write but the output
+
+def _untracked(running_mean, running_var, momentum, out, num_batches_tracked, running_var_unbiased):
+    """Whether a batch or instance norm forward has no running statistics, counter or ``out`` and
+    options its checks pass as they are."""
+    return (running_mean is None and running_var is None and out is None and num_batches_tracked is None
+            and (momentum is None or type(momentum) is float and 0.0 <= momentum <= 1.0)
+            and type(running_var_unbiased) is bool)
+
+
+def _batch_norm_lane(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
+                     eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+                     running_var_unbiased=True):
+    if training is not True or not _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
+                                              running_var_unbiased):
+        return None
+    return _small.grid_norm(input, None, weight, bias, eps, channel_axis, True, return_stats)
+
+
+def _instance_norm_lane(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                        momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
+                        num_batches_tracked=None, running_var_unbiased=True):
+    if use_input_stats is not True or not _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
+                                                     running_var_unbiased):
+        return None
+    return _small.grid_norm(input, None, weight, bias, eps, channel_axis, False, return_stats)
+
+
+def _group_norm_lane(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False,
+                     out=None):
+    if out is not None:
+        return None
+    return _small.grid_norm(input, num_groups, weight, bias, eps, channel_axis, False, return_stats)
 
 
 @overload
@@ -44,7 +80,7 @@ def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: O
                running_var_unbiased: bool = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 
 
-@dispatch
+@dispatch(lane=_batch_norm_lane)
 def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
                momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
@@ -193,7 +229,7 @@ def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = ..., runni
                   running_var_unbiased: bool = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 
 
-@dispatch
+@dispatch(lane=_instance_norm_lane)
 def instance_norm(input: ArrayLike, running_mean: Optional[InPlace] = None, running_var: Optional[InPlace] = None,
                   weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, use_input_stats: bool = True,
                   momentum: Optional[float] = 0.1, eps: float = 1e-5, *, channel_axis: int = 1,
@@ -356,7 +392,7 @@ def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = 
                out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 
 
-@dispatch
+@dispatch(lane=_group_norm_lane)
 def group_norm(input: ArrayLike, num_groups: int, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, channel_axis: int = 1,
                return_stats: bool = False, out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:

@@ -7,7 +7,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checks as chk
-from . import _prepared
+from . import _prepared, _small
 from ._arguments import _backward_inputs, dispatch, _grads, _input, _stats_arg
 from ._cpu_pipelines import prepare_row_forward, row_backward, row_backward_recomputing, row_forward
 from ._types import Array, Grads, InPlace, NormStats, ShapeLike
@@ -60,6 +60,23 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     return _grads(x, dx, grad_weight, grad_bias)
 
 
+# the public functions' lanes (see ``dispatch``), of their exact signatures
+
+def _layer_norm_lane(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+    return None if out is not None else _small.row_norm(input, normalized_shape, weight, bias, eps, True, return_stats)
+
+
+def _rms_norm_lane(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+    return None if out is not None else _small.row_norm(input, normalized_shape, weight, None, eps, False, return_stats)
+
+
+def _weight_standardization_lane(weight, eps=1e-5):
+    # eps None is the row norms' default but refused here: only a float eps goes ahead
+    if type(weight) is not np.ndarray or type(eps) is not float:
+        return None
+    return _small.row_norm(weight, weight.shape[1:], None, None, eps, True, False)
+
+
 @overload
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = ...,
                bias: Optional[ArrayLike] = ..., eps: float = ..., *, return_stats: Literal[False] = ...,
@@ -78,7 +95,7 @@ def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[A
                out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 
 
-@dispatch
+@dispatch(lane=_layer_norm_lane)
 def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
                bias: Optional[ArrayLike] = None, eps: float = 1e-5, *, return_stats: bool = False,
                out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
@@ -226,7 +243,7 @@ def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[Arr
              out: Optional[InPlace] = ...) -> Union[Array, tuple[Array, NormStats]]: ...
 
 
-@dispatch
+@dispatch(lane=_rms_norm_lane)
 def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[ArrayLike] = None,
              eps: Optional[float] = None, *, return_stats: bool = False,
              out: Optional[InPlace] = None) -> Union[Array, tuple[Array, NormStats]]:
@@ -343,7 +360,7 @@ def _weight_arrays(weight, grad_output=None):
     return w, None if grad_output is None else chk.same_array("grad_output", grad_output, w, "weight")
 
 
-@dispatch
+@dispatch(lane=_weight_standardization_lane)
 def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
     """Weight standardization (Qiao et al. 2019): ``(w - mean) / sqrt(var + eps)`` over every axis
     of ``weight`` but the first (the output channels), with the biased variance.

@@ -8,8 +8,9 @@ scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R
 norms).  The CPU device (``_cpu_pipelines``) asks `row_fits` or `grid_fits` first and otherwise
 takes its fused or planned kernels.
 
-`RowCall` and `GridCall` are the lane's prepared calls (see ``_prepared``): a repeated forward
-whose checks are already done, straight to its driver.
+A plain forward (`row_norm`, `grid_norm`) takes the lane from the public function on: a few exact
+tests of its arguments stand in for the front's checks, which on a few hundred elements cost more
+than the arithmetic.
 
 Absent parameters are passed as shared ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
@@ -18,14 +19,13 @@ combination of absent arguments.
 
 import functools
 import math
-from typing import NamedTuple
 
 import numpy as np
 
-from . import _prepared
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
 from ._cpu import thread_count
+from ._types import NormStats
 
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
 # small inputs it costs several times more than the other grid norms': the lane pays off on inputs
@@ -178,68 +178,124 @@ def row_backward_recomputing(dy, x, rows, eps):
     return dx
 
 
-class RowCall(NamedTuple):
-    """A prepared row norm: ``(y, mean, rstd)`` of x's ``rows`` rows of ``length``, the
-    statistics shaped ``lead`` (the input's leading shape); ``ones``/``zeros`` stand in for an
-    absent weight/bias."""
-
-    rows: int
-    length: int
-    lead: tuple
-    eps: float
-    centered: bool
-    ones: np.ndarray
-    zeros: np.ndarray
-    two_d: bool
-    kernel: "_prepared.Kernel"  # S.norm_rows
-
-    @classmethod
-    def of(cls, x, length, lead, eps, centered):
-        return cls(x.size // length, length, lead, eps, centered, constant(1.0, length, x.dtype),
-                   constant(0.0, length, x.dtype), x.ndim == 2 and len(lead) == 1, _prepared.Kernel(S.norm_rows))
-
-    def __call__(self, x, weight, bias):
-        rows, length, lead, eps, centered, ones, zeros, two_d, kernel = self
-        # `row_forward` without its checks of ``out`` and stand-ins for absent parameters; x is
-        # C-contiguous (the signature pins its strides), so its rows are a reshape
-        y = np.empty_like(x)
-        stats = np.empty((2, rows))
-        mean, rstd = stats[0], stats[1]  # each view made once: at a few rows, these cost more than the arithmetic
-        if two_d:  # x (rows, length) normalized over its last axis, the common case: no reshapes
-            kernel.run(x, ones if weight is None else weight, zeros if bias is None else bias, eps, centered, y,
-                       mean, rstd)
-            return y, mean, rstd
-        kernel.run(x.reshape(rows, length), ones if weight is None else weight.reshape(length),
-                   zeros if bias is None else bias.reshape(length), eps, centered, y.reshape(rows, length), mean,
-                   rstd)
-        return y, mean.reshape(lead), rstd.reshape(lead)
+# the dtypes of a plain call, compared by identity: NumPy keeps one instance of each native
+# dtype, and a byte-swapped or otherwise unusual one takes the checked path
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+_MACHINE_EPS = {_F32: float(np.finfo(_F32).eps), _F64: float(np.finfo(_F64).eps)}
+_INF = float("inf")
 
 
-class GridCall(NamedTuple):
-    """A prepared grid norm with batch statistics: ``(y, mean, rstd)``, the statistics (C,) over
-    the batch, else (N, G); ``ones``/``zeros`` stand in for an absent weight/bias."""
+def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats):
+    """A plain layer norm (``centered``) or RMS norm in the lane, as the front returns it, or None
+    where the lane does not take the call or an argument fails a check (the front then checks
+    them all, and raises).
 
-    shape4: tuple
-    groups: int
-    over_batch: bool
-    eps: float
-    ones: np.ndarray
-    zeros: np.ndarray
-    kernel: "_prepared.Kernel"  # S.grid_forward
+    Plain: a C-contiguous writable NumPy input of native float32/float64 that `row_fits`,
+    parameters None or writable arrays of its dtype, ``normalized_shape`` an int or a non-empty tuple of ints, ``eps`` a
+    float or None, no ``out``.  Of those the front's checks pass exactly the ones tested here,
+    and hand them on as they came; the driver then compiles once per dtype (and per parameter
+    layout), whatever the input's number of dimensions."""
+    if type(input) is not np.ndarray or not 0 < (size := input.size) <= SMALL_ELEMENTS * ONE_THREAD_ROW_FACTOR:
+        return None
+    dtype = input.dtype
+    if dtype is not _F32 and dtype is not _F64 or not _plain(input):
+        return None
+    if eps is None:
+        eps = _MACHINE_EPS[dtype]
+    elif type(eps) is not float or not 0.0 <= eps < _INF:
+        return None
+    if (shape := _dims(normalized_shape, size)) is None or input.shape[input.ndim - len(shape):] != shape:
+        return None
+    if not (weight is None or type(weight) is np.ndarray and weight.dtype is dtype and weight.shape == shape
+            and weight.flags.writeable):
+        return None
+    if not (bias is None or type(bias) is np.ndarray and bias.dtype is dtype and bias.shape == shape
+            and bias.flags.writeable):
+        return None
+    if size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1:
+        return None
+    # `row_forward` without its steps for ``out`` and reshapes that a plain call does not need: at
+    # 64 elements each costs as much as a tenth of the arithmetic
+    length = shape[0] if len(shape) == 1 else math.prod(shape)
+    rows = size // length
+    y = np.empty_like(input)
+    mean, rstd = np.empty(rows), np.empty(rows)
+    if input.ndim == 2 and len(shape) == 1:  # (rows, L) over its last axis, the common case
+        S.norm_rows(input, constant(1.0, length, dtype) if weight is None else weight,
+                    constant(0.0, length, dtype) if bias is None else bias, eps, centered, y, mean, rstd)
+    else:
+        S.norm_rows(input.reshape(rows, length), _or_ones(weight, length, dtype), _or_zeros(bias, length, dtype), eps,
+                    centered, y.reshape(rows, length), mean, rstd)
+    if not return_stats:
+        return y
+    if input.ndim != len(shape) + 1:
+        lead = input.shape[: input.ndim - len(shape)]
+        mean, rstd = mean.reshape(lead), rstd.reshape(lead)
+    return y, NormStats(mean, rstd, True, bias is not None, eps)
 
-    @classmethod
-    def of(cls, x, ch, groups, over_batch, eps):
-        shape4 = grid_shape(x.shape, ch)
-        c = shape4[2]
-        return cls(shape4, groups, over_batch, eps, constant(1.0, c, x.dtype), constant(0.0, c, x.dtype),
-                   _prepared.Kernel(S.grid_forward))
 
-    def __call__(self, x, weight, bias):
-        shape4, groups, over_batch, eps, ones, zeros, kernel = self
-        y = np.empty_like(x)
-        stats = np.empty((4, 1 if over_batch else shape4[0], groups))
-        kernel.run(x.reshape(shape4), groups, over_batch, ones if weight is None else weight,
-                   zeros if bias is None else bias, eps, y.reshape(shape4), stats)
-        if over_batch:
-            return y, stats[1, 0], stats[3, 0]
-        return y, stats[1], stats[3]
+def _plain(input):
+    """C-contiguous and writable: the checks hand a read-only array on as a view typed writable
+    (``_checks.kernel_view``), so that the drivers compile no read-only variant; parameters are
+    held to writable too."""
+    flags = input.flags
+    return flags.c_contiguous and flags.writeable
+
+
+def _dims(value, size):
+    """``value`` (an int or a tuple of them) as a non-empty tuple of exact ints each in [1, size],
+    or None: the checks refuse a bool or a float, and a dimension of a non-empty input of ``size``
+    elements is one of those."""
+    if type(value) is int:
+        return (value,) if 0 < value <= size else None
+    if type(value) is not tuple or not value:
+        return None
+    for item in value:  # a plain loop: on the one or two items of a shape, half a generator's time
+        if type(item) is not int or not 0 < item <= size:
+            return None
+    return value
+
+
+def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return_stats):
+    """A plain forward with batch statistics of batch norm (``over_batch``), instance norm
+    (``groups`` None: one per channel) or group norm in the lane, as the front returns it, or
+    None where the lane does not take the call or an argument fails a check (as `row_norm`; the
+    callers leave out running statistics, ``out`` and ``training=False``)."""
+    factor = OVER_BATCH_FACTOR if over_batch else PER_SAMPLE_FACTOR
+    if type(input) is not np.ndarray or not 0 < (size := input.size) <= SMALL_ELEMENTS * factor:
+        return None
+    dtype = input.dtype
+    if dtype is not _F32 and dtype is not _F64 or not _plain(input):
+        return None
+    if type(eps) is not float or not 0.0 <= eps < _INF:
+        return None
+    ndim = input.ndim
+    if type(channel_axis) is not int or not 0 < (ch := channel_axis + ndim if channel_axis < 0 else channel_axis) < ndim:
+        return None
+    shape = input.shape
+    n, c = shape[0], shape[ch]
+    if not (weight is None or type(weight) is np.ndarray and weight.dtype is dtype and weight.shape == (c,)
+            and weight.flags.writeable):
+        return None
+    if not (bias is None or type(bias) is np.ndarray and bias.dtype is dtype and bias.shape == (c,)
+            and bias.flags.writeable):
+        return None
+    if groups is None:  # batch and instance norm refuse a single value per statistic
+        groups, least = c, 2
+    elif type(groups) is not int or not 0 < groups <= c or c % groups:
+        return None
+    else:
+        least = 1
+    if size // (c if over_batch else n * c) * (c // groups) < least:
+        return None
+    # `grid_forward` without its steps for ``out``
+    shape4 = grid_shape(shape, ch)
+    y = np.empty_like(input)
+    stats = np.empty((4, 1 if over_batch else n, groups))
+    S.grid_forward(input.reshape(shape4), groups, over_batch, constant(1.0, c, dtype) if weight is None else weight,
+                   constant(0.0, c, dtype) if bias is None else bias, eps, y.reshape(shape4), stats)
+    if not return_stats:
+        return y
+    if over_batch:
+        return y, NormStats(stats[1, 0], stats[3, 0], True, bias is not None, eps)
+    return y, NormStats(stats[1], stats[3], True, bias is not None, eps)

@@ -14,29 +14,45 @@ from numbanorm import _cpu, _prepared, _serial, _small
 from numbanorm import reference as ref
 from numbanorm._ops import OPS
 
-DRIVERS = ("grid_forward", "grid_backward", "norm_rows", "norm_rows_backward")
+# forwards whose plain calls take the lane from the public function on (``_small.row_norm``, ``grid_norm``)
+COMPILED_LANE_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization")
 LANE_OPS = ("batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm", "weight_standardization", "normalize")
+DRIVERS = ("grid_forward", "grid_backward", "norm_rows", "norm_rows_backward")
 GROUPS = 4
 
 
-def _spy(monkeypatch, module, names):
-    """The names of ``module``'s functions ``names`` called from now on, in order."""
-    calls = []
+def _spy(monkeypatch, module, names, calls, label=None):
+    """Append to ``calls`` the name (or ``label``) of each of ``module``'s functions ``names``
+    called from now on."""
     for name in names:
         original = getattr(module, name)
 
-        def spy(*args, _name=name, _original=original):
+        def spy(*args, _name=label or name, _original=original):
             calls.append(_name)
             return _original(*args)
 
         monkeypatch.setattr(module, name, spy)
-    return calls
 
 
 @pytest.fixture
 def driver_calls(monkeypatch):
     """The names of the serial drivers called, in order."""
-    return _spy(monkeypatch, _serial, DRIVERS)
+    calls = []
+    _spy(monkeypatch, _serial, DRIVERS, calls)
+    return calls
+
+
+def _served(monkeypatch, name):
+    """Whether each call of ``_small.<name>`` (a lane) from now on served its call, in order."""
+    served, original = [], getattr(_small, name)
+
+    def spy(*args):
+        result = original(*args)
+        served.append(result is not None)
+        return result
+
+    monkeypatch.setattr(_small, name, spy)
+    return served
 
 
 def _case(op, layout, elements, dtype, seed=0):
@@ -119,7 +135,7 @@ def test_row_lane_widens_at_one_thread(op, driver_calls, monkeypatch):
     try:
         numba.set_num_threads(1)
         one_y, one_grads = _run(nn, op, x, dy, w, b, ca)
-        one_y_again, _ = _run(nn, op, x, dy, w, b, ca)  # prepared
+        one_y_again, _ = _run(nn, op, x, dy, w, b, ca)
         assert driver_calls.count("norm_rows_backward") == 2 and len(driver_calls) >= 3, driver_calls
         driver_calls.clear()
         if numba.config.NUMBA_NUM_THREADS > 1:
@@ -290,7 +306,8 @@ def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape,
     with the reference's results and gradients in the parameters' own shapes."""
     from numbanorm import _normalize
 
-    routed = _spy(monkeypatch, _normalize, ("row_forward", "row_backward"))
+    routed = []
+    _spy(monkeypatch, _normalize, ("row_forward", "row_backward"), routed)
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 10 ** 6 if small else 0)
     rng = np.random.default_rng(7)
     x = (rng.standard_normal(shape) + 2).astype(np.float32)
@@ -311,6 +328,204 @@ def test_normalize_over_trailing_axes_is_a_layer_norm(shape, axes, weight_shape,
         if r is not None:
             assert g.shape == r.shape, name
             np.testing.assert_allclose(g, r, rtol=2e-5, atol=2e-5 * max(1, np.abs(r).max()), err_msg=name)
+
+
+# the lane from the front: a plain forward's exact tests in Python, then the lane's driver
+
+def _assert_same_results(x, ys, stats, checked_y, checked_stats):
+    """The lane's outputs ``ys`` and statistics are the checked path's, bit for bit,
+    with their types, shapes and dtypes; each output a new C-contiguous writable array."""
+    for y in ys:
+        np.testing.assert_array_equal(y, checked_y)
+        assert y.dtype == x.dtype and y.shape == x.shape and y.flags.c_contiguous and y.flags.writeable
+    assert type(stats) is type(checked_stats)
+    for name, a, c in zip(stats._fields, stats, checked_stats):
+        if isinstance(c, np.ndarray):
+            assert a.shape == c.shape and a.dtype == c.dtype, name
+            np.testing.assert_array_equal(a, c, err_msg=name)
+        else:
+            assert a == c and type(a) is type(c), name
+
+
+def _assert_refused_alike(call, lane, monkeypatch, *args):
+    """``call(*args)`` raises the checks' exception and message with the lane ``_small.<lane>``
+    open as with it shut."""
+    with monkeypatch.context() as m:
+        m.setattr(_small, lane, lambda *a: None)
+        with pytest.raises((TypeError, ValueError)) as checked:
+            call(*args)
+    with pytest.raises(checked.type) as refused:
+        call(*args)
+    assert str(refused.value) == str(checked.value)
+
+
+ROW_LANE_SHAPES = [((4, 16), (16,)), ((4, 16), 16), ((16,), 16), ((2, 3, 8), (3, 8)), ((3, 5, 7), 7), ((6, 1), 1)]
+
+
+def _row_args(op, x, normalized, rng, params):
+    """(normalized_shape, weight[, bias]) for ``op``: parameters of the normalized shape, None, or a
+    strided view for a bias."""
+    pshape = (normalized,) if isinstance(normalized, int) else normalized
+    if params == "none":
+        w = b = None
+    else:
+        w, b = (rng.standard_normal(pshape).astype(x.dtype) for _ in range(2))
+        if params == "unusual":
+            b = np.repeat(b[..., None], 2, axis=-1)[..., 0]  # b's values, every other element of a buffer
+    return (normalized, w, b) if op == "layer_norm" else (normalized, w)
+
+
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_a_plain_row_norm_takes_the_lane_from_the_front(op, dtype, params, prepared_hits, monkeypatch):
+    """Within the lane a plain row norm goes from the public function to the lane's driver
+    (``_small.row_norm``), past the front's checks and the prepared calls' key and lookup, with
+    and without parameters, for any leading and normalized shape.  It gives the checked path's
+    bits (the same driver), the statistics' values, shapes and types included."""
+    served = _served(monkeypatch, "row_norm")
+    fn = getattr(nn, op)
+    rng = np.random.default_rng(16)
+    for shape, normalized in ROW_LANE_SHAPES:
+        x = (2 + rng.standard_normal(shape)).astype(dtype)
+        args = _row_args(op, x, normalized, rng, params)
+        y = fn(x, *args)
+        y_with_stats, stats = fn(x, *args, return_stats=True)
+        assert prepared_hits == []
+        with monkeypatch.context() as m:
+            m.setattr(_small, "row_norm", lambda *a: None)  # the checks in Python, then the same driver
+            checked_y, checked_stats = fn(x, *args, return_stats=True)
+        prepared_hits.clear()
+        _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
+        wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+        expected = getattr(ref, op)(x.astype(np.float64), *wide)
+        tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(y, expected, **tol)
+    assert served == [True, True] * len(ROW_LANE_SHAPES)
+
+
+GRID_LANE_SHAPES = [((4, 8, 3, 3), 1), ((4, 3, 3, 8), -1), ((2, 8, 5), 1), ((2, 3, 4, 8), 3), ((3, 8, 2, 2, 2), 1)]
+
+
+def _grid_call(api, op, x, w, b, ca, **options):
+    if op == "batch_norm":
+        return api.batch_norm(x, None, None, w, b, training=True, channel_axis=ca, **options)
+    if op == "instance_norm":
+        return api.instance_norm(x, None, None, w, b, channel_axis=ca, **options)
+    return api.group_norm(x, 2, w, b, channel_axis=ca, **options)
+
+
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["batch_norm", "instance_norm", "group_norm"])
+def test_a_plain_grid_norm_takes_the_lane_from_the_front(op, dtype, params, prepared_hits, monkeypatch):
+    """Within the lane a plain batch, instance or group norm forward with batch statistics goes
+    from the public function to the lane's driver (``_small.grid_norm``), for either channel axis
+    and any number of spatial axes, and gives the checked path's bits (the same driver),
+    statistics included."""
+    served = _served(monkeypatch, "grid_norm")
+    rng = np.random.default_rng(18)
+    for shape, ca in GRID_LANE_SHAPES:
+        x = (2 + rng.standard_normal(shape)).astype(dtype)
+        w = b = None
+        if params != "none":
+            w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
+        if params == "unusual":
+            b = np.repeat(b, 2)[::2]  # b's values, every other element of a buffer
+        y = _grid_call(nn, op, x, w, b, ca)
+        y_with_stats, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
+        assert prepared_hits == []
+        with monkeypatch.context() as m:
+            m.setattr(_small, "grid_norm", lambda *a: None)  # the checks in Python, then the same driver
+            checked_y, checked_stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
+        prepared_hits.clear()
+        _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
+        wide = [None if p is None else p.astype(np.float64) for p in (w, b)]
+        expected = _grid_call(ref, op, x.astype(np.float64), *wide, ca)
+        tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(y, expected, **tol)
+    assert served == [True, True] * len(GRID_LANE_SHAPES)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=0),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=4),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=-4),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=True),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=1.0),
+    lambda x, w: nn.batch_norm(x, None, None, w[:4], w, training=True),
+    lambda x, w: nn.batch_norm(x, None, None, w, w[None], training=True),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, eps=-1.0),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, eps=float("nan")),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, momentum=2.0),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, momentum=float("nan")),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=True, running_var_unbiased=1),
+    lambda x, w: nn.batch_norm(x[:1, :, :1, :1], None, None, w, w, training=True),
+    lambda x, w: nn.batch_norm(x, None, None, w, w, training=False),
+    lambda x, w: nn.instance_norm(x[:, :, :1, :1], None, None, w, w),
+    lambda x, w: nn.instance_norm(x, None, None, w, w, momentum=-0.5),
+    lambda x, w: nn.group_norm(x, 3, w, w),
+    lambda x, w: nn.group_norm(x, 0, w, w),
+    lambda x, w: nn.group_norm(x, 16, w, w),
+    lambda x, w: nn.group_norm(x, True, w, w),
+    lambda x, w: nn.group_norm(x, 2.0, w, w),
+    lambda x, w: nn.group_norm(x, 2, w, w, channel_axis=-4),
+    lambda x, w: nn.group_norm(x[0, 0, 0], 2, w, w),
+], ids=["bn-axis-0", "bn-axis-4", "bn-axis-minus-4", "bn-bool-axis", "bn-float-axis", "bn-weight", "bn-bias-ndim",
+        "bn-eps", "bn-nan-eps", "bn-momentum", "bn-nan-momentum", "bn-unbiased-flag", "bn-one-value",
+        "bn-eval-without-running", "in-one-value", "in-momentum", "gn-groups", "gn-zero-groups", "gn-more-groups",
+        "gn-bool-groups", "gn-float-groups", "gn-axis", "gn-1d"])
+def test_the_grid_lane_refuses_as_the_checks_do(call, monkeypatch):
+    """A bad argument to a plain grid norm gets the exception and message of the checks in
+    Python, whether the lane's own tests turn it away or not."""
+    rng = np.random.default_rng(19)
+    x, w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    _assert_refused_alike(call, "grid_norm", monkeypatch, x, w)
+
+
+@pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "weight_standardization", "batch_norm", "instance_norm",
+                                  "group_norm"])
+def test_a_lane_takes_its_public_functions_arguments(name):
+    """`dispatch` hands a public function's arguments to its lane as they came: the lane has the
+    function's parameters, kinds and defaults, so a default changed in one place fails here."""
+    import inspect
+
+    public = getattr(nn, name)
+    assert public.lane is not None
+    lane, fn = inspect.signature(public.lane), inspect.signature(public.cpu)
+    assert [(p.name, p.kind, p.default) for p in lane.parameters.values()] == \
+        [(p.name, p.kind, p.default) for p in fn.parameters.values()]
+
+
+@pytest.mark.parametrize("call", [
+    lambda x, w: nn.layer_norm(x, (15,), w, w),
+    lambda x, w: nn.layer_norm(x, (1, 4, 16), None, None),
+    lambda x, w: nn.layer_norm(x, (), w, w),
+    lambda x, w: nn.layer_norm(x, 0),
+    lambda x, w: nn.layer_norm(x, (16.0,), w, w),
+    lambda x, w: nn.layer_norm(x, (True,)),
+    lambda x, w: nn.layer_norm(x, (2 ** 70,)),
+    lambda x, w: nn.layer_norm(x, (16,), w[:15], w),
+    lambda x, w: nn.layer_norm(x, (16,), w[None], w),
+    lambda x, w: nn.layer_norm(x, (16,), w, w[:15]),
+    lambda x, w: nn.layer_norm(x, (4, 16), w, w),
+    lambda x, w: nn.layer_norm(x, (16,), w, w, eps=-1.0),
+    lambda x, w: nn.layer_norm(x, (16,), w, w, eps=float("inf")),
+    lambda x, w: nn.layer_norm(x, (16,), w, w, eps=float("nan")),
+    lambda x, w: nn.rms_norm(x, (16,), w[:8]),
+    lambda x, w: nn.rms_norm(x, 15),
+    lambda x, w: nn.weight_standardization(x, eps=-1.0),
+    lambda x, w: nn.weight_standardization(x, eps=None),
+    lambda x, w: nn.weight_standardization(w),
+], ids=["shape", "longer-shape", "empty-shape", "zero-shape", "float-shape", "bool-shape", "huge-shape",
+        "weight-shape", "weight-ndim", "bias-shape", "weight-rank", "negative-eps", "inf-eps", "nan-eps",
+        "rms-weight", "rms-shape", "ws-eps", "ws-eps-none", "ws-1d"])
+def test_the_row_lane_refuses_as_the_checks_do(call, monkeypatch):
+    """A bad argument to a plain row norm gets the exception and message of the checks in Python,
+    whether the lane's own tests turn it away or not."""
+    rng = np.random.default_rng(17)
+    x, w = rng.standard_normal((4, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    _assert_refused_alike(call, "row_norm", monkeypatch, x, w)
 
 
 # prepared calls: a forward repeated with arguments like the last skips its checks
@@ -343,6 +558,7 @@ def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_call
     ONE_THREAD_ROW_FACTOR still takes the lane at one thread."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
     x, _, w, b, ca = _case(op, layout, 1024, "float32", seed=3)
+    lane = x.size <= _small.ONE_THREAD_ROW_FACTOR * 64 and OPS[op].kind == "rows"
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(2)
@@ -351,10 +567,10 @@ def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_call
         assert not driver_calls and prepared_hits == [False, True]
         numba.set_num_threads(1)
         results.append(OPS[op].run_forward(nn, x, w, b, ca, GROUPS))
-        assert prepared_hits == [False, True, True]
+        # the row lane is taken from the front, before any lookup
+        assert prepared_hits == [False, True] + ([] if lane else [True])
     finally:
         numba.set_num_threads(before)
-    lane = x.size <= _small.ONE_THREAD_ROW_FACTOR * 64 and OPS[op].kind == "rows"
     assert driver_calls == (["norm_rows"] if lane else [])
     for y, stats in results:
         np.testing.assert_allclose(y, checked[0], rtol=1e-5, atol=1e-5)
@@ -372,7 +588,9 @@ def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_call
 def test_a_repeated_call_is_prepared(op, layout, dtype, affine, elements, prepared_hits, driver_calls):
     """The second call of a signature skips the checks and gives, on new data, exactly what the
     checked call gives on that data (the same kernels: the small lane's driver, or the planned
-    and fused ones above it), with the same statistics."""
+    and fused ones above it), with the same statistics.  A plain row norm in the lane is one
+    lane call that tests its arguments each time, and looks nothing up
+    (`test_a_plain_row_norm_takes_the_lane_from_the_front`)."""
     x1, _, w, b, ca = _case(op, layout, elements, dtype, seed=8)
     x2, _, _, _, _ = _case(op, layout, elements, dtype, seed=9)
     if not affine:
@@ -381,7 +599,8 @@ def test_a_repeated_call_is_prepared(op, layout, dtype, affine, elements, prepar
     prepared = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
     _prepared._PREPARED.clear()
     checked = OPS[op].run_forward(nn, x2, w, b, ca, GROUPS)
-    assert prepared_hits == [False, True, False]
+    lane = op in COMPILED_LANE_OPS and elements == 1024
+    assert prepared_hits == ([] if lane else [False, True, False])
     assert len(driver_calls) == (3 if elements == 1024 else 0)
     np.testing.assert_array_equal(prepared[0], checked[0])
     assert prepared[0].dtype == checked[0].dtype == np.dtype(dtype)
@@ -399,8 +618,12 @@ def test_a_repeated_call_is_prepared(op, layout, dtype, affine, elements, prepar
     assert not np.array_equal(first[0], prepared[0])
 
 
-def test_row_norms_prepared_over_several_axes(prepared_hits):
-    """Leading and normalized shapes of any length: statistics come back in the leading shape."""
+@pytest.mark.parametrize("lane", [True, False])
+def test_row_norms_prepared_over_several_axes(lane, prepared_hits, monkeypatch):
+    """Leading and normalized shapes of any length: statistics come back in the leading shape,
+    from the lane or (with the lane closed) from a prepared call."""
+    if not lane:
+        monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)
     rng = np.random.default_rng(10)
     cases = (((3, 4, 5, 6), (5, 6)), ((7,), 7), ((2, 3, 8), (8,)), ((4, 7), (4, 7)), ((6, 1), 1))
     for shape, normalized in cases:
@@ -412,7 +635,7 @@ def test_row_norms_prepared_over_several_axes(prepared_hits):
             np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
             assert stats.mean.shape == stats.rstd.shape == ref_stats.mean.shape
             np.testing.assert_allclose(stats.rstd, ref_stats.rstd, rtol=1e-6)
-    assert prepared_hits == [False, True] * len(cases)
+    assert prepared_hits == ([] if lane else [False, True] * len(cases))
 
 
 @pytest.mark.parametrize("call,error", [
@@ -440,6 +663,7 @@ def test_prepared_calls_keep_every_check(call, error, prepared_hits):
     (a bool for an int, a float for an int, a bad value) are refused as before, not served."""
     rng = np.random.default_rng(11)
     x, w = rng.standard_normal((4, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    # all but normalize's in the lane: tested in each call, prepared never
     good = [lambda: nn.layer_norm(x, (16,), w, w), lambda: nn.layer_norm(np.ascontiguousarray(x[:, :1]), (1,)),
             lambda: nn.batch_norm(x, None, None, w, w, training=True, channel_axis=1, momentum=0.1),
             lambda: nn.batch_norm(x[:2, :, None], None, None, w, w, training=True, channel_axis=1),
@@ -447,7 +671,7 @@ def test_prepared_calls_keep_every_check(call, error, prepared_hits):
             lambda: nn.normalize(x, 0, w, w), lambda: nn.normalize(x, (0, 1), w, w)]
     for make in good * 2:
         make()
-    assert prepared_hits == [False] * len(good) + [True] * len(good)
+    assert prepared_hits == [False, False, True, True]
     with pytest.raises(error):
         call(x, w)
 
@@ -496,22 +720,29 @@ def test_normalize_is_prepared_in_each_of_its_cases(shape, axes, param_shape, pr
                 assert prepared_hits[hits:] == [False, False]
 
 
-def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits):
+def test_a_shape_of_numpy_integers_takes_the_checked_path(prepared_hits, monkeypatch):
     """A ``normalized_shape`` tuple of NumPy integers gives the plain tuple's result; only tuples of
-    exact ints key a prepared call, so it looks none up."""
+    exact ints take the lane or key a prepared call, so it does neither."""
+    served = _served(monkeypatch, "row_norm")
     rng = np.random.default_rng(13)
     x, w = rng.standard_normal((4, 16)), rng.standard_normal(16)
     plain = [nn.layer_norm(x, (16,), w, w) for _ in range(2)]
     numpy_ints = nn.layer_norm(x, (np.int64(16),), w, w)
     np.testing.assert_array_equal(numpy_ints, plain[1])
     np.testing.assert_array_equal(plain[0], plain[1])
-    assert prepared_hits == [False, True]
+    assert served == [True, True, False] and prepared_hits == []
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)  # the fused kernels: last bits of their own
+    fused = nn.layer_norm(x, (16,), w, w)
+    np.testing.assert_array_equal(nn.layer_norm(x, (np.int64(16),), w, w), fused)
+    np.testing.assert_allclose(fused, plain[0], rtol=1e-14, atol=1e-14)
+    assert prepared_hits == [False]
 
 
-def test_weight_standardization_serves_only_weights_its_checks_keep(prepared_hits):
+def test_weight_standardization_serves_only_weights_its_checks_keep(prepared_hits, monkeypatch):
     """Weight standardization looks its prepared call up before checking the weight: a weight the
     checks convert or wrap (float16, read-only, a list) is computed afresh on every call, each with
     its own correct result, and only the plain array's signature is served."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)  # the lane's weights: test_a_plain_row_norm_takes_the_lane_from_the_front
     rng = np.random.default_rng(14)
     plain = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
     read_only = plain.copy()
@@ -526,9 +757,10 @@ def test_weight_standardization_serves_only_weights_its_checks_keep(prepared_hit
     assert prepared_hits.count(True) == 1 and prepared_hits[:2] == [False, True]
 
 
-def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits):
+def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits, monkeypatch):
     """A weight of another dtype, a list, ``out``, a transposed or float16 input: each takes the
     checked path beside a prepared call of the plain signature, with its own correct result."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)  # the lane prepares nothing
     rng = np.random.default_rng(12)
     x, w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
     nn.group_norm(x, 2, w, w)
@@ -547,8 +779,12 @@ def test_other_arguments_of_a_prepared_signature_are_checked(prepared_hits):
     assert prepared_hits.count(True) == 1
 
 
-def test_prepared_batch_norm_leaves_running_statistics_to_the_checked_path(prepared_hits):
-    """Running statistics are updated by every call that gives them, prepared signature or not."""
+@pytest.mark.parametrize("lane", [True, False])
+def test_prepared_batch_norm_leaves_running_statistics_to_the_checked_path(lane, prepared_hits, monkeypatch):
+    """Running statistics are updated by every call that gives them, prepared signature (or
+    lane) or not."""
+    if not lane:
+        monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)
     rng = np.random.default_rng(13)
     x = rng.standard_normal((8, 4, 2, 2)).astype(np.float32)
     nn.batch_norm(x, None, None, training=True)
@@ -559,14 +795,15 @@ def test_prepared_batch_norm_leaves_running_statistics_to_the_checked_path(prepa
     mean, var = x.astype(np.float64).mean(axis=(0, 2, 3)), x.astype(np.float64).var(axis=(0, 2, 3), ddof=1)
     np.testing.assert_allclose(rm, 0.19 * mean, rtol=1e-5)
     np.testing.assert_allclose(rv, 0.81 + 0.19 * var, rtol=1e-5)
-    assert prepared_hits == [False, True]
+    assert prepared_hits == ([] if lane else [False, True])
 
 
-@pytest.mark.parametrize("op,layout,elements", [("layer_norm", "rows", 1024), ("group_norm", "nchw", 1024),
+@pytest.mark.parametrize("op,layout,elements", [("instance_norm", "nchw", 1024), ("group_norm", "nchw", 1024),
                                                 ("layer_norm", "rows", 131072)])
-def test_a_prepared_call_runs_the_code_compiled_for_its_signature(op, layout, elements, prepared_hits):
+def test_a_prepared_call_runs_the_code_compiled_for_its_signature(op, layout, elements, prepared_hits, monkeypatch):
     """From its second use a prepared call runs the compiled code of its kernel directly
     (``_prepared.Kernel``), past the dispatcher's typing, with the dispatcher's results."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)  # the fused kernel's prepared call, not the lane
     inputs = [_case(op, layout, elements, "float32", seed=seed) for seed in (20, 21, 22, 23)]
     results = [OPS[op].run_forward(nn, x, w, b, ca, GROUPS)[0] for x, _, w, b, ca in inputs]
     (call,) = [entry[1] for entry in _prepared._PREPARED.values()]
@@ -592,10 +829,14 @@ def test_compiled_code_is_found_only_for_the_types_it_was_compiled_for():
     assert _prepared.compiled(plain, args) is plain
 
 
-def test_an_unaligned_input_is_not_served_an_aligned_inputs_call(prepared_hits):
+@pytest.mark.parametrize("lane", [True, False])
+def test_an_unaligned_input_is_not_served_an_aligned_inputs_call(lane, prepared_hits, monkeypatch):
     """Numba compiles unaligned arrays apart, and a prepared call runs the code compiled for its
     signature: alignment is part of the signature, so an unaligned input of the same shape,
-    strides and dtype takes the checked path (and gets the same result)."""
+    strides and dtype takes the checked path (and gets the same result).  In the lane, which
+    keeps no calls, the driver's dispatcher compiles for it."""
+    if not lane:
+        monkeypatch.setattr(_small, "SMALL_ELEMENTS", 0)
     x = np.random.default_rng(14).standard_normal((4, 16)).astype(np.float32)
     raw = np.empty(x.nbytes + 1, np.uint8)
     unaligned = raw[1:].view(np.float32).reshape(x.shape)
@@ -603,4 +844,4 @@ def test_an_unaligned_input_is_not_served_an_aligned_inputs_call(prepared_hits):
     assert not unaligned.flags.aligned and unaligned.strides == x.strides
     aligned = [nn.layer_norm(x, 16) for _ in range(3)]
     np.testing.assert_array_equal(nn.layer_norm(unaligned, 16), aligned[0])
-    assert prepared_hits == [False, True, True, False]
+    assert prepared_hits == ([] if lane else [False, True, True, False])
