@@ -191,8 +191,8 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     them all, and raises).
 
     Plain: a C-contiguous writable NumPy input of native float32/float64 that `row_fits`,
-    parameters None or writable arrays of its dtype, ``normalized_shape`` an int or a non-empty tuple of ints, ``eps`` a
-    float or None, no ``out``.  Of those the front's checks pass exactly the ones tested here,
+    parameters None or writable arrays of its dtype and ``normalized_shape``, that shape an int
+    or a non-empty tuple of ints, ``eps`` a float or None, no ``out``.  Of those the front's checks pass exactly the ones tested here,
     and hand them on as they came; the driver then compiles once per dtype (and per parameter
     layout), whatever the input's number of dimensions."""
     if type(input) is not np.ndarray or not 0 < (size := input.size) <= SMALL_ELEMENTS * ONE_THREAD_ROW_FACTOR:
@@ -206,11 +206,7 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
         return None
     if (shape := _dims(normalized_shape, size)) is None or input.shape[input.ndim - len(shape):] != shape:
         return None
-    if not (weight is None or type(weight) is np.ndarray and weight.dtype is dtype and weight.shape == shape
-            and weight.flags.writeable):
-        return None
-    if not (bias is None or type(bias) is np.ndarray and bias.dtype is dtype and bias.shape == shape
-            and bias.flags.writeable):
+    if not (_plain_param(weight, dtype, shape) and _plain_param(bias, dtype, shape)):
         return None
     if size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1:
         return None
@@ -236,10 +232,16 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
 
 def _plain(input):
     """C-contiguous and writable: the checks hand a read-only array on as a view typed writable
-    (``_checks.kernel_view``), so that the drivers compile no read-only variant; parameters are
-    held to writable too."""
+    (``_checks.kernel_view``), so that the drivers compile no read-only variant."""
     flags = input.flags
     return flags.c_contiguous and flags.writeable
+
+
+def _plain_param(param, dtype, shape):
+    """None, or a writable array of ``dtype`` and ``shape`` (writable as the input, see `_plain`):
+    a parameter the checks hand on as it came."""
+    return param is None or (type(param) is np.ndarray and param.dtype is dtype and param.shape == shape
+                             and param.flags.writeable)
 
 
 def _dims(value, size):
@@ -274,11 +276,7 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
         return None
     shape = input.shape
     n, c = shape[0], shape[ch]
-    if not (weight is None or type(weight) is np.ndarray and weight.dtype is dtype and weight.shape == (c,)
-            and weight.flags.writeable):
-        return None
-    if not (bias is None or type(bias) is np.ndarray and bias.dtype is dtype and bias.shape == (c,)
-            and bias.flags.writeable):
+    if not (_plain_param(weight, dtype, (c,)) and _plain_param(bias, dtype, (c,))):
         return None
     if groups is None:  # batch and instance norm refuse a single value per statistic
         groups, least = c, 2
