@@ -21,8 +21,10 @@ class Op(NamedTuple):
     """One normalization.
 
     ``forward(fn, x, weight, bias, channel_axis, groups, **options)`` calls the public forward
-    ``fn`` (or its reference) with the options (``out=``) and returns ``(y, stats)``; ``backward(fn, grad_output, x, stats, weight,
-    channel_axis, groups)`` calls the backward ``fn`` and returns its gradients, input first.
+    ``fn`` (or its reference) with the options (``return_stats=``, ``out=``) and returns what it
+    returns: ``(y, stats)`` with ``return_stats=True`` (`run_forward`'s default; stats None for an
+    op that keeps none), else ``y``.  ``backward(fn, grad_output, x, stats, weight, channel_axis,
+    groups)`` calls the backward ``fn`` and returns its gradients, input first.
     ``torch(F, X, W, B, groups)`` is the PyTorch peer on NCHW (or row) tensors, None if there is
     none.  ``kind`` says what the input looks like: "grid" ``(N, C, *spatial)`` with a channel
     axis (layouts "nchw", "nhwc"), "rows" normalized over the trailing axis (layout "rows"),
@@ -46,8 +48,10 @@ class Op(NamedTuple):
         """The (forward, backward) functions of ``api``: the ``numbanorm`` or ``reference`` module."""
         return getattr(api, self.name), getattr(api, self.name + "_backward")
 
-    def run_forward(self, api, x, weight=None, bias=None, channel_axis=1, groups=GROUPS, **options):
-        return self.forward(self.functions(api)[0], x, weight, bias, channel_axis, groups, **options)
+    def run_forward(self, api, x, weight=None, bias=None, channel_axis=1, groups=GROUPS, return_stats=True,
+                    **options):
+        return self.forward(self.functions(api)[0], x, weight, bias, channel_axis, groups, return_stats=return_stats,
+                            **options)
 
     def run_backward(self, api, grad_output, x, stats, weight=None, channel_axis=1, groups=GROUPS):
         return self.backward(self.functions(api)[1], grad_output, x, stats, weight, channel_axis, groups)
@@ -107,7 +111,7 @@ def _torch_normalize(F, X, W, B, groups):
 
 def _normalize_forward(fn, x, w, b, ca, groups, **kw):
     axes, weight = _over_batch_and_height(x, ca, w)
-    return fn(x, axes, weight, _over_batch_and_height(x, ca, b)[1], return_stats=True, **kw)
+    return fn(x, axes, weight, _over_batch_and_height(x, ca, b)[1], **kw)
 
 
 def _normalize_backward(fn, dy, x, stats, w, ca, groups):
@@ -119,34 +123,34 @@ def _normalize_backward(fn, dy, x, stats, w, ca, groups):
 
 OPS = {op.name: op for op in (
     Op("batch_norm", "grid",
-       lambda fn, x, w, b, ca, groups, **kw: fn(x, None, None, w, b, training=True, channel_axis=ca, return_stats=True,
-                                                **kw),
+       lambda fn, x, w, b, ca, groups, **kw: fn(x, None, None, w, b, training=True, channel_axis=ca, **kw),
        _grid_backward,
        lambda F, X, W, B, groups: F.batch_norm(X, None, None, W, B, training=True)),
     Op("instance_norm", "grid",
-       lambda fn, x, w, b, ca, groups, **kw: fn(x, None, None, w, b, channel_axis=ca, return_stats=True, **kw),
+       lambda fn, x, w, b, ca, groups, **kw: fn(x, None, None, w, b, channel_axis=ca, **kw),
        _grid_backward,
        lambda F, X, W, B, groups: F.instance_norm(X, None, None, W, B)),
     Op("group_norm", "grid",
-       lambda fn, x, w, b, ca, groups, **kw: fn(x, groups, w, b, channel_axis=ca, return_stats=True, **kw),
+       lambda fn, x, w, b, ca, groups, **kw: fn(x, groups, w, b, channel_axis=ca, **kw),
        lambda fn, dy, x, stats, w, ca, groups: fn(dy, x, stats, groups, w, channel_axis=ca),
        lambda F, X, W, B, groups: F.group_norm(X, groups, W, B)),
     Op("switchable_norm", "grid",
        lambda fn, x, w, b, ca, groups, **kw: fn(x, _logits(x, 1), _logits(x, -1), None, None, w, b, training=True,
-                                                channel_axis=ca, return_stats=True, **kw),
+                                                channel_axis=ca, **kw),
        lambda fn, dy, x, stats, w, ca, groups: fn(dy, x, stats, _logits(x, 1), _logits(x, -1), w, channel_axis=ca),
        None, backends=("cpu", "cuda"), stats=SwitchableStats),
     Op("layer_norm", "rows",
-       lambda fn, x, w, b, ca, groups, **kw: fn(x, x.shape[-1:], w, b, return_stats=True, **kw),
+       lambda fn, x, w, b, ca, groups, **kw: fn(x, x.shape[-1:], w, b, **kw),
        lambda fn, dy, x, stats, w, ca, groups: fn(dy, x, stats, x.shape[-1:], w),
        lambda F, X, W, B, groups: F.layer_norm(X, X.shape[-1:], W, B)),
     Op("rms_norm", "rows",
-       lambda fn, x, w, b, ca, groups, **kw: fn(x, x.shape[-1:], w, return_stats=True, **kw),
+       lambda fn, x, w, b, ca, groups, **kw: fn(x, x.shape[-1:], w, **kw),
        lambda fn, dy, x, stats, w, ca, groups: fn(dy, x, stats, x.shape[-1:], w),
        lambda F, X, W, B, groups: F.rms_norm(X, X.shape[-1:], W)),
     Op("normalize", "grid", _normalize_forward, _normalize_backward, _torch_normalize, stats=NormalizeStats),
     Op("weight_standardization", "weight",
-       lambda fn, x, w, b, ca, groups, **kw: (fn(x, **kw), None),
+       lambda fn, x, w, b, ca, groups, return_stats=False, **kw: (fn(x, **kw), None) if return_stats
+       else fn(x, **kw),
        lambda fn, dy, x, stats, w, ca, groups: Grads(fn(dy, x)),
        lambda F, X, W, B, groups: F.layer_norm(X, X.shape[1:]),
        backends=("cpu", "cuda"), affine=False, stats=None),

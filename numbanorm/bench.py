@@ -77,14 +77,17 @@ def _ours(case, x, dy, w, b):
     """(forward, forward+backward) callables of numbanorm for ``case``."""
     op, ca = OPS[case.op], _channel_axis(case)
     forward, backward = op.functions(numbanorm)  # looked up once, as PyTorch's peer is
-    fwd = lambda: op.forward(forward, x, w, b, ca, GROUPS)
+    # the forward alone is an inference forward, keeping no statistics, as PyTorch's peer (whose
+    # tensors need no gradient) keeps none; forward+backward is a training step
+    fwd = lambda: op.forward(forward, x, w, b, ca, GROUPS, return_stats=False)
+    training = lambda: op.forward(forward, x, w, b, ca, GROUPS, return_stats=True)
     bwd = lambda stats: op.backward(backward, dy, x, stats, w, ca, GROUPS)
 
     def both():
         # the output stays alive through the backward, as in training (it is the next layer's
         # input) and as in PyTorch's ``out.backward()``: freed first, its memory -- still in cache
         # -- would take the input gradient and flatter the backward's time
-        y, stats = fwd()
+        y, stats = training()
         return bwd(stats), y
 
     return fwd, both
@@ -119,8 +122,9 @@ def _torch(case, x, dy, w, b, to=None):
         peer(F, X, W, B, GROUPS).backward(tdy)
 
     def forward():
-        with torch.no_grad():
-            peer(F, tx, *params, GROUPS)
+        # no ``torch.no_grad()`` per call: these tensors need no gradient, so PyTorch builds no
+        # graph without it, and entering it costs a few microseconds, a small call's whole time
+        return peer(F, tx, *params, GROUPS)
 
     return forward, both
 
@@ -261,7 +265,7 @@ def measure(case, dtype, repeats, compare, device="cpu", calls=1):
     times = _median_times(_on_device(fns, device), repeats, calls=calls)
     row.update({f"{name}_s": t for name, t in times.items()})
     x, _, w, b = inputs(case, dtype)
-    y = fns["forward"]()[0]
+    y = fns["forward"]()
     y = y.copy_to_host() if hasattr(y, "copy_to_host") else y.cpu().numpy() if hasattr(y, "cpu") else np.asarray(y)
     row["max_error"] = float(np.abs(y.astype(np.float64) - _reference(case, x, w, b)).max())
     if numpy_forward is not None:  # slow: timed apart, fewer runs, scaled by a copy timed beside it

@@ -4,6 +4,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import numbanorm
 
@@ -130,6 +131,23 @@ def test_forward_backward_keeps_the_output_alive_through_the_backward(monkeypatc
     _, both = bench._ours(case, *bench.inputs(case, np.float32))
     grads, y = both()
     assert len(outputs) == 1 and grads.input.shape == y.shape == case.shape
+
+
+@pytest.mark.parametrize("op", sorted(bench.OPS))
+def test_the_forward_alone_is_an_inference_forward_for_both_contenders(op):
+    """The timed forward keeps no statistics, as PyTorch's peer keeps none (its tensors need no
+    gradient, so it builds no graph); forward+backward is a training step on both sides."""
+    case = bench.small_cases([op], bench.OPS[op].layouts)[0]
+    fns = bench.contenders(case, np.float32, peers=("torch",))
+    y = fns["forward"]()
+    assert isinstance(y, np.ndarray) and y.shape == case.shape
+    grads, y_training = fns["forward_backward"]()
+    np.testing.assert_array_equal(y, y_training)
+    assert grads[0].shape == case.shape
+    if "torch_forward" in fns:
+        peer = fns["torch_forward"]()
+        assert not peer.requires_grad and peer.grad_fn is None
+        np.testing.assert_allclose(peer.numpy(), y if case.layout != "nhwc" else np.moveaxis(y, -1, 1), atol=1e-4)
 
 
 def test_njit_loop_option(capsys):
