@@ -103,10 +103,11 @@ def dispatch(fn=None, *, route_by=None, lane=None):
     ``route_by``); guard the CPU kernels.  A backend without the function is a NotImplementedError
     naming both.
 
-    ``lane``, a function of the same arguments, is asked first: it returns the result of a plain
-    NumPy call that it computes in one serial compiled call (``_small``), else None.  Such a call
-    has no Dask or CUDA array to route and launches no parallel kernel to guard, and on a few
-    hundred elements the routing would cost a sixth of it."""
+    ``lane(route)``, if given, makes the public function itself: a function of the same
+    parameters that computes a plain NumPy call in one serial compiled call (``_small``) and
+    passes every other call on to ``route``, the routed ``fn``.  Such a call has no Dask or CUDA
+    array to route and launches no parallel kernel to guard, and on a few hundred elements a
+    wrapper's ``*args, **kwargs`` in front of it would cost a tenth of it."""
     if fn is None:
         return lambda f: dispatch(f, route_by=route_by, lane=lane)
     name = fn.__name__
@@ -120,8 +121,6 @@ def dispatch(fn=None, *, route_by=None, lane=None):
 
     @functools.wraps(fn)
     def routed(*args, **kwargs):
-        if lane is not None and (result := lane(*args, **kwargs)) is not None:
-            return result
         if _host_only(args, kwargs):
             if _guard is _NO_GUARD:  # under a thread-safe layer, the common case goes straight through
                 return fn(*args, **kwargs)
@@ -142,5 +141,8 @@ def dispatch(fn=None, *, route_by=None, lane=None):
             return fn(*args, **kwargs)
 
     routed.cpu = fn
-    routed.lane = lane
-    return routed
+    if lane is None:
+        return routed
+    public = functools.update_wrapper(lane(routed), fn)
+    public.cpu, public.route = fn, routed
+    return public

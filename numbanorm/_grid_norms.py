@@ -17,8 +17,9 @@ from ._arguments import (
 from ._types import Array, Grads, InPlace, NormStats
 
 
-# the public functions' lanes (see ``dispatch``), of their exact signatures: batch statistics only,
-# nothing to track, nothing to write but the output
+# the public functions' lanes (see ``dispatch``): each makes its public function, of its exact
+# signature, around the routed one; the lane takes batch statistics only, nothing to track,
+# nothing to write but the output
 
 def _untracked(running_mean, running_var, momentum, out, num_batches_tracked, running_var_unbiased):
     """Whether a batch or instance norm forward has no running statistics, counter or ``out`` and
@@ -28,29 +29,46 @@ def _untracked(running_mean, running_var, momentum, out, num_batches_tracked, ru
             and type(running_var_unbiased) is bool)
 
 
-def _batch_norm_lane(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
-                     eps=1e-5, *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
-                     running_var_unbiased=True):
-    if training is not True or not _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
-                                              running_var_unbiased):
-        return None
-    return _small.grid_norm(input, None, weight, bias, eps, channel_axis, True, return_stats)
+def _batch_norm_lane(route):
+    def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
+                   *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
+                   running_var_unbiased=True):
+        if training is True and _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
+                                           running_var_unbiased) and (
+                y := _small.grid_norm(input, None, weight, bias, eps, channel_axis, True, return_stats)) is not None:
+            return y
+        return route(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                     channel_axis=channel_axis, return_stats=return_stats, out=out,
+                     num_batches_tracked=num_batches_tracked, running_var_unbiased=running_var_unbiased)
+
+    return batch_norm
 
 
-def _instance_norm_lane(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
-                        momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
-                        num_batches_tracked=None, running_var_unbiased=True):
-    if use_input_stats is not True or not _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
-                                                     running_var_unbiased):
-        return None
-    return _small.grid_norm(input, None, weight, bias, eps, channel_axis, False, return_stats)
+def _instance_norm_lane(route):
+    def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                      momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
+                      num_batches_tracked=None, running_var_unbiased=True):
+        if use_input_stats is True and _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
+                                                  running_var_unbiased) and (
+                y := _small.grid_norm(input, None, weight, bias, eps, channel_axis, False, return_stats)) is not None:
+            return y
+        return route(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                     channel_axis=channel_axis, return_stats=return_stats, out=out,
+                     num_batches_tracked=num_batches_tracked, running_var_unbiased=running_var_unbiased)
+
+    return instance_norm
 
 
-def _group_norm_lane(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False,
-                     out=None):
-    if out is not None:
-        return None
-    return _small.grid_norm(input, num_groups, weight, bias, eps, channel_axis, False, return_stats)
+def _group_norm_lane(route):
+    def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, *, channel_axis=1, return_stats=False,
+                   out=None):
+        if out is None and (y := _small.grid_norm(input, num_groups, weight, bias, eps, channel_axis, False,
+                                                  return_stats)) is not None:
+            return y
+        return route(input, num_groups, weight, bias, eps, channel_axis=channel_axis, return_stats=return_stats,
+                     out=out)
+
+    return group_norm
 
 
 @overload

@@ -60,21 +60,38 @@ def _row_norm_backward(grad_output, input, stats, normalized_shape, weight, cent
     return _grads(x, dx, grad_weight, grad_bias)
 
 
-# the public functions' lanes (see ``dispatch``), of their exact signatures
+# the public functions' lanes (see ``dispatch``): each makes its public function, of its exact
+# signature, around the routed one
 
-def _layer_norm_lane(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
-    return None if out is not None else _small.row_norm(input, normalized_shape, weight, bias, eps, True, return_stats)
+def _layer_norm_lane(route):
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, *, return_stats=False, out=None):
+        if out is None and (y := _small.row_norm(input, normalized_shape, weight, bias, eps, True,
+                                                 return_stats)) is not None:
+            return y
+        return route(input, normalized_shape, weight, bias, eps, return_stats=return_stats, out=out)
+
+    return layer_norm
 
 
-def _rms_norm_lane(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
-    return None if out is not None else _small.row_norm(input, normalized_shape, weight, None, eps, False, return_stats)
+def _rms_norm_lane(route):
+    def rms_norm(input, normalized_shape, weight=None, eps=None, *, return_stats=False, out=None):
+        if out is None and (y := _small.row_norm(input, normalized_shape, weight, None, eps, False,
+                                                 return_stats)) is not None:
+            return y
+        return route(input, normalized_shape, weight, eps, return_stats=return_stats, out=out)
+
+    return rms_norm
 
 
-def _weight_standardization_lane(weight, eps=1e-5):
-    # eps None is the row norms' default but refused here: only a float eps goes ahead
-    if type(weight) is not np.ndarray or type(eps) is not float:
-        return None
-    return _small.row_norm(weight, weight.shape[1:], None, None, eps, True, False)
+def _weight_standardization_lane(route):
+    def weight_standardization(weight, eps=1e-5):
+        # eps None is the row norms' default but refused here: only a float eps goes ahead
+        if type(weight) is np.ndarray and type(eps) is float and (
+                y := _small.row_norm(weight, weight.shape[1:], None, None, eps, True, False)) is not None:
+            return y
+        return route(weight, eps)
+
+    return weight_standardization
 
 
 @overload

@@ -486,15 +486,17 @@ def test_the_grid_lane_refuses_as_the_checks_do(call, monkeypatch):
 @pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "weight_standardization", "batch_norm", "instance_norm",
                                   "group_norm"])
 def test_a_lane_takes_its_public_functions_arguments(name):
-    """`dispatch` hands a public function's arguments to its lane as they came: the lane has the
-    function's parameters, kinds and defaults, so a default changed in one place fails here."""
+    """A lane makes the public function (see `dispatch`), and hands the calls it does not take on
+    to the routed one: it has the function's parameters, kinds and defaults, so a default changed
+    in one place fails here."""
     import inspect
 
     public = getattr(nn, name)
-    assert public.lane is not None
-    lane, fn = inspect.signature(public.lane), inspect.signature(public.cpu)
+    assert public is not public.route and public.route.__wrapped__ is public.cpu
+    lane, fn = inspect.signature(public, follow_wrapped=False), inspect.signature(public.cpu)
     assert [(p.name, p.kind, p.default) for p in lane.parameters.values()] == \
         [(p.name, p.kind, p.default) for p in fn.parameters.values()]
+    assert inspect.signature(public) == fn  # what help() and the documentation show
 
 
 @pytest.mark.parametrize("call", [
