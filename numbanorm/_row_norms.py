@@ -85,10 +85,15 @@ def _rms_norm_lane(route):
 
 def _weight_standardization_lane(route):
     def weight_standardization(weight, eps=1e-5):
-        # eps None is the row norms' default but refused here: only a float eps goes ahead
-        if type(weight) is np.ndarray and type(eps) is float and (
-                y := _small.row_norm(weight, weight.shape[1:], None, None, eps, True, False)) is not None:
-            return y
+        # eps None is the row norms' default but refused here: only a float eps goes ahead.  A
+        # plain weight (C-contiguous, see `_small.row_norm`) is the lane's one row per output
+        # channel as it is: a view of it as such rows, and of the result back, cost less than
+        # comparing the trailing axes
+        if type(weight) is np.ndarray and type(eps) is float and weight.ndim > 1 and weight.flags.carray:
+            rows = weight.shape[0]
+            if rows and (y := _small.row_norm(weight.reshape(rows, weight.size // rows), weight.size // rows, None,
+                                              None, eps, True, False)) is not None:
+                return y.reshape(weight.shape)
         return route(weight, eps)
 
     return weight_standardization

@@ -208,10 +208,13 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     elif type(eps) is not float or not 0.0 <= eps < _INF:
         return None
     dims = input.shape
-    if type(normalized_shape) is int:  # the common case, tested without building a tuple to compare
-        if not (dims and 0 < normalized_shape == dims[-1]):
+    # one trailing axis, the common case (an int, or a shape's last item as ``x.shape[-1:]`` gives
+    # it), tested without slicing the input's shape to compare
+    last = normalized_shape[0] if type(normalized_shape) is tuple and len(normalized_shape) == 1 else normalized_shape
+    if type(last) is int:
+        if not (dims and 0 < last == dims[-1]):
             return None
-        shape = (normalized_shape,)
+        shape = (last,)
     elif (shape := _dims(normalized_shape, size)) is None or dims[len(dims) - len(shape):] != shape:
         return None
     if weight is not None and not _plain_param(weight, dtype, shape) or bias is not None and not _plain_param(
