@@ -190,11 +190,12 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     where the lane does not take the call or an argument fails a check (the front then checks
     them all, and raises).
 
-    Plain: a C-contiguous writable NumPy input of native float32/float64 that `row_fits`,
-    parameters None or writable arrays of its dtype and ``normalized_shape``, that shape an int
-    or a non-empty tuple of ints, ``eps`` a float or None, no ``out``.  Of those the front's checks pass exactly the ones tested here,
-    and hand them on as they came; the driver then compiles once per dtype (and per parameter
-    layout), whatever the input's number of dimensions."""
+    Plain: a C-contiguous, aligned, writable NumPy input of native float32/float64 that
+    `row_fits`, parameters None or writable arrays of its dtype and ``normalized_shape``, that
+    shape an int or a non-empty tuple of ints, ``eps`` a float or None, no ``out``.  Of those the
+    front's checks pass exactly the ones tested here, and hand them on as they came; the driver
+    then compiles once per dtype (and per parameter layout), whatever the input's number of
+    dimensions."""
     if type(input) is not np.ndarray or not 0 < (size := input.size) <= SMALL_ELEMENTS * ONE_THREAD_ROW_FACTOR:
         return None
     dtype = input.dtype
