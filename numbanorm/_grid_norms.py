@@ -21,25 +21,28 @@ from ._types import Array, Grads, InPlace, NormStats
 # signature, around the routed one; the lane takes batch statistics only, nothing to track,
 # nothing to write but the output
 
-def _untracked(running_mean, running_var, momentum, out, num_batches_tracked, running_var_unbiased):
-    """Whether a batch or instance norm forward has no running statistics, counter or ``out`` and
-    options its checks pass as they are."""
-    return (running_mean is None and running_var is None and out is None and num_batches_tracked is None
+def _batch_statistics(route, over_batch, input, running_mean, running_var, weight, bias, from_input, momentum, eps,
+                      channel_axis, return_stats, out, num_batches_tracked, running_var_unbiased):
+    """Batch norm (``over_batch``) or instance norm, their arguments in their order: in the lane
+    when it normalizes with the input's statistics (``training``, ``use_input_stats``) and has no
+    running statistics, counter or ``out`` and options its checks pass as they are, else routed."""
+    if (from_input is True and running_mean is None and running_var is None and out is None
+            and num_batches_tracked is None and type(running_var_unbiased) is bool
             and (momentum is None or type(momentum) is float and 0.0 <= momentum <= 1.0)
-            and type(running_var_unbiased) is bool)
+            and (y := _small.grid_norm(input, None, weight, bias, eps, channel_axis, over_batch,
+                                       return_stats)) is not None):
+        return y
+    return route(input, running_mean, running_var, weight, bias, from_input, momentum, eps, channel_axis=channel_axis,
+                 return_stats=return_stats, out=out, num_batches_tracked=num_batches_tracked,
+                 running_var_unbiased=running_var_unbiased)
 
 
 def _batch_norm_lane(route):
     def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5,
                    *, channel_axis=1, return_stats=False, out=None, num_batches_tracked=None,
                    running_var_unbiased=True):
-        if training is True and _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
-                                           running_var_unbiased) and (
-                y := _small.grid_norm(input, None, weight, bias, eps, channel_axis, True, return_stats)) is not None:
-            return y
-        return route(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                     channel_axis=channel_axis, return_stats=return_stats, out=out,
-                     num_batches_tracked=num_batches_tracked, running_var_unbiased=running_var_unbiased)
+        return _batch_statistics(route, True, input, running_mean, running_var, weight, bias, training, momentum, eps,
+                                 channel_axis, return_stats, out, num_batches_tracked, running_var_unbiased)
 
     return batch_norm
 
@@ -48,13 +51,9 @@ def _instance_norm_lane(route):
     def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                       momentum=0.1, eps=1e-5, *, channel_axis=1, return_stats=False, out=None,
                       num_batches_tracked=None, running_var_unbiased=True):
-        if use_input_stats is True and _untracked(running_mean, running_var, momentum, out, num_batches_tracked,
-                                                  running_var_unbiased) and (
-                y := _small.grid_norm(input, None, weight, bias, eps, channel_axis, False, return_stats)) is not None:
-            return y
-        return route(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                     channel_axis=channel_axis, return_stats=return_stats, out=out,
-                     num_batches_tracked=num_batches_tracked, running_var_unbiased=running_var_unbiased)
+        return _batch_statistics(route, False, input, running_mean, running_var, weight, bias, use_input_stats,
+                                 momentum, eps, channel_axis, return_stats, out, num_batches_tracked,
+                                 running_var_unbiased)
 
     return instance_norm
 
