@@ -59,7 +59,7 @@ def _threading_layer():
     return _layer
 
 
-_NO_GUARD = contextlib.nullcontext()
+NO_GUARD = contextlib.nullcontext()
 _guard = None
 
 
@@ -72,7 +72,7 @@ def launch_guard():
     """
     global _guard
     if _guard is None:
-        _guard = _workqueue_lock if _threading_layer() == "workqueue" else _NO_GUARD
+        _guard = _workqueue_lock if _threading_layer() == "workqueue" else NO_GUARD
     return _guard
 
 
@@ -106,8 +106,9 @@ def dispatch(fn=None, *, route_by=None, lane=None):
     ``lane(route)``, if given, makes the public function itself: a function of the same
     parameters that computes a plain NumPy call in one serial compiled call (``_small``) and
     passes every other call on to ``route``, the routed ``fn``.  Such a call has no Dask or CUDA
-    array to route and launches no parallel kernel to guard, and on a few hundred elements a
-    wrapper's ``*args, **kwargs`` in front of it would cost a tenth of it."""
+    array to route, and launches a parallel kernel (a row norm past the serial crossover) only
+    where `launch_guard` is `NO_GUARD`; on a few hundred elements a wrapper's ``*args, **kwargs``
+    in front of it would cost a tenth of it."""
     if fn is None:
         return lambda f: dispatch(f, route_by=route_by, lane=lane)
     name = fn.__name__
@@ -122,7 +123,7 @@ def dispatch(fn=None, *, route_by=None, lane=None):
     @functools.wraps(fn)
     def routed(*args, **kwargs):
         if _host_only(args, kwargs):
-            if _guard is _NO_GUARD:  # under a thread-safe layer, the common case goes straight through
+            if _guard is NO_GUARD:  # under a thread-safe layer, the common case goes straight through
                 return fn(*args, **kwargs)
             backend = None
         else:
@@ -135,7 +136,7 @@ def dispatch(fn=None, *, route_by=None, lane=None):
                                           "into a NumPy array first")
             return implementation(*args, **kwargs)
         guard = launch_guard()
-        if guard is _NO_GUARD:
+        if guard is NO_GUARD:
             return fn(*args, **kwargs)
         with guard:
             return fn(*args, **kwargs)

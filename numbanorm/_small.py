@@ -10,7 +10,8 @@ takes its fused or planned kernels.
 
 A plain forward (`row_norm`, `grid_norm`) takes the lane from the public function on: a few exact
 tests of its arguments stand in for the front's checks, which on a few hundred elements cost more
-than the arithmetic.
+than the arithmetic.  At more than one thread a plain row norm past the serial crossover (up to
+``ONE_THREAD_ROW_FACTOR``) runs from the lane the fused parallel kernel the checked path would.
 
 Absent parameters are passed as shared ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
@@ -24,7 +25,8 @@ import numpy as np
 
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
-from ._cpu import thread_count
+from ._cpu import row_normalize, thread_count
+from ._dispatch import NO_GUARD, launch_guard
 from ._types import NormStats
 
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
@@ -68,7 +70,13 @@ def grid_fits(x, other=None, over_batch=False):
     where ``other`` (the output gradient) is given; see `PER_SAMPLE_FACTOR`."""
     if over_batch:
         return fits(x, other, OVER_BATCH_FACTOR)
-    return fits(x, other, PER_SAMPLE_FACTOR if other is None else PER_SAMPLE_BACKWARD_FACTOR)
+    if other is None:
+        return fits(x, None, PER_SAMPLE_FACTOR)
+    if not fits(x, other, PER_SAMPLE_BACKWARD_FACTOR):
+        return False
+    # at more than one thread the parallel backward overtakes the serial one at a size in bytes:
+    # a float64 input at half as many elements
+    return x.dtype.itemsize == 4 or x.size <= SMALL_ELEMENTS * PER_SAMPLE_BACKWARD_FACTOR // 2 or thread_count() == 1
 
 
 @functools.lru_cache(maxsize=256)
@@ -221,20 +229,31 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     if weight is not None and not _plain_param(weight, dtype, shape) or bias is not None and not _plain_param(
             bias, dtype, shape):
         return None
-    if size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1:
-        return None
     # `row_forward` without its steps for ``out`` and reshapes that a plain call does not need: at
     # 64 elements each costs as much as a tenth of the arithmetic
     length = shape[0] if len(shape) == 1 else math.prod(shape)
     rows = size // length
     y = np.empty(dims, dtype)  # C order, as the input: a third faster than ``empty_like``
-    mean, rstd = np.empty(rows), np.empty(rows)
-    if len(dims) == 2 and len(shape) == 1:  # (rows, L) over its last axis, the common case
-        S.norm_rows(input, constant(1.0, length, dtype) if weight is None else weight,
-                    constant(0.0, length, dtype) if bias is None else bias, eps, centered, y, mean, rstd)
+    if size > SMALL_ELEMENTS * ROW_FACTOR and (threads := thread_count()) > 1:
+        # past the serial crossover the checked path runs the fused parallel kernel, on rows
+        # enough for every thread (``_cpu_pipelines._fused_rows``; rows this short always fit its
+        # cache bound): the same kernel from here, without the few microseconds of checks, key
+        # and lookup around it -- a tenth of a 64 K element call
+        if rows < 2 * threads or launch_guard() is not NO_GUARD:
+            return None
+        stats = np.empty((3, rows))
+        row_normalize(input.reshape(rows, length), _or_ones(weight, length, dtype).reshape(1, length),
+                      _or_zeros(bias, length, dtype).reshape(1, length), 1, eps, centered,
+                      min(rows, 4 * threads), y.reshape(rows, length), stats)
+        mean, rstd = stats[0], stats[2]
     else:
-        S.norm_rows(input.reshape(rows, length), _or_ones(weight, length, dtype), _or_zeros(bias, length, dtype), eps,
-                    centered, y.reshape(rows, length), mean, rstd)
+        mean, rstd = np.empty(rows), np.empty(rows)
+        if len(dims) == 2 and len(shape) == 1:  # (rows, L) over its last axis, the common case
+            S.norm_rows(input, constant(1.0, length, dtype) if weight is None else weight,
+                        constant(0.0, length, dtype) if bias is None else bias, eps, centered, y, mean, rstd)
+        else:
+            S.norm_rows(input.reshape(rows, length), _or_ones(weight, length, dtype), _or_zeros(bias, length, dtype),
+                        eps, centered, y.reshape(rows, length), mean, rstd)
     if not return_stats:
         return y
     if input.ndim != len(shape) + 1:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import numbanorm as nn
-from numbanorm import _cpu, _prepared, _serial, _small
+from numbanorm import _cpu, _dispatch, _prepared, _serial, _small
 from numbanorm import reference as ref
 from numbanorm._ops import OPS
 
@@ -154,14 +154,17 @@ def test_row_lane_widens_at_one_thread(op, driver_calls, monkeypatch):
     np.testing.assert_allclose(one_y, ref_y, rtol=2e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("op", ["instance_norm", "group_norm"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_per_sample_backward_lane_is_wider(op, layout, driver_calls, monkeypatch):
+def test_per_sample_backward_lane_is_wider(op, layout, dtype, driver_calls, monkeypatch):
     """Instance and group norm's backward stays in the lane up to PER_SAMPLE_BACKWARD_FACTOR times
-    SMALL_ELEMENTS, past their forward's PER_SAMPLE_FACTOR, and leaves it above; on both sides it
-    gives the general path's gradients and the float64 reference's."""
+    SMALL_ELEMENTS, past their forward's PER_SAMPLE_FACTOR (float64 at more than one thread: half
+    as many elements, as many bytes), and leaves it above; on both sides it gives the general
+    path's gradients and the float64 reference's."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 256)
-    x, dy, w, b, ca = _case(op, layout, 256 * _small.PER_SAMPLE_BACKWARD_FACTOR, "float64")
+    halved = dtype == "float64" and _cpu.thread_count() > 1
+    x, dy, w, b, ca = _case(op, layout, 256 * _small.PER_SAMPLE_BACKWARD_FACTOR // (2 if halved else 1), dtype)
     assert _small.PER_SAMPLE_FACTOR * 256 < x.size
     lane_y, lane_grads = _run(nn, op, x, dy, w, b, ca)
     assert driver_calls == ["grid_backward"], driver_calls
@@ -169,15 +172,38 @@ def test_per_sample_backward_lane_is_wider(op, layout, driver_calls, monkeypatch
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 255)
     general_y, general_grads = _run(nn, op, x, dy, w, b, ca)
     assert not driver_calls, f"the backward lane ran above its crossover: {driver_calls}"
-    ref_y, ref_grads = _run(ref, op, x, dy, w, b, ca)
+    ref_y, ref_grads = _run(ref, op, *(a.astype(np.float64) for a in (x, dy, w, b)), ca)
+    tol = 1e-11 if dtype == "float64" else 2e-5
     np.testing.assert_array_equal(lane_y, general_y)  # the same fused forward on both sides
-    np.testing.assert_allclose(lane_y, ref_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lane_y, ref_y, rtol=tol, atol=tol)
     for name, s, g, r in zip(ref_grads._fields, lane_grads, general_grads, ref_grads):
         assert (s is None) == (g is None) == (r is None), name
         if r is not None:
             scale = max(1.0, float(np.abs(r).max()))
-            np.testing.assert_allclose(s, g, rtol=1e-11, atol=1e-11 * scale, err_msg=name)
-            np.testing.assert_allclose(s, r, rtol=1e-11, atol=1e-11 * scale, err_msg=name)
+            np.testing.assert_allclose(s, g, rtol=tol, atol=tol * scale, err_msg=name)
+            np.testing.assert_allclose(s, r, rtol=tol, atol=tol * scale, err_msg=name)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm"])
+def test_a_float64_backward_leaves_the_lane_at_half_the_elements_at_two_threads(op, driver_calls, monkeypatch):
+    """Past half of PER_SAMPLE_BACKWARD_FACTOR times SMALL_ELEMENTS a float64 backward takes the
+    parallel kernels at two threads and the lane at one, with the same gradients."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 256)
+    x, dy, w, b, ca = _case(op, "nchw", 256 * _small.PER_SAMPLE_BACKWARD_FACTOR, "float64")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        _, two = _run(nn, op, x, dy, w, b, ca)
+        assert "grid_backward" not in driver_calls, driver_calls
+        numba.set_num_threads(1)
+        _, one = _run(nn, op, x, dy, w, b, ca)
+        assert driver_calls[-1] == "grid_backward", driver_calls
+    finally:
+        numba.set_num_threads(before)
+    for name, s, g in zip(two._fields, two, one):
+        if s is not None:
+            np.testing.assert_allclose(s, g, rtol=1e-11, atol=1e-11 * max(1.0, float(np.abs(g).max())), err_msg=name)
 
 
 def test_small_lane_keeps_running_statistics_and_stats(driver_calls):
@@ -404,6 +430,57 @@ def test_a_plain_row_norm_takes_the_lane_from_the_front(op, dtype, params, prepa
     assert served == [True, True] * len(ROW_LANE_SHAPES)
 
 
+# past the serial crossover at two threads (SMALL_ELEMENTS 64, ROW_FACTOR 4): rows enough for
+# both threads, then too few
+PARALLEL_ROW_LANE_SHAPES = [((16, 32), (32,)), ((8, 64), 64), ((4, 8, 16), (8, 16)), ((2, 4, 8, 8), 8)]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype, params, driver_calls,
+                                                                     prepared_hits, monkeypatch):
+    """At two threads a plain row norm past ROW_FACTOR times SMALL_ELEMENTS (up to
+    ONE_THREAD_ROW_FACTOR times) runs from the lane the fused parallel kernel the checked path
+    runs, without the checks, key or lookup, and gives its bits; with fewer rows than two a
+    thread, or under a threading layer that needs the launch guard, it leaves the call to the
+    front."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
+    kernel_calls = []
+    _spy(monkeypatch, _small, ["row_normalize"], kernel_calls)
+    fn = getattr(nn, op)
+    rng = np.random.default_rng(17)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        for shape, normalized in PARALLEL_ROW_LANE_SHAPES + [((2, 256), 256)]:
+            x = (2 + rng.standard_normal(shape)).astype(dtype)
+            assert _small.ROW_FACTOR * 64 < x.size <= _small.ONE_THREAD_ROW_FACTOR * 64
+            args = _row_args(op, x, normalized, rng, params)
+            y = fn(x, *args)
+            y_with_stats, stats = fn(x, *args, return_stats=True)
+            lane = x.size // int(np.prod(normalized)) >= 4  # rows
+            assert kernel_calls == (["row_normalize"] * 2 if lane else []), shape
+            assert len(prepared_hits) == (0 if lane else 2), shape  # the front's key and lookup, or none
+            kernel_calls.clear()
+            with monkeypatch.context() as m:
+                m.setattr(_small, "row_norm", lambda *a: None)  # the checks in Python, then the same kernel
+                checked_y, checked_stats = fn(x, *args, return_stats=True)
+            prepared_hits.clear()
+            _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
+            wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+            tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(y, getattr(ref, op)(x.astype(np.float64), *wide), **tol)
+        monkeypatch.setattr(_small, "launch_guard", lambda: _dispatch._workqueue_lock)
+        x = rng.standard_normal((16, 32)).astype(dtype)
+        np.testing.assert_array_equal(fn(x, 32), checked := fn.route(x, 32))
+        assert not kernel_calls and checked.shape == x.shape
+    finally:
+        numba.set_num_threads(before)
+    assert not driver_calls
+
+
 GRID_LANE_SHAPES = [((4, 8, 3, 3), 1), ((4, 3, 3, 8), -1), ((2, 8, 5), 1), ((2, 3, 4, 8), 3), ((3, 8, 2, 2, 2), 1)]
 
 
@@ -556,11 +633,10 @@ def prepared_hits(monkeypatch):
                                        ("instance_norm", "nchw")])
 def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_calls, prepared_hits, monkeypatch):
     """A forward prepared above the lane at two threads (the fused row kernel, its shapes worked
-    out once) gives the checked call's bits at any thread count, and a row norm within
-    ONE_THREAD_ROW_FACTOR still takes the lane at one thread."""
+    out once) gives the checked call's bits at any thread count."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
-    x, _, w, b, ca = _case(op, layout, 1024, "float32", seed=3)
-    lane = x.size <= _small.ONE_THREAD_ROW_FACTOR * 64 and OPS[op].kind == "rows"
+    # the row norms' lane runs the fused kernel itself up to ONE_THREAD_ROW_FACTOR: past it here
+    x, _, w, b, ca = _case(op, layout, 2048 if OPS[op].kind == "rows" else 1024, "float32", seed=3)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(2)
@@ -569,18 +645,16 @@ def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_call
         assert not driver_calls and prepared_hits == [False, True]
         numba.set_num_threads(1)
         results.append(OPS[op].run_forward(nn, x, w, b, ca, GROUPS))
-        # the row lane is taken from the front, before any lookup
-        assert prepared_hits == [False, True] + ([] if lane else [True])
+        assert prepared_hits == [False, True, True]
     finally:
         numba.set_num_threads(before)
-    assert driver_calls == (["norm_rows"] if lane else [])
+    assert not driver_calls
     for y, stats in results:
         np.testing.assert_allclose(y, checked[0], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(stats.rstd, checked[1].rstd, rtol=1e-5)
         assert stats.mean.shape == checked[1].mean.shape
     np.testing.assert_array_equal(results[0][0], checked[0])
-    if not lane:
-        np.testing.assert_array_equal(results[1][0], checked[0])
+    np.testing.assert_array_equal(results[1][0], checked[0])
 
 
 @pytest.mark.parametrize("elements", [1024, 131072], ids=["lane", "planned"])
