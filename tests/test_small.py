@@ -418,16 +418,22 @@ def test_a_plain_row_norm_takes_the_lane_from_the_front(op, dtype, params, prepa
         y = fn(x, *args)
         y_with_stats, stats = fn(x, *args, return_stats=True)
         assert prepared_hits == []
-        with monkeypatch.context() as m:
-            m.setattr(_small, "row_norm", lambda *a: None)  # the checks in Python, then the same driver
-            checked_y, checked_stats = fn(x, *args, return_stats=True)
+        _assert_row_lane_results(op, x, args, (y, y_with_stats), stats, monkeypatch)
         prepared_hits.clear()
-        _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
-        wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-        expected = getattr(ref, op)(x.astype(np.float64), *wide)
-        tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(y, expected, **tol)
     assert served == [True, True] * len(ROW_LANE_SHAPES)
+
+
+def _assert_row_lane_results(op, x, args, ys, stats, monkeypatch):
+    """A row lane's outputs ``ys`` and ``stats`` are the checked path's bits (the lane shut: the
+    checks in Python, then the same driver or kernel) and near the float64 reference's."""
+    fn = getattr(nn, op)
+    with monkeypatch.context() as m:
+        m.setattr(_small, "row_norm", lambda *a: None)
+        checked_y, checked_stats = fn(x, *args, return_stats=True)
+    _assert_same_results(x, ys, stats, checked_y, checked_stats)
+    wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+    tol = dict(rtol=2e-5, atol=2e-5) if x.dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(ys[0], getattr(ref, op)(x.astype(np.float64), *wide), **tol)
 
 
 # past the serial crossover at two threads (SMALL_ELEMENTS 64, ROW_FACTOR 4): rows enough for
@@ -464,14 +470,8 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
             assert kernel_calls == (["row_normalize"] * 2 if lane else []), shape
             assert len(prepared_hits) == (0 if lane else 2), shape  # the front's key and lookup, or none
             kernel_calls.clear()
-            with monkeypatch.context() as m:
-                m.setattr(_small, "row_norm", lambda *a: None)  # the checks in Python, then the same kernel
-                checked_y, checked_stats = fn(x, *args, return_stats=True)
+            _assert_row_lane_results(op, x, args, (y, y_with_stats), stats, monkeypatch)
             prepared_hits.clear()
-            _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
-            wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
-            tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
-            np.testing.assert_allclose(y, getattr(ref, op)(x.astype(np.float64), *wide), **tol)
         monkeypatch.setattr(_small, "launch_guard", lambda: _dispatch._workqueue_lock)
         x = rng.standard_normal((16, 32)).astype(dtype)
         np.testing.assert_array_equal(fn(x, 32), checked := fn.route(x, 32))
