@@ -58,6 +58,7 @@ STREAM_BYTES = 8 << 20  # outputs at least this large are stored past the caches
 # (256 float32 elements) or lost (128), the vector loop's start and the parameter terms' separate
 # loop costing more per row than the stores save
 STREAM_GRAD_ROW_BYTES = 2048
+FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the fused row kernels' two passes
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 
 # Every kernel names its error model.  A function that leaves it unset inherits its caller's, and

@@ -23,7 +23,6 @@ from ._arguments import _deliver, _is_c, _rstd
 from ._plan import aligned_empty, fold_for, Plan
 
 
-FUSED_ROW_BYTES = 1 << 20  # rows up to this size stay in L2 between the two passes
 
 
 def _fused_rows(x, rows, segments):
@@ -32,7 +31,7 @@ def _fused_rows(x, rows, segments):
     if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
         return None
     length = x.size // rows
-    if length * x.itemsize > FUSED_ROW_BYTES or length % segments:
+    if length * x.itemsize > _cpu.FUSED_ROW_BYTES or length % segments:
         return None
     return x.reshape(rows, length)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
-from ._cpu import row_normalize, thread_count
+from ._cpu import FUSED_ROW_BYTES, row_normalize, thread_count
 from ._dispatch import NO_GUARD, launch_guard
 from ._types import NormStats
 
@@ -235,11 +235,11 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     rows = size // length
     y = np.empty(dims, dtype)  # C order, as the input: a third faster than ``empty_like``
     if size > SMALL_ELEMENTS * ROW_FACTOR and (threads := thread_count()) > 1:
-        # past the serial crossover the checked path runs the fused parallel kernel, on rows
-        # enough for every thread (``_cpu_pipelines._fused_rows``; rows this short always fit its
-        # cache bound): the same kernel from here, without the few microseconds of checks, key
-        # and lookup around it -- a tenth of a 64 K element call
-        if rows < 2 * threads or launch_guard() is not NO_GUARD:
+        # past the serial crossover the checked path runs the fused parallel kernel where the
+        # rows are enough for every thread and short enough for cache (``_cpu_pipelines._fused_rows``):
+        # the same kernel from here, without the few microseconds of checks, key and lookup
+        # around it -- a tenth of a 64 K element call
+        if rows < 2 * threads or length * dtype.itemsize > FUSED_ROW_BYTES or launch_guard() is not NO_GUARD:
             return None
         stats = np.empty((3, rows))
         row_normalize(input.reshape(rows, length), _or_ones(weight, length, dtype).reshape(1, length),

@@ -450,8 +450,8 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
     """At two threads a plain row norm past ROW_FACTOR times SMALL_ELEMENTS (up to
     ONE_THREAD_ROW_FACTOR times) runs from the lane the fused parallel kernel the checked path
     runs, without the checks, key or lookup, and gives its bits; with fewer rows than two a
-    thread, or under a threading layer that needs the launch guard, it leaves the call to the
-    front."""
+    thread, rows too long for the fused kernels, or under a threading layer that needs the launch
+    guard, it leaves the call to the front."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
     kernel_calls = []
     _spy(monkeypatch, _small, ["row_normalize"], kernel_calls)
@@ -472,10 +472,14 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
             kernel_calls.clear()
             _assert_row_lane_results(op, x, args, (y, y_with_stats), stats, monkeypatch)
             prepared_hits.clear()
-        monkeypatch.setattr(_small, "launch_guard", lambda: _dispatch._workqueue_lock)
         x = rng.standard_normal((16, 32)).astype(dtype)
-        np.testing.assert_array_equal(fn(x, 32), checked := fn.route(x, 32))
-        assert not kernel_calls and checked.shape == x.shape
+        with monkeypatch.context() as m:  # rows longer than the fused kernels take
+            m.setattr(_small, "FUSED_ROW_BYTES", 32 * x.itemsize - 1)
+            np.testing.assert_array_equal(fn(x, 32), checked := fn.route(x, 32))
+            assert not kernel_calls and checked.shape == x.shape
+        monkeypatch.setattr(_small, "launch_guard", lambda: _dispatch._workqueue_lock)
+        np.testing.assert_array_equal(fn(x, 32), checked)
+        assert not kernel_calls
     finally:
         numba.set_num_threads(before)
     assert not driver_calls
