@@ -23,17 +23,7 @@ from ._arguments import _deliver, _is_c, _rstd
 from ._plan import aligned_empty, fold_for, Plan
 
 
-
-
-def _fused_rows(x, rows, segments):
-    """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
-    not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
-    if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
-        return None
-    length = x.size // rows
-    if length * x.itemsize > _cpu.FUSED_ROW_BYTES or length % segments:
-        return None
-    return x.reshape(rows, length)
+_fused_rows = _engine.CPUDevice.fused_rows
 
 
 def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True, kernel=None):

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from . import _cpu
+from ._arguments import _is_c
 from ._plan import Plan
 
 
@@ -85,6 +86,17 @@ class CPUDevice:
     def blocks_of(rows, threads):
         """`row_blocks` at ``threads`` threads."""
         return max(1, min(rows, 4 * threads))
+
+    @staticmethod
+    def fused_rows(x, rows, segments):
+        """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
+        not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
+        if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
+            return None
+        length = x.size // rows
+        if length * x.itemsize > _cpu.FUSED_ROW_BYTES or length % segments:
+            return None
+        return x.reshape(rows, length)
 
 
 class Engine:

@@ -25,8 +25,9 @@ import numpy as np
 
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
-from ._cpu import FUSED_ROW_BYTES, row_normalize, thread_count
+from ._cpu import row_normalize, thread_count
 from ._dispatch import NO_GUARD, launch_guard
+from ._engine import CPUDevice
 from ._types import NormStats
 
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
@@ -233,18 +234,18 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     # 64 elements each costs as much as a tenth of the arithmetic
     length = shape[0] if len(shape) == 1 else math.prod(shape)
     rows = size // length
+    # past the serial crossover the checked path runs the fused parallel kernel where its rows fit
+    # (``CPUDevice.fused_rows``): the same kernel from here, without the few microseconds of
+    # checks, key and lookup around it -- a tenth of a 64 K element call
+    parallel = size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1
+    if parallel and ((x2 := CPUDevice.fused_rows(input, rows, 1)) is None or launch_guard() is not NO_GUARD):
+        return None
     y = np.empty(dims, dtype)  # C order, as the input: a third faster than ``empty_like``
-    if size > SMALL_ELEMENTS * ROW_FACTOR and (threads := thread_count()) > 1:
-        # past the serial crossover the checked path runs the fused parallel kernel where the
-        # rows are enough for every thread and short enough for cache (``_cpu_pipelines._fused_rows``):
-        # the same kernel from here, without the few microseconds of checks, key and lookup
-        # around it -- a tenth of a 64 K element call
-        if rows < 2 * threads or length * dtype.itemsize > FUSED_ROW_BYTES or launch_guard() is not NO_GUARD:
-            return None
+    if parallel:
         stats = np.empty((3, rows))
-        row_normalize(input.reshape(rows, length), _or_ones(weight, length, dtype).reshape(1, length),
+        row_normalize(x2, _or_ones(weight, length, dtype).reshape(1, length),
                       _or_zeros(bias, length, dtype).reshape(1, length), 1, eps, centered,
-                      min(rows, 4 * threads), y.reshape(rows, length), stats)
+                      CPUDevice.row_blocks(rows), y.reshape(rows, length), stats)
         mean, rstd = stats[0], stats[2]
     else:
         mean, rstd = np.empty(rows), np.empty(rows)
