@@ -225,14 +225,17 @@ def grid_coefficients(base, offset, rstd, weight, bias, channels, coef):
     s_, groups = rstd.shape
     members = channels // groups
     dtype = coef.dtype.type
+    # by group, then its channels: an integer division per channel (``c // members``) would cost
+    # more than the rest of the loop
     for s in range(s_):
-        for c in range(channels):
-            g = c // members
+        for g in range(groups):
             h, l = _split(base[s, g], offset[s, g], dtype)
-            coef[0, s, c] = h
-            coef[1, s, c] = l
-            coef[2, s, c] = dtype(rstd[s, g]) if weight is None else dtype(rstd[s, g] * weight[c])
-            coef[3, s, c] = dtype(0) if bias is None else bias[c]
+            r = rstd[s, g]
+            for c in range(g * members, (g + 1) * members):
+                coef[0, s, c] = h
+                coef[1, s, c] = l
+                coef[2, s, c] = dtype(r) if weight is None else dtype(r * weight[c])
+                coef[3, s, c] = dtype(0) if bias is None else bias[c]
 
 
 @njit(**_ew)
@@ -325,30 +328,34 @@ def grid_backward_coefficients(sums, rstd, weight, over_batch, batch_stats, per_
     s_, groups = rstd.shape
     members = c_ // groups
     dtype = coef.dtype.type
-    mean_wdy = np.zeros((s_, groups))
-    mean_wdy_xhat = np.zeros((s_, groups))
+    sum_wdy = np.zeros((s_, groups))
+    sum_wdy_xhat = np.zeros((s_, groups))
     grad_weight[:] = 0.0
     grad_bias[:] = 0.0
+    # by group, then its channels (as `grid_coefficients`)
     for n in range(n_):
         s = 0 if over_batch else n
-        for c in range(c_):
-            g = c // members
-            scale = 1.0 if weight is None else np.float64(weight[c])
-            grad_bias[c] += sums[0, n, c]
-            grad_weight[c] += sums[1, n, c] * rstd[s, g]
-            mean_wdy[s, g] += scale * sums[0, n, c] / per_group
-            mean_wdy_xhat[s, g] += scale * sums[1, n, c] * rstd[s, g] / per_group
-    for s in range(s_):
-        for c in range(c_):
-            g = c // members
+        for g in range(groups):
             r = rstd[s, g]
-            coef[2, s, c] = dtype(r) if weight is None else dtype(r * weight[c])
-            if batch_stats:
-                coef[3, s, c] = dtype(-r * r * mean_wdy_xhat[s, g])
-                coef[4, s, c] = dtype(-r * mean_wdy[s, g])
-            else:
-                coef[3, s, c] = dtype(0)
-                coef[4, s, c] = dtype(0)
+            wdy = 0.0
+            wdy_xc = 0.0
+            for c in range(g * members, (g + 1) * members):
+                scale = 1.0 if weight is None else np.float64(weight[c])
+                grad_bias[c] += sums[0, n, c]
+                grad_weight[c] += sums[1, n, c] * r
+                wdy += scale * sums[0, n, c]
+                wdy_xc += scale * sums[1, n, c]
+            sum_wdy[s, g] += wdy
+            sum_wdy_xhat[s, g] += wdy_xc * r
+    for s in range(s_):
+        for g in range(groups):
+            r = rstd[s, g]
+            kb = dtype(-r * r * (sum_wdy_xhat[s, g] / per_group)) if batch_stats else dtype(0)
+            kc = dtype(-r * (sum_wdy[s, g] / per_group)) if batch_stats else dtype(0)
+            for c in range(g * members, (g + 1) * members):
+                coef[2, s, c] = dtype(r) if weight is None else dtype(r * weight[c])
+                coef[3, s, c] = kb
+                coef[4, s, c] = kc
 
 
 @njit(**_ew)
