@@ -449,6 +449,18 @@ def row_normalize(x, weight, bias, seg, eps, centered, blocks, out, stats):
 
 
 @njit(**_ew)
+def row_normalize_viewed(x, rows, weight, bias, kinds, seg, eps, centered, blocks, out, stats):
+    """`row_normalize` on ``x`` and ``out`` (C-contiguous, of any shape) seen as ``rows`` rows, and
+    ``weight``/``bias`` (any shape) as ``kinds`` rows of theirs: the small lane's one call from
+    Python for the views it would otherwise make there, each a measurable part of a call on
+    16 K elements.  A strided parameter is copied (it has C or L // seg values)."""
+    length = x.size // rows
+    row_normalize(x.reshape((rows, length)), np.ascontiguousarray(weight).reshape((kinds, weight.size // kinds)),
+                  np.ascontiguousarray(bias).reshape((kinds, bias.size // kinds)), seg, eps, centered, blocks,
+                  out.reshape((rows, length)), stats)
+
+
+@njit(**_ew)
 def normalize_rows(x, weight, bias, seg, eps, centered, first, last, out, mean, var, rstd):
     """``row_normalize``'s rows ``first:last``, in this thread (the serial drivers take them all).
     Row r takes ``weight[r % K]``/``bias[r % K]`` of (K, L // seg), each value applied to ``seg``

@@ -144,10 +144,7 @@ def grid_apply(x, xk, ch, grouping, mean, var, weight, bias, eps, out, plan):
 
 def _grid_rows(x, ch, grouping):
     """NCHW instance/group norm as fused rows, one per (sample, group); None if that does not fit."""
-    n, c = x.shape[0], x.shape[ch]
-    if grouping.over_batch or ch != 1 or x.size < 2 * n * c:
-        return None
-    return _fused_rows(x, n * grouping.groups, c // grouping.groups)
+    return _engine.CPUDevice.grid_rows(x, ch, grouping.groups, grouping.over_batch)
 
 
 def _grid_slabs(x, ch, grouping):

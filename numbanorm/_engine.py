@@ -98,6 +98,16 @@ class CPUDevice:
             return None
         return x.reshape(rows, length)
 
+    @staticmethod
+    def grid_rows(x, ch, groups, over_batch=False):
+        """A channels-first instance or group norm's x as `fused_rows`, one per (sample, group),
+        or None where that does not fit (batch norm, channels elsewhere than axis 1, a single
+        value per channel)."""
+        n, c = x.shape[0], x.shape[ch]
+        if over_batch or ch != 1 or x.size < 2 * n * c:
+            return None
+        return CPUDevice.fused_rows(x, n * groups, c // groups)
+
 
 class Engine:
     def __init__(self, device):

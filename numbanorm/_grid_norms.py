@@ -70,6 +70,34 @@ def _group_norm_lane(route):
     return group_norm
 
 
+def _batch_norm_backward_lane(route):
+    def batch_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+        if (grads := _small.grid_grads(grad_output, input, stats, None, weight, channel_axis, True)) is not None:
+            return grads
+        return route(grad_output, input, stats, weight, channel_axis=channel_axis)
+
+    return batch_norm_backward
+
+
+def _instance_norm_backward_lane(route):
+    def instance_norm_backward(grad_output, input, stats, weight=None, *, channel_axis=1):
+        if (grads := _small.grid_grads(grad_output, input, stats, None, weight, channel_axis, False)) is not None:
+            return grads
+        return route(grad_output, input, stats, weight, channel_axis=channel_axis)
+
+    return instance_norm_backward
+
+
+def _group_norm_backward_lane(route):
+    def group_norm_backward(grad_output, input, stats, num_groups, weight=None, *, channel_axis=1):
+        if (grads := _small.grid_grads(grad_output, input, stats, num_groups, weight, channel_axis,
+                                       False)) is not None:
+            return grads
+        return route(grad_output, input, stats, num_groups, weight, channel_axis=channel_axis)
+
+    return group_norm_backward
+
+
 @overload
 def batch_norm(input: ArrayLike, running_mean: Optional[InPlace], running_var: Optional[InPlace],
                weight: Optional[ArrayLike] = ..., bias: Optional[ArrayLike] = ..., training: bool = ...,
@@ -504,7 +532,7 @@ def _grid_key(family, input, weight, bias, eps, channel_axis, out, *options):
             eps, channel_axis, *options)
 
 
-@dispatch
+@dispatch(lane=_batch_norm_backward_lane)
 def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats,
                         weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
     """Gradients of `batch_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
@@ -579,7 +607,7 @@ def batch_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormSta
     return _grads(x, *grads)
 
 
-@dispatch
+@dispatch(lane=_instance_norm_backward_lane)
 def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats,
                            weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
     """Gradients of `instance_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
@@ -637,7 +665,7 @@ def instance_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: Norm
     return _grads(x, *grads)
 
 
-@dispatch
+@dispatch(lane=_group_norm_backward_lane)
 def group_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, num_groups: int,
                         weight: Optional[ArrayLike] = None, *, channel_axis: int = 1) -> Grads:
     """Gradients of `group_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.

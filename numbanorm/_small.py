@@ -25,20 +25,24 @@ import numpy as np
 
 from . import _serial as S
 from ._config import SMALL_ELEMENTS
-from ._cpu import row_normalize, thread_count
+from ._cpu import row_normalize_viewed, thread_count
 from ._dispatch import NO_GUARD, launch_guard
 from ._engine import CPUDevice
-from ._types import NormStats
+from ._types import Grads, NormStats
 
 # batch norm's planned path merges a partial state per sample and channel, and per piece, so on
 # small inputs it costs several times more than the other grid norms': the lane pays off on inputs
 # this many times larger there
 OVER_BATCH_FACTOR = 16
 # instance and group norm's fused kernels give each task whole (sample, group) rows or samples,
-# few and short at these sizes: the lane's forward keeps to inputs this many times larger (above
-# them the fused forward wins at two threads, and its channels-last statistics, on slabs folded
-# wider, sum shorter float32 chains: a few times more exact next to outliers) ...
+# few and short at these sizes: the lane's forward keeps to inputs this many times larger at one
+# thread (above them the fused forward's channels-last statistics, on slabs folded wider, sum
+# shorter float32 chains: a few times more exact next to outliers), and this many at more, where
+# the fused kernels overtake it sooner; past that the lane runs the channels-first one itself, on
+# inputs up to FUSED_LANE_FACTOR times larger ...
 PER_SAMPLE_FACTOR = 4
+PARALLEL_PER_SAMPLE_FACTOR = 2
+FUSED_LANE_FACTOR = 16
 # ... and its backward, where the fused kernels reduce per channel in Python afterwards and the
 # lane reads the given statistics, to inputs this many times larger, at one thread or two
 PER_SAMPLE_BACKWARD_FACTOR = 16
@@ -72,7 +76,7 @@ def grid_fits(x, other=None, over_batch=False):
     if over_batch:
         return fits(x, other, OVER_BATCH_FACTOR)
     if other is None:
-        return fits(x, None, PER_SAMPLE_FACTOR)
+        return fits(x, None, PER_SAMPLE_FACTOR if thread_count() == 1 else PARALLEL_PER_SAMPLE_FACTOR)
     if not fits(x, other, PER_SAMPLE_BACKWARD_FACTOR):
         return False
     # at more than one thread the parallel backward overtakes the serial one at a size in bytes:
@@ -238,14 +242,14 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     # (``CPUDevice.fused_rows``): the same kernel from here, without the few microseconds of
     # checks, key and lookup around it -- a tenth of a 64 K element call
     parallel = size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1
-    if parallel and ((x2 := CPUDevice.fused_rows(input, rows, 1)) is None or launch_guard() is not NO_GUARD):
+    if parallel and (CPUDevice.fused_rows(input, rows, 1) is None or launch_guard() is not NO_GUARD):
         return None
     y = np.empty(dims, dtype)  # C order, as the input: a third faster than ``empty_like``
     if parallel:
         stats = np.empty((3, rows))
-        row_normalize(x2, _or_ones(weight, length, dtype).reshape(1, length),
-                      _or_zeros(bias, length, dtype).reshape(1, length), 1, eps, centered,
-                      CPUDevice.row_blocks(rows), y.reshape(rows, length), stats)
+        row_normalize_viewed(input, rows, constant(1.0, length, dtype) if weight is None else weight,
+                             constant(0.0, length, dtype) if bias is None else bias, 1, 1, eps, centered,
+                             CPUDevice.row_blocks(rows), y, stats)
         mean, rstd = stats[0], stats[2]
     else:
         mean, rstd = np.empty(rows), np.empty(rows)
@@ -283,12 +287,29 @@ def _dims(value, size):
     return value
 
 
+def _grid_axis(channel_axis, ndim):
+    """``channel_axis`` of a grid norm as an index in [1, ndim), or None where the checks would
+    refuse it (an exact int only: they refuse a bool)."""
+    if type(channel_axis) is not int:
+        return None
+    ch = channel_axis + ndim if channel_axis < 0 else channel_axis
+    return ch if 0 < ch < ndim else None
+
+
+def _grid_groups(groups, channels):
+    """A group norm's ``groups`` that divides ``channels`` (None: one per channel), or None where
+    the checks would refuse it."""
+    if groups is None:
+        return channels
+    return groups if type(groups) is int and 0 < groups <= channels and not channels % groups else None
+
+
 def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return_stats):
     """A plain forward with batch statistics of batch norm (``over_batch``), instance norm
     (``groups`` None: one per channel) or group norm in the lane, as the front returns it, or
     None where the lane does not take the call or an argument fails a check (as `row_norm`; the
     callers leave out running statistics, ``out`` and ``training=False``)."""
-    factor = OVER_BATCH_FACTOR if over_batch else PER_SAMPLE_FACTOR
+    factor = OVER_BATCH_FACTOR if over_batch else FUSED_LANE_FACTOR
     if type(input) is not np.ndarray or not 0 < (size := input.size) <= SMALL_ELEMENTS * factor:
         return None
     dtype = input.dtype
@@ -296,22 +317,29 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
         return None
     if type(eps) is not float or not 0.0 <= eps < _INF:
         return None
-    ndim = input.ndim
-    if type(channel_axis) is not int or not 0 < (ch := channel_axis + ndim if channel_axis < 0 else channel_axis) < ndim:
+    if (ch := _grid_axis(channel_axis, input.ndim)) is None:
         return None
     shape = input.shape
     n, c = shape[0], shape[ch]
     if weight is not None and not _plain_param(weight, dtype, (c,)) or bias is not None and not _plain_param(
             bias, dtype, (c,)):
         return None
-    if groups is None:  # batch and instance norm refuse a single value per statistic
-        groups, least = c, 2
-    elif type(groups) is not int or not 0 < groups <= c or c % groups:
+    least = 2 if groups is None else 1  # batch and instance norm refuse a single value per statistic
+    if (groups := _grid_groups(groups, c)) is None or size // (c if over_batch else n * c) * (c // groups) < least:
         return None
-    else:
-        least = 1
-    if size // (c if over_batch else n * c) * (c // groups) < least:
-        return None
+    if not over_batch and not grid_fits(input):
+        # past the serial crossover, the fused row kernel the checked path runs at more than one
+        # thread (see `row_norm`), on channels-first input; other calls go to the front
+        if thread_count() == 1 or CPUDevice.grid_rows(input, ch, groups) is None or launch_guard() is not NO_GUARD:
+            return None
+        rows = n * groups
+        y = np.empty(shape, dtype)
+        stats = np.empty((3, rows))
+        row_normalize_viewed(input, rows, constant(1.0, c, dtype) if weight is None else weight,
+                             constant(0.0, c, dtype) if bias is None else bias, groups, size // (n * c), eps, True,
+                             CPUDevice.row_blocks(rows), y, stats)
+        mean, rstd = stats[0].reshape(n, groups), stats[2].reshape(n, groups)
+        return (y, NormStats(mean, rstd, True, bias is not None, eps)) if return_stats else y
     # `grid_forward` without its steps for ``out``
     shape4 = grid_shape(shape, ch)
     y = np.empty(shape, dtype)  # C order, as the input (see `row_norm`)
@@ -323,3 +351,48 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
     if over_batch:
         return y, NormStats(stats[1, 0], stats[3, 0], True, bias is not None, eps)
     return y, NormStats(stats[1], stats[3], True, bias is not None, eps)
+
+
+def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_batch):
+    """A plain backward of batch norm (``over_batch``), instance norm (``groups`` None) or group
+    norm in the lane, as the front returns it, or None (as `grid_norm`).
+
+    Plain: ``input`` and ``grad_output`` as `grid_norm`'s input, of one shape and dtype, within
+    `grid_fits`; ``stats`` a forward's `NormStats` as the forwards make them (writable C-contiguous
+    float64 ``mean`` and ``rstd`` of the shape the checks require, exact bools); ``weight`` None or
+    plain.  The checks hand exactly these on to the same driver, copying the statistics."""
+    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
+        return None
+    dtype = input.dtype
+    if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype:
+        return None
+    shape = input.shape
+    if grad_output.shape != shape or not (input.flags.carray and grad_output.flags.carray) or not grid_fits(
+            input, grad_output, over_batch):
+        return None
+    if (ch := _grid_axis(channel_axis, len(shape))) is None:
+        return None
+    c = shape[ch]
+    if (groups := _grid_groups(groups, c)) is None or weight is not None and not _plain_param(weight, dtype, (c,)):
+        return None
+    mean, rstd, batch_stats, has_bias = stats.mean, stats.rstd, stats.batch_stats, stats.has_bias
+    expected = (c,) if over_batch else (shape[0], groups)
+    if not (_plain_stat(mean, expected) and _plain_stat(rstd, expected)) or type(batch_stats) is not bool or type(
+            has_bias) is not bool:
+        return None
+    shape4 = grid_shape(shape, ch)
+    dx = np.empty(shape, dtype)
+    grad_weight, grad_bias = np.empty(c), np.empty(c)
+    S.grid_backward(grad_output.reshape(shape4), input.reshape(shape4), mean.reshape(-1, groups),
+                    rstd.reshape(-1, groups), constant(1.0, c, dtype) if weight is None else weight, over_batch,
+                    batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
+    # the float64 sums in the input's dtype, as the checked path delivers them
+    wide = dtype is _F64
+    return Grads(dx, None if weight is None else grad_weight if wide else grad_weight.astype(dtype),
+                 (grad_bias if wide else grad_bias.astype(dtype)) if has_bias else None)
+
+
+def _plain_stat(value, shape):
+    """A forward's statistic as the forwards make it: a writable C-contiguous float64 array of
+    ``shape``."""
+    return type(value) is np.ndarray and value.dtype is _F64 and value.shape == shape and value.flags.carray

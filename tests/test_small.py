@@ -90,17 +90,19 @@ def test_both_sides_of_the_crossover_agree(op, layout, dtype, driver_calls, monk
     gives the same result, and both match the float64 reference; just above it the general path
     runs by itself."""
     # batch norm's lane, and normalize's on a view of x, take inputs 16 times larger; instance and
-    # group norm's forward, and normalize's on a transposed copy (its NCHW case here), 4 times; the
-    # row norms' 4 times, and at one thread 16 times.  Instance and group norm's backward lane is
-    # wider than their forward's (test_per_sample_backward_lane_is_wider) and stays in it above.
-    rows = _small.ONE_THREAD_ROW_FACTOR if _cpu.thread_count() == 1 else _small.ROW_FACTOR
-    factor = {"batch_norm": _small.OVER_BATCH_FACTOR, "instance_norm": _small.PER_SAMPLE_FACTOR,
-              "group_norm": _small.PER_SAMPLE_FACTOR,
+    # group norm's forward 4 times, and at more than one thread 2 times; normalize's on a
+    # transposed copy (its NCHW case here) 4 times; the row norms' 4 times, and at one thread 16
+    # times.  Instance and group norm's backward lane is wider than their forward's
+    # (test_per_sample_backward_lane_is_wider) and stays in it above.
+    one_thread = _cpu.thread_count() == 1
+    rows = _small.ONE_THREAD_ROW_FACTOR if one_thread else _small.ROW_FACTOR
+    per_sample = _small.PER_SAMPLE_FACTOR if one_thread else _small.PARALLEL_PER_SAMPLE_FACTOR
+    factor = {"batch_norm": _small.OVER_BATCH_FACTOR, "instance_norm": per_sample, "group_norm": per_sample,
               "normalize": _small.OVER_BATCH_FACTOR // (1 if layout == "nhwc" else 4)}.get(op, rows)
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor)
     x, dy, w, b, ca = _case(op, layout, 4608, dtype)
     small_y, small_grads = _run(nn, op, x, dy, w, b, ca)
-    assert driver_calls, "the small lane was not taken below the crossover"
+    assert driver_calls[:1] in (["grid_forward"], ["norm_rows"]), f"the small lane was not taken below the crossover: {driver_calls}"
     driver_calls.clear()
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 4608 // factor - 1)
     general_y, general_grads = _run(nn, op, x, dy, w, b, ca)
@@ -454,7 +456,7 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
     guard, it leaves the call to the front."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
     kernel_calls = []
-    _spy(monkeypatch, _small, ["row_normalize"], kernel_calls)
+    _spy(monkeypatch, _small, ["row_normalize_viewed"], kernel_calls)
     fn = getattr(nn, op)
     rng = np.random.default_rng(17)
     before = numba.get_num_threads()
@@ -467,7 +469,7 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
             y = fn(x, *args)
             y_with_stats, stats = fn(x, *args, return_stats=True)
             lane = x.size // int(np.prod(normalized)) >= 4  # rows
-            assert kernel_calls == (["row_normalize"] * 2 if lane else []), shape
+            assert kernel_calls == (["row_normalize_viewed"] * 2 if lane else []), shape
             assert len(prepared_hits) == (0 if lane else 2), shape  # the front's key and lookup, or none
             kernel_calls.clear()
             _assert_row_lane_results(op, x, args, (y, y_with_stats), stats, monkeypatch)
@@ -564,8 +566,194 @@ def test_the_grid_lane_refuses_as_the_checks_do(call, monkeypatch):
     _assert_refused_alike(call, "grid_norm", monkeypatch, x, w)
 
 
+# past the serial crossover at two threads (SMALL_ELEMENTS 64): channels-first inputs with rows
+# enough for both threads, then inputs the lane leaves to the front (too few rows, channels last)
+PARALLEL_GRID_LANE_SHAPES = [((4, 8, 3, 3), 1, True), ((2, 4, 5, 4), 1, True), ((8, 4, 4, 4), 1, True),
+                             ((2, 4, 64), 1, True), ((1, 2, 256), 1, False), ((4, 3, 3, 8), -1, False)]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["instance_norm", "group_norm"])
+def test_past_the_serial_crossover_the_grid_lane_runs_the_fused_row_kernel(op, dtype, params, driver_calls,
+                                                                           prepared_hits, monkeypatch):
+    """At two threads a plain channels-first instance or group norm past PARALLEL_PER_SAMPLE_FACTOR
+    times SMALL_ELEMENTS (up to FUSED_LANE_FACTOR times) runs from the lane the fused row kernel
+    the checked path runs on its (sample, group) rows, and gives its bits, statistics included;
+    with fewer rows than two a thread, channels last, or under a threading layer that needs the
+    launch guard, it leaves the call to the front.  At one thread the same input stays serial."""
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
+    kernel_calls = []
+    _spy(monkeypatch, _small, ["row_normalize_viewed"], kernel_calls)
+    rng = np.random.default_rng(21)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        for shape, ca, lane in PARALLEL_GRID_LANE_SHAPES:
+            x = (2 + rng.standard_normal(shape)).astype(dtype)
+            assert _small.PARALLEL_PER_SAMPLE_FACTOR * 64 < x.size <= _small.FUSED_LANE_FACTOR * 64
+            w = b = None
+            if params != "none":
+                w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
+            if params == "unusual":
+                b = np.repeat(b, 2)[::2]  # b's values, every other element of a buffer
+            y = _grid_call(nn, op, x, w, b, ca)
+            y_with_stats, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
+            assert kernel_calls == (["row_normalize_viewed"] * 2 if lane else []), shape
+            assert len(prepared_hits) == (0 if lane else 2), shape  # the front's key and lookup, or none
+            kernel_calls.clear()
+            with monkeypatch.context() as m:
+                m.setattr(_small, "grid_norm", lambda *a: None)  # the checks in Python, then the same kernel
+                checked_y, checked_stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
+            prepared_hits.clear()
+            _assert_same_results(x, (y, y_with_stats), stats, checked_y, checked_stats)
+            wide = [None if p is None else p.astype(np.float64) for p in (w, b)]
+            tol = dict(rtol=2e-5, atol=2e-5) if dtype == "float32" else dict(rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(y, _grid_call(ref, op, x.astype(np.float64), *wide, ca), **tol)
+        assert not driver_calls, "the serial driver ran past the crossover at two threads"
+        x = rng.standard_normal((2, 8, 3, 3)).astype(dtype)
+        assert _small.PARALLEL_PER_SAMPLE_FACTOR * 64 < x.size <= _small.PER_SAMPLE_FACTOR * 64
+        with monkeypatch.context() as m:
+            m.setattr(_small, "launch_guard", lambda: _dispatch._workqueue_lock)
+            np.testing.assert_array_equal(_grid_call(nn, op, x, None, None, 1), _grid_call(nn, op, x, None, None, 1))
+            assert not kernel_calls
+        numba.set_num_threads(1)
+        one = _grid_call(nn, op, x, None, None, 1)
+        assert driver_calls == ["grid_forward"] and not kernel_calls
+        np.testing.assert_allclose(one, _grid_call(ref, op, x.astype(np.float64), None, None, 1),
+                                   rtol=2e-5 if dtype == "float32" else 1e-12, atol=2e-5 if dtype == "float32" else 1e-12)
+    finally:
+        numba.set_num_threads(before)
+
+
+def _grid_backward_call(api, op, dy, x, stats, w, ca):
+    if op == "batch_norm":
+        return api.batch_norm_backward(dy, x, stats, w, channel_axis=ca)
+    if op == "instance_norm":
+        return api.instance_norm_backward(dy, x, stats, w, channel_axis=ca)
+    return api.group_norm_backward(dy, x, stats, 2, w, channel_axis=ca)
+
+
+def _assert_same_grads(grads, checked, dtype):
+    """Grads equal the checked path's bit for bit, with their types and dtypes."""
+    assert type(grads) is type(checked)
+    for name, g, c in zip(checked._fields, grads, checked):
+        assert (g is None) == (c is None), name
+        if c is not None:
+            assert g.dtype == c.dtype == np.dtype(dtype) and g.shape == c.shape, name
+            assert g.flags.c_contiguous and g.flags.writeable, name
+            np.testing.assert_array_equal(g, c, err_msg=name)
+
+
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["batch_norm", "instance_norm", "group_norm"])
+def test_a_plain_grid_backward_takes_the_lane_from_the_front(op, dtype, params, driver_calls, monkeypatch):
+    """Within the lane a plain batch, instance or group norm backward, given its forward's
+    `NormStats`, goes from the public function to the lane's driver (``_small.grid_grads``), for
+    either channel axis and any number of spatial axes, and gives the checked path's bits (the
+    same driver, the statistics copied there)."""
+    served = _served(monkeypatch, "grid_grads")
+    rng = np.random.default_rng(22)
+    for shape, ca in GRID_LANE_SHAPES:
+        x = (2 + rng.standard_normal(shape)).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        w = b = None
+        if params != "none":
+            w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
+        if params == "unusual":
+            w = np.repeat(w, 2)[::2]  # w's values, every other element of a buffer
+        _, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
+        driver_calls.clear()
+        grads = _grid_backward_call(nn, op, dy, x, stats, w, ca)
+        assert driver_calls == ["grid_backward"]
+        with monkeypatch.context() as m:
+            m.setattr(_small, "grid_grads", lambda *a: None)  # the checks in Python, then the same driver
+            checked = _grid_backward_call(nn, op, dy, x, stats, w, ca)
+        _assert_same_grads(grads, checked, dtype)
+        wide = [None if p is None else p.astype(np.float64) for p in (w, b)]
+        _, ref_stats = _grid_call(ref, op, x.astype(np.float64), *wide, ca, return_stats=True)
+        expected = _grid_backward_call(ref, op, dy.astype(np.float64), x.astype(np.float64), ref_stats, wide[0], ca)
+        tol = 2e-5 if dtype == "float32" else 1e-11
+        for name, g, r in zip(expected._fields, grads, expected):
+            assert (g is None) == (r is None), name
+            if r is not None:
+                np.testing.assert_allclose(g, r, rtol=tol, atol=tol * max(1.0, float(np.abs(r).max())), err_msg=name)
+    assert served == [True] * len(GRID_LANE_SHAPES)
+
+
+def _unusual_stats(stats):
+    """The same statistics in forms the lane leaves to the checks, which accept and copy them."""
+    import collections
+
+    frozen = stats.mean.copy()
+    frozen.setflags(write=False)
+    other_kind = collections.namedtuple("Stats", "mean rstd batch_stats has_bias")
+    unusual = [stats._replace(mean=frozen), stats._replace(rstd=np.repeat(stats.rstd, 2, axis=-1)[..., ::2]),
+               stats._replace(batch_stats=np.bool_(True)), stats._replace(has_bias=1),
+               other_kind(stats.mean, stats.rstd, True, True)]
+    if stats.mean.ndim == 2:
+        unusual.append(stats._replace(mean=np.asfortranarray(stats.mean)))
+    return unusual
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "instance_norm", "group_norm"])
+def test_statistics_the_backward_lane_leaves_to_the_checks(op, driver_calls, monkeypatch):
+    """Statistics other than the forwards' own -- read-only, strided or Fortran-ordered arrays,
+    non-bool flags, another class of named tuple, float32 -- take the checked path, which copies
+    them to the driver's layout, with the gradients of the forward's own statistics."""
+    rng = np.random.default_rng(23)
+    x = (2 + rng.standard_normal((4, 8, 3, 3))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(8).astype(np.float32)
+    _, stats = _grid_call(nn, op, x, w, w, 1, return_stats=True)
+    expected = _grid_backward_call(nn, op, dy, x, stats, w, 1)
+    served = _served(monkeypatch, "grid_grads")
+    driver_calls.clear()
+    for other in _unusual_stats(stats):
+        _assert_same_grads(_grid_backward_call(nn, op, dy, x, other, w, 1), expected, "float32")
+    grads = _grid_backward_call(nn, op, dy, x, stats._replace(mean=stats.mean.astype(np.float32)), w, 1)
+    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-4)
+    assert served == [False] * len(served) and len(served) >= 6
+    assert driver_calls.count("grid_backward") == len(served)
+
+
+@pytest.mark.parametrize("call", [
+    lambda dy, x, s, w: nn.group_norm_backward(dy[:2], x, s, 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy.astype(np.float64), x, s, 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 4, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 3, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 0, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, True, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 2.0, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 2, w[:4]),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 2, w, channel_axis=0),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s, 2, w, channel_axis=True),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, None, 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s._replace(mean=s.mean[:, :1]), 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s._replace(rstd=s.rstd.T), 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy, x, s._replace(mean=s.mean.astype(np.int64)), 2, w),
+    lambda dy, x, s, w: nn.group_norm_backward(dy[0, 0, 0], x[0, 0, 0], s, 2, w),
+    lambda dy, x, s, w: nn.instance_norm_backward(dy, x, s, w),
+    lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s, w),
+    lambda dy, x, s, w: nn.batch_norm_backward(dy, x, s._replace(mean=s.mean[0], rstd=s.rstd[0]), w),
+], ids=["dy-shape", "dy-dtype", "other-groups", "groups", "zero-groups", "bool-groups", "float-groups", "weight",
+        "axis-0", "bool-axis", "no-stats", "mean-shape", "rstd-transposed", "int-mean", "1d", "in-stats", "bn-stats",
+        "bn-stats-shape"])
+def test_the_grid_backward_lane_refuses_as_the_checks_do(call, monkeypatch):
+    """A bad argument to a plain grid norm backward gets the exception and message of the checks
+    in Python, whether the lane's own tests turn it away or not."""
+    rng = np.random.default_rng(24)
+    x, w = rng.standard_normal((4, 8, 3, 3)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    _, stats = nn.group_norm(x, 2, w, w, return_stats=True)
+    _assert_refused_alike(call, "grid_grads", monkeypatch, rng.standard_normal(x.shape).astype(np.float32), x, stats,
+                          w)
+
+
 @pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "weight_standardization", "batch_norm", "instance_norm",
-                                  "group_norm"])
+                                  "group_norm", "batch_norm_backward", "instance_norm_backward",
+                                  "group_norm_backward"])
 def test_a_lane_takes_its_public_functions_arguments(name):
     """A lane makes the public function (see `dispatch`), and hands the calls it does not take on
     to the routed one: it has the function's parameters, kinds and defaults, so a default changed
@@ -639,8 +827,10 @@ def test_a_fused_call_prepared_at_two_threads_serves_one(op, layout, driver_call
     """A forward prepared above the lane at two threads (the fused row kernel, its shapes worked
     out once) gives the checked call's bits at any thread count."""
     monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
-    # the row norms' lane runs the fused kernel itself up to ONE_THREAD_ROW_FACTOR: past it here
-    x, _, w, b, ca = _case(op, layout, 2048 if OPS[op].kind == "rows" else 1024, "float32", seed=3)
+    # the lanes run the fused kernel themselves up to ONE_THREAD_ROW_FACTOR (rows) and
+    # FUSED_LANE_FACTOR (grid) times SMALL_ELEMENTS: past both here
+    assert 2048 > 64 * max(_small.ONE_THREAD_ROW_FACTOR, _small.FUSED_LANE_FACTOR)
+    x, _, w, b, ca = _case(op, layout, 2048, "float32", seed=3)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(2)
