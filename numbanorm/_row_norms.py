@@ -83,6 +83,24 @@ def _rms_norm_lane(route):
     return rms_norm
 
 
+def _layer_norm_backward_lane(route):
+    def layer_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+        if (grads := _small.row_grads(grad_output, input, stats, normalized_shape, weight, True)) is not None:
+            return grads
+        return route(grad_output, input, stats, normalized_shape, weight)
+
+    return layer_norm_backward
+
+
+def _rms_norm_backward_lane(route):
+    def rms_norm_backward(grad_output, input, stats, normalized_shape, weight=None):
+        if (grads := _small.row_grads(grad_output, input, stats, normalized_shape, weight, False)) is not None:
+            return grads
+        return route(grad_output, input, stats, normalized_shape, weight)
+
+    return rms_norm_backward
+
+
 def _weight_standardization_lane(route):
     def weight_standardization(weight, eps=1e-5):
         # eps None is the row norms' default but refused here: only a float eps goes ahead.  A
@@ -188,7 +206,7 @@ def layer_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[A
     return _row_norm(input, normalized_shape, weight, bias, eps, True, out, return_stats)
 
 
-@dispatch
+@dispatch(lane=_layer_norm_backward_lane)
 def layer_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, normalized_shape: ShapeLike,
                         weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of `layer_norm` given its `NormStats`; returns `Grads(input, weight, bias)`.
@@ -327,7 +345,7 @@ def rms_norm(input: ArrayLike, normalized_shape: ShapeLike, weight: Optional[Arr
     return _row_norm(input, normalized_shape, weight, None, eps, False, out, return_stats)
 
 
-@dispatch
+@dispatch(lane=_rms_norm_backward_lane)
 def rms_norm_backward(grad_output: ArrayLike, input: ArrayLike, stats: NormStats, normalized_shape: ShapeLike,
                       weight: Optional[ArrayLike] = None) -> Grads:
     """Gradients of `rms_norm` given its `NormStats`; returns `Grads(input, weight, None)`.

@@ -386,13 +386,55 @@ def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_bat
     S.grid_backward(grad_output.reshape(shape4), input.reshape(shape4), mean.reshape(-1, groups),
                     rstd.reshape(-1, groups), constant(1.0, c, dtype) if weight is None else weight, over_batch,
                     batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
-    # the float64 sums in the input's dtype, as the checked path delivers them
-    wide = dtype is _F64
-    return Grads(dx, None if weight is None else grad_weight if wide else grad_weight.astype(dtype),
-                 (grad_bias if wide else grad_bias.astype(dtype)) if has_bias else None)
+    return Grads(dx, None if weight is None else _delivered(grad_weight, (c,), dtype),
+                 _delivered(grad_bias, (c,), dtype) if has_bias else None)
+
+
+def _delivered(grad, shape, dtype):
+    """A float64 parameter gradient of ``shape`` in the input's dtype, as the checked path delivers it."""
+    grad = grad if grad.shape == shape else grad.reshape(shape)
+    return grad if dtype is _F64 else grad.astype(dtype)
 
 
 def _plain_stat(value, shape):
     """A forward's statistic as the forwards make it: a writable C-contiguous float64 array of
     ``shape``."""
     return type(value) is np.ndarray and value.dtype is _F64 and value.shape == shape and value.flags.carray
+
+
+def row_grads(grad_output, input, stats, normalized_shape, weight, centered):
+    """A plain backward of layer norm (``centered``) or RMS norm in the lane, as the front returns
+    it, or None (as `row_norm`).
+
+    Plain: ``input`` and ``grad_output`` as `row_norm`'s input, of one shape and dtype, within
+    `row_fits`; ``normalized_shape`` and ``weight`` as `row_norm` takes them; ``stats`` as
+    `grid_grads` takes them, of the input's leading shape."""
+    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
+        return None
+    dtype = input.dtype
+    if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype:
+        return None
+    dims = input.shape
+    if grad_output.shape != dims or not (input.flags.carray and grad_output.flags.carray) or not row_fits(
+            input, grad_output):
+        return None
+    if (shape := _dims(normalized_shape, input.size)) is None or dims[len(dims) - len(shape):] != shape:
+        return None
+    if weight is not None and not _plain_param(weight, dtype, shape):
+        return None
+    mean, rstd, batch_stats, has_bias = stats.mean, stats.rstd, stats.batch_stats, stats.has_bias
+    lead = dims[: len(dims) - len(shape)]
+    if not (_plain_stat(mean, lead) and _plain_stat(rstd, lead)) or type(batch_stats) is not bool or type(
+            has_bias) is not bool:
+        return None
+    rows = mean.size
+    length = input.size // rows
+    params = weight is not None or has_bias
+    dx = np.empty(dims, dtype)
+    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
+    S.norm_rows_backward(grad_output.reshape(rows, length), input.reshape(rows, length),
+                         constant(1.0, length, dtype) if weight is None else weight.reshape(length),
+                         mean.reshape(rows), rstd.reshape(rows), centered, dx.reshape(rows, length), grad_weight,
+                         grad_bias)
+    return Grads(dx, None if weight is None else _delivered(grad_weight, shape, dtype),
+                 _delivered(grad_bias, shape, dtype) if has_bias else None)

@@ -751,9 +751,90 @@ def test_the_grid_backward_lane_refuses_as_the_checks_do(call, monkeypatch):
                           w)
 
 
+@pytest.mark.parametrize("params", ["given", "none", "unusual"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_a_plain_row_backward_takes_the_lane_from_the_front(op, dtype, params, driver_calls, monkeypatch):
+    """Within the lane a plain layer or RMS norm backward, given its forward's `NormStats`, goes
+    from the public function to the lane's driver (``_small.row_grads``), for any leading and
+    normalized shape, and gives the checked path's bits (the same driver) and the float64
+    reference's values."""
+    served = _served(monkeypatch, "row_grads")
+    forward, backward = getattr(nn, op), getattr(nn, op + "_backward")
+    rng = np.random.default_rng(25)
+    for shape, normalized in ROW_LANE_SHAPES:
+        x = (2 + rng.standard_normal(shape)).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        args = _row_args(op, x, normalized, rng, params)
+        _, stats = forward(x, *args, return_stats=True)
+        driver_calls.clear()
+        grads = backward(dy, x, stats, normalized, args[1])
+        assert driver_calls == ["norm_rows_backward"]
+        with monkeypatch.context() as m:
+            m.setattr(_small, "row_grads", lambda *a: None)  # the checks in Python, then the same driver
+            checked = backward(dy, x, stats, normalized, args[1])
+        _assert_same_grads(grads, checked, dtype)
+        wide = [a.astype(np.float64) if isinstance(a, np.ndarray) else a for a in args]
+        _, ref_stats = getattr(ref, op)(x.astype(np.float64), *wide, return_stats=True)
+        expected = getattr(ref, op + "_backward")(dy.astype(np.float64), x.astype(np.float64), ref_stats, normalized,
+                                                  wide[1])
+        # rounding errors of the centred input scaled by rstd (316 on the rows of one value)
+        tol = (2e-5 if dtype == "float32" else 1e-11) * float(ref_stats.rstd.max())
+        for name, g, r in zip(expected._fields, grads, expected):
+            assert (g is None) == (r is None), name
+            if r is not None:
+                np.testing.assert_allclose(g, r, rtol=tol, atol=tol * max(1.0, float(np.abs(r).max())), err_msg=name)
+    assert served == [True] * len(ROW_LANE_SHAPES)
+
+
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm"])
+def test_statistics_the_row_backward_lane_leaves_to_the_checks(op, driver_calls, monkeypatch):
+    """As `test_statistics_the_backward_lane_leaves_to_the_checks`, for the row norms."""
+    rng = np.random.default_rng(26)
+    x = (2 + rng.standard_normal((6, 16))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    w = rng.standard_normal(16).astype(np.float32)
+    forward, backward = getattr(nn, op), getattr(nn, op + "_backward")
+    _, stats = forward(x, 16, w, return_stats=True)
+    expected = backward(dy, x, stats, 16, w)
+    served = _served(monkeypatch, "row_grads")
+    driver_calls.clear()
+    for other in _unusual_stats(stats)[:4]:  # (a named tuple of another class has a bias gradient)
+        _assert_same_grads(backward(dy, x, other, 16, w), expected if other.has_bias is False else
+                           backward.route(dy, x, other, 16, w), "float32")
+    assert served == [False] * 4 and driver_calls.count("norm_rows_backward") == 4 + 1
+
+
+@pytest.mark.parametrize("call", [
+    lambda dy, x, s, w: nn.layer_norm_backward(dy[:2], x, s, 16, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy.astype(np.float64), x, s, 16, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, 15, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, (4, 16), w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, (16.0,), w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, True, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, (), w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, 16, w[:8]),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s, 16, w[None]),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, None, 16, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s._replace(mean=s.mean[:2]), 16, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s._replace(rstd=s.rstd[:, None]), 16, w),
+    lambda dy, x, s, w: nn.layer_norm_backward(dy, x, s._replace(mean=s.mean.astype(np.int64)), 16, w),
+    lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s, 15, w),
+    lambda dy, x, s, w: nn.rms_norm_backward(dy, x, s._replace(rstd=s.rstd[:1]), 16, w),
+], ids=["dy-shape", "dy-dtype", "shape", "longer-shape", "float-shape", "bool-shape", "empty-shape", "weight-shape",
+        "weight-ndim", "no-stats", "mean-shape", "rstd-ndim", "int-mean", "rms-shape", "rms-stats"])
+def test_the_row_backward_lane_refuses_as_the_checks_do(call, monkeypatch):
+    """A bad argument to a plain row norm backward gets the exception and message of the checks in
+    Python, whether the lane's own tests turn it away or not."""
+    rng = np.random.default_rng(27)
+    x, w = rng.standard_normal((4, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    _, stats = nn.layer_norm(x, 16, w, w, return_stats=True)
+    _assert_refused_alike(call, "row_grads", monkeypatch, rng.standard_normal(x.shape).astype(np.float32), x, stats, w)
+
+
 @pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "weight_standardization", "batch_norm", "instance_norm",
                                   "group_norm", "batch_norm_backward", "instance_norm_backward",
-                                  "group_norm_backward"])
+                                  "group_norm_backward", "layer_norm_backward", "rms_norm_backward"])
 def test_a_lane_takes_its_public_functions_arguments(name):
     """A lane makes the public function (see `dispatch`), and hands the calls it does not take on
     to the routed one: it has the function's parameters, kinds and defaults, so a default changed
