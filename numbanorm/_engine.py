@@ -89,24 +89,38 @@ class CPUDevice:
 
     @staticmethod
     def fused_rows(x, rows, segments):
-        """x as (rows, L) for the fused row kernels, or None when they do not fit the case:
-        not C-contiguous, too few rows to keep every thread busy, or rows too long for cache."""
-        if not _is_c(x) or x.size == 0 or rows < 2 * _cpu.thread_count():
+        """x as (rows, L) for the fused row kernels, or None when they do not fit the case (see
+        `fits_fused_rows`)."""
+        if not CPUDevice.fits_fused_rows(x, rows, segments, _cpu.thread_count()):
             return None
+        return x.reshape(rows, x.size // rows)
+
+    @staticmethod
+    def fits_fused_rows(x, rows, segments, threads):
+        """Whether the fused row kernels take x as ``rows`` rows of whole ``segments`` at
+        ``threads`` threads: not if x is not C-contiguous, has too few rows to keep every thread
+        busy, or rows too long for cache."""
+        if not _is_c(x) or x.size == 0 or rows < 2 * threads:
+            return False
         length = x.size // rows
-        if length * x.itemsize > _cpu.FUSED_ROW_BYTES or length % segments:
-            return None
-        return x.reshape(rows, length)
+        return length * x.itemsize <= _cpu.FUSED_ROW_BYTES and not length % segments
 
     @staticmethod
     def grid_rows(x, ch, groups, over_batch=False):
         """A channels-first instance or group norm's x as `fused_rows`, one per (sample, group),
-        or None where that does not fit (batch norm, channels elsewhere than axis 1, a single
-        value per channel)."""
+        or None where that does not fit (see `fits_grid_rows`)."""
+        if not CPUDevice.fits_grid_rows(x, ch, groups, over_batch, _cpu.thread_count()):
+            return None
+        return x.reshape(x.shape[0] * groups, -1)
+
+    @staticmethod
+    def fits_grid_rows(x, ch, groups, over_batch, threads):
+        """Whether `grid_rows` takes x at ``threads`` threads: not for batch norm, channels
+        elsewhere than axis 1 or a single value per channel, nor where `fits_fused_rows` does not."""
         n, c = x.shape[0], x.shape[ch]
         if over_batch or ch != 1 or x.size < 2 * n * c:
-            return None
-        return CPUDevice.fused_rows(x, n * groups, c // groups)
+            return False
+        return CPUDevice.fits_fused_rows(x, n * groups, c // groups, threads)
 
 
 class Engine:

@@ -76,12 +76,17 @@ def grid_fits(x, other=None, over_batch=False):
     if over_batch:
         return fits(x, other, OVER_BATCH_FACTOR)
     if other is None:
-        return fits(x, None, PER_SAMPLE_FACTOR if thread_count() == 1 else PARALLEL_PER_SAMPLE_FACTOR)
+        return fits(x, None, _per_sample_factor(thread_count()))
     if not fits(x, other, PER_SAMPLE_BACKWARD_FACTOR):
         return False
     # at more than one thread the parallel backward overtakes the serial one at a size in bytes:
     # a float64 input at half as many elements
     return x.dtype.itemsize == 4 or x.size <= SMALL_ELEMENTS * PER_SAMPLE_BACKWARD_FACTOR // 2 or thread_count() == 1
+
+
+def _per_sample_factor(threads):
+    """`grid_fits`' factor for an instance or group norm forward at ``threads`` threads."""
+    return PER_SAMPLE_FACTOR if threads == 1 else PARALLEL_PER_SAMPLE_FACTOR
 
 
 @functools.lru_cache(maxsize=256)
@@ -241,15 +246,15 @@ def row_norm(input, normalized_shape, weight, bias, eps, centered, return_stats)
     # past the serial crossover the checked path runs the fused parallel kernel where its rows fit
     # (``CPUDevice.fused_rows``): the same kernel from here, without the few microseconds of
     # checks, key and lookup around it -- a tenth of a 64 K element call
-    parallel = size > SMALL_ELEMENTS * ROW_FACTOR and thread_count() > 1
-    if parallel and (CPUDevice.fused_rows(input, rows, 1) is None or launch_guard() is not NO_GUARD):
+    parallel = size > SMALL_ELEMENTS * ROW_FACTOR and (threads := thread_count()) > 1
+    if parallel and (not CPUDevice.fits_fused_rows(input, rows, 1, threads) or launch_guard() is not NO_GUARD):
         return None
     y = np.empty(dims, dtype)  # C order, as the input: a third faster than ``empty_like``
     if parallel:
         stats = np.empty((3, rows))
         row_normalize_viewed(input, rows, constant(1.0, length, dtype) if weight is None else weight,
                              constant(0.0, length, dtype) if bias is None else bias, 1, 1, eps, centered,
-                             CPUDevice.row_blocks(rows), y, stats)
+                             CPUDevice.blocks_of(rows, threads), y, stats)
         mean, rstd = stats[0], stats[2]
     else:
         mean, rstd = np.empty(rows), np.empty(rows)
@@ -327,19 +332,21 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
     least = 2 if groups is None else 1  # batch and instance norm refuse a single value per statistic
     if (groups := _grid_groups(groups, c)) is None or size // (c if over_batch else n * c) * (c // groups) < least:
         return None
-    if not over_batch and not grid_fits(input):
-        # past the serial crossover, the fused row kernel the checked path runs at more than one
-        # thread (see `row_norm`), on channels-first input; other calls go to the front
-        if thread_count() == 1 or CPUDevice.grid_rows(input, ch, groups) is None or launch_guard() is not NO_GUARD:
+    if not over_batch and size > SMALL_ELEMENTS * _per_sample_factor(threads := thread_count()):
+        # past the serial crossover (`grid_fits`), the fused row kernel the checked path runs at
+        # more than one thread (see `row_norm`), on channels-first input; other calls go to the front
+        if threads == 1 or not CPUDevice.fits_grid_rows(input, ch, groups, False, threads) or (
+                launch_guard() is not NO_GUARD):
             return None
         rows = n * groups
         y = np.empty(shape, dtype)
         stats = np.empty((3, rows))
         row_normalize_viewed(input, rows, constant(1.0, c, dtype) if weight is None else weight,
                              constant(0.0, c, dtype) if bias is None else bias, groups, size // (n * c), eps, True,
-                             CPUDevice.row_blocks(rows), y, stats)
-        mean, rstd = stats[0].reshape(n, groups), stats[2].reshape(n, groups)
-        return (y, NormStats(mean, rstd, True, bias is not None, eps)) if return_stats else y
+                             CPUDevice.blocks_of(rows, threads), y, stats)
+        if not return_stats:
+            return y
+        return y, NormStats(stats[0].reshape(n, groups), stats[2].reshape(n, groups), True, bias is not None, eps)
     # `grid_forward` without its steps for ``out``
     shape4 = grid_shape(shape, ch)
     y = np.empty(shape, dtype)  # C order, as the input (see `row_norm`)
