@@ -322,17 +322,26 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
         return None
     if type(eps) is not float or not 0.0 <= eps < _INF:
         return None
-    if (ch := _grid_axis(channel_axis, input.ndim)) is None:
+    # the tests of `_grid_axis` and `_grid_groups` written out: on 64 elements a call costs a
+    # twentieth of the forward
+    ndim = input.ndim
+    if type(channel_axis) is not int or not 0 < (ch := channel_axis + ndim if channel_axis < 0 else channel_axis) < ndim:
         return None
     shape = input.shape
     n, c = shape[0], shape[ch]
     if weight is not None and not _plain_param(weight, dtype, (c,)) or bias is not None and not _plain_param(
             bias, dtype, (c,)):
         return None
-    least = 2 if groups is None else 1  # batch and instance norm refuse a single value per statistic
-    if (groups := _grid_groups(groups, c)) is None or size // (c if over_batch else n * c) * (c // groups) < least:
+    if groups is None:  # batch and instance norm refuse a single value per statistic
+        groups, least = c, 2
+    elif type(groups) is not int or not 0 < groups <= c or c % groups:
         return None
-    if not over_batch and size > SMALL_ELEMENTS * _per_sample_factor(threads := thread_count()):
+    else:
+        least = 1
+    if size // (c if over_batch else n * c) * (c // groups) < least:
+        return None
+    if not over_batch and size > SMALL_ELEMENTS * PARALLEL_PER_SAMPLE_FACTOR and size > SMALL_ELEMENTS * (
+            _per_sample_factor(threads := thread_count())):
         # past the serial crossover (`grid_fits`), the fused row kernel the checked path runs at
         # more than one thread (see `row_norm`), on channels-first input; other calls go to the front
         if threads == 1 or not CPUDevice.fits_grid_rows(input, ch, groups, False, threads) or (
@@ -368,33 +377,42 @@ def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_bat
     `grid_fits`; ``stats`` a forward's `NormStats` as the forwards make them (writable C-contiguous
     float64 ``mean`` and ``rstd`` of the shape the checks require, exact bools); ``weight`` None or
     plain.  The checks hand exactly these on to the same driver, copying the statistics."""
-    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
-        return None
-    dtype = input.dtype
-    if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype:
+    if (dtype := _backward_dtype(grad_output, input, stats)) is None or not grid_fits(input, grad_output, over_batch):
         return None
     shape = input.shape
-    if grad_output.shape != shape or not (input.flags.carray and grad_output.flags.carray) or not grid_fits(
-            input, grad_output, over_batch):
-        return None
     if (ch := _grid_axis(channel_axis, len(shape))) is None:
         return None
     c = shape[ch]
     if (groups := _grid_groups(groups, c)) is None or weight is not None and not _plain_param(weight, dtype, (c,)):
         return None
-    mean, rstd, batch_stats, has_bias = stats.mean, stats.rstd, stats.batch_stats, stats.has_bias
-    expected = (c,) if over_batch else (shape[0], groups)
-    if not (_plain_stat(mean, expected) and _plain_stat(rstd, expected)) or type(batch_stats) is not bool or type(
-            has_bias) is not bool:
+    if not _plain_stats(stats, (c,) if over_batch else (shape[0], groups)):
         return None
     shape4 = grid_shape(shape, ch)
     dx = np.empty(shape, dtype)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
-    S.grid_backward(grad_output.reshape(shape4), input.reshape(shape4), mean.reshape(-1, groups),
-                    rstd.reshape(-1, groups), constant(1.0, c, dtype) if weight is None else weight, over_batch,
-                    batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
+    S.grid_backward(grad_output.reshape(shape4), input.reshape(shape4), stats.mean.reshape(-1, groups),
+                    stats.rstd.reshape(-1, groups), constant(1.0, c, dtype) if weight is None else weight, over_batch,
+                    stats.batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
     return Grads(dx, None if weight is None else _delivered(grad_weight, (c,), dtype),
-                 _delivered(grad_bias, (c,), dtype) if has_bias else None)
+                 _delivered(grad_bias, (c,), dtype) if stats.has_bias else None)
+
+
+def _backward_dtype(grad_output, input, stats):
+    """The dtype of a plain backward's ``input`` and ``grad_output`` -- NumPy arrays of one shape
+    and one dtype, as `row_norm`'s input -- with a `NormStats`; None for any other."""
+    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
+        return None
+    dtype = input.dtype
+    if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype or grad_output.shape != input.shape:
+        return None
+    return dtype if input.flags.carray and grad_output.flags.carray else None
+
+
+def _plain_stats(stats, shape):
+    """Whether ``stats`` are as the forwards make them: ``mean`` and ``rstd`` writable
+    C-contiguous float64 arrays of ``shape``, exact bools."""
+    return (_plain_stat(stats.mean, shape) and _plain_stat(stats.rstd, shape) and type(stats.batch_stats) is bool
+            and type(stats.has_bias) is bool)
 
 
 def _delivered(grad, shape, dtype):
@@ -416,32 +434,22 @@ def row_grads(grad_output, input, stats, normalized_shape, weight, centered):
     Plain: ``input`` and ``grad_output`` as `row_norm`'s input, of one shape and dtype, within
     `row_fits`; ``normalized_shape`` and ``weight`` as `row_norm` takes them; ``stats`` as
     `grid_grads` takes them, of the input's leading shape."""
-    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
-        return None
-    dtype = input.dtype
-    if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype:
+    if (dtype := _backward_dtype(grad_output, input, stats)) is None or not row_fits(input, grad_output):
         return None
     dims = input.shape
-    if grad_output.shape != dims or not (input.flags.carray and grad_output.flags.carray) or not row_fits(
-            input, grad_output):
-        return None
     if (shape := _dims(normalized_shape, input.size)) is None or dims[len(dims) - len(shape):] != shape:
         return None
-    if weight is not None and not _plain_param(weight, dtype, shape):
+    if weight is not None and not _plain_param(weight, dtype, shape) or not _plain_stats(
+            stats, dims[: len(dims) - len(shape)]):
         return None
-    mean, rstd, batch_stats, has_bias = stats.mean, stats.rstd, stats.batch_stats, stats.has_bias
-    lead = dims[: len(dims) - len(shape)]
-    if not (_plain_stat(mean, lead) and _plain_stat(rstd, lead)) or type(batch_stats) is not bool or type(
-            has_bias) is not bool:
-        return None
-    rows = mean.size
+    rows = stats.mean.size
     length = input.size // rows
-    params = weight is not None or has_bias
+    has_bias = stats.has_bias
     dx = np.empty(dims, dtype)
-    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
+    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if weight is not None or has_bias else (None, None)
     S.norm_rows_backward(grad_output.reshape(rows, length), input.reshape(rows, length),
                          constant(1.0, length, dtype) if weight is None else weight.reshape(length),
-                         mean.reshape(rows), rstd.reshape(rows), centered, dx.reshape(rows, length), grad_weight,
-                         grad_bias)
+                         stats.mean.reshape(rows), stats.rstd.reshape(rows), centered, dx.reshape(rows, length),
+                         grad_weight, grad_bias)
     return Grads(dx, None if weight is None else _delivered(grad_weight, shape, dtype),
                  _delivered(grad_bias, shape, dtype) if has_bias else None)
