@@ -24,6 +24,7 @@ from ._plan import aligned_empty, fold_for, Plan
 
 
 _fused_rows = _engine.CPUDevice.fused_rows
+_fused_row_backward = _engine.CPUDevice.fused_row_backward
 
 
 def _fused_forward(x, x2, weight, bias, seg, eps, out, centered=True, kernel=None):
@@ -376,22 +377,6 @@ def row_backward_recomputing(dy, xk, k, eps):
     mean, rstd = np.empty(rows), np.empty(rows)
     dx2, _, _ = _fused_row_backward(dy, x2, None, mean, rstd, True, False, recompute=True, eps=eps)
     return dx2.reshape(xk.shape)
-
-
-def _fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias, recompute=False, eps=0.0):
-    """``row_normalize_backward`` on C-contiguous rows x2 (R, L): (dx2, grad_w, grad_b), the
-    parameter gradients float64 (L,) (empty where the forward had neither parameter); with
-    ``recompute`` the rows' statistics are taken in the kernel, into ``mean``/``rstd``."""
-    length = x2.shape[1]
-    w = np.ones(length, x2.dtype) if weight is None else weight.reshape(length)
-    blocks = _engine.CPUDevice.row_blocks(x2.shape[0])
-    dx2 = aligned_empty(x2.shape, x2.dtype)
-    params = weight is not None or has_bias
-    width = length if params else 0  # without parameters the kernel sums no gradients for them
-    sum_dy, sum_dy_xhat = np.empty((blocks, width)), np.empty((blocks, width))
-    _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered, recompute, eps,
-                                params, blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, width), x2.dtype))
-    return dx2, sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
 
 
 def row_backward(dy, xk, k, mean, rstd, weight, has_bias, centered):

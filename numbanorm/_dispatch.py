@@ -13,14 +13,18 @@ import threading
 import numba
 import numpy as np
 
+from ._types import NormStats
+
 _BACKENDS = {"dask": "numbanorm._dask", "cuda": "numbanorm._cuda"}
 _workqueue_lock = threading.Lock()
 _layer = None
 
 
 # types that are never a Dask or CUDA array: checked first, since every argument of every call
-# goes through here (hasattr on a plain number costs an AttributeError)
-_HOST_TYPES = frozenset({type(None), bool, int, float, str, tuple, list, np.ndarray})
+# goes through here (hasattr on a plain number costs an AttributeError).  A forward's `NormStats`
+# is a tuple, whatever arrays it holds: the backward it is passed to is routed by its first
+# argument, as before
+_HOST_TYPES = frozenset({type(None), bool, int, float, str, tuple, list, np.ndarray, NormStats})
 
 
 def backend_of(value):

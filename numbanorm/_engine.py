@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _cpu
 from ._arguments import _is_c
-from ._plan import Plan
+from ._plan import aligned_empty, Plan
 
 
 def merge_axes(count, mean, m2, axes):
@@ -104,6 +104,22 @@ class CPUDevice:
             return False
         length = x.size // rows
         return length * x.itemsize <= _cpu.FUSED_ROW_BYTES and not length % segments
+
+    @staticmethod
+    def fused_row_backward(dy, x2, weight, mean, rstd, centered, has_bias, recompute=False, eps=0.0):
+        """``row_normalize_backward`` on C-contiguous rows x2 (R, L): (dx2, grad_w, grad_b), the
+        parameter gradients float64 (L,) (empty where the forward had neither parameter); with
+        ``recompute`` the rows' statistics are taken in the kernel, into ``mean``/``rstd``."""
+        length = x2.shape[1]
+        w = np.ones(length, x2.dtype) if weight is None else weight.reshape(length)
+        blocks = CPUDevice.row_blocks(x2.shape[0])
+        dx2 = aligned_empty(x2.shape, x2.dtype)
+        params = weight is not None or has_bias
+        width = length if params else 0  # without parameters the kernel sums no gradients for them
+        sum_dy, sum_dy_xhat = np.empty((blocks, width)), np.empty((blocks, width))
+        _cpu.row_normalize_backward(dy.reshape(x2.shape), x2, w, mean.ravel(), rstd.ravel(), centered, recompute, eps,
+                                    params, blocks, dx2, sum_dy, sum_dy_xhat, np.empty((blocks, 2, width), x2.dtype))
+        return dx2, sum_dy_xhat.sum(axis=0), sum_dy.sum(axis=0)
 
     @staticmethod
     def grid_rows(x, ch, groups, over_batch=False):

@@ -101,6 +101,15 @@ def _rms_norm_backward_lane(route):
     return rms_norm_backward
 
 
+def _weight_standardization_backward_lane(route):
+    def weight_standardization_backward(grad_output, weight, eps=1e-5):
+        if (dx := _small.weight_grads(grad_output, weight, eps)) is not None:
+            return dx
+        return route(grad_output, weight, eps)
+
+    return weight_standardization_backward
+
+
 def _weight_standardization_lane(route):
     def weight_standardization(weight, eps=1e-5):
         # eps None is the row norms' default but refused here: only a float eps goes ahead.  A
@@ -473,7 +482,7 @@ def weight_standardization(weight: ArrayLike, eps: float = 1e-5) -> Array:
                              key if w is weight else None)
 
 
-@dispatch
+@dispatch(lane=_weight_standardization_backward_lane)
 def weight_standardization_backward(grad_output: ArrayLike, weight: ArrayLike, eps: float = 1e-5) -> Array:
     """Gradient of `weight_standardization` with respect to ``weight`` (its statistics
     recomputed, as the forward returns none).

@@ -182,7 +182,7 @@ def row_backward(dy, x, mean, rstd, weight, centered, params=True):
     grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
     S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype),
                          mean.reshape(rows), rstd.reshape(rows), centered, _rows(dx, rows, length), grad_weight,
-                         grad_bias)
+                         grad_bias, False, 0.0)  # as `_row_input_grad` passes them: one compiled variant
     return dx, grad_weight, grad_bias
 
 
@@ -377,7 +377,7 @@ def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_bat
     `grid_fits`; ``stats`` a forward's `NormStats` as the forwards make them (writable C-contiguous
     float64 ``mean`` and ``rstd`` of the shape the checks require, exact bools); ``weight`` None or
     plain.  The checks hand exactly these on to the same driver, copying the statistics."""
-    if (dtype := _backward_dtype(grad_output, input, stats)) is None or not grid_fits(input, grad_output, over_batch):
+    if (dtype := _backward_dtype(grad_output, input)) is None or not grid_fits(input, grad_output, over_batch):
         return None
     shape = input.shape
     if (ch := _grid_axis(channel_axis, len(shape))) is None:
@@ -397,10 +397,10 @@ def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_bat
                  _delivered(grad_bias, (c,), dtype) if stats.has_bias else None)
 
 
-def _backward_dtype(grad_output, input, stats):
+def _backward_dtype(grad_output, input):
     """The dtype of a plain backward's ``input`` and ``grad_output`` -- NumPy arrays of one shape
-    and one dtype, as `row_norm`'s input -- with a `NormStats`; None for any other."""
-    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray or type(stats) is not NormStats:
+    and one dtype, as `row_norm`'s input; None for any other."""
+    if type(input) is not np.ndarray or type(grad_output) is not np.ndarray:
         return None
     dtype = input.dtype
     if dtype is not _F32 and dtype is not _F64 or grad_output.dtype is not dtype or grad_output.shape != input.shape:
@@ -409,10 +409,10 @@ def _backward_dtype(grad_output, input, stats):
 
 
 def _plain_stats(stats, shape):
-    """Whether ``stats`` are as the forwards make them: ``mean`` and ``rstd`` writable
+    """Whether ``stats`` is a `NormStats` as the forwards make it: ``mean`` and ``rstd`` writable
     C-contiguous float64 arrays of ``shape``, exact bools."""
-    return (_plain_stat(stats.mean, shape) and _plain_stat(stats.rstd, shape) and type(stats.batch_stats) is bool
-            and type(stats.has_bias) is bool)
+    return (type(stats) is NormStats and _plain_stat(stats.mean, shape) and _plain_stat(stats.rstd, shape)
+            and type(stats.batch_stats) is bool and type(stats.has_bias) is bool)
 
 
 def _delivered(grad, shape, dtype):
@@ -431,25 +431,60 @@ def row_grads(grad_output, input, stats, normalized_shape, weight, centered):
     """A plain backward of layer norm (``centered``) or RMS norm in the lane, as the front returns
     it, or None (as `row_norm`).
 
-    Plain: ``input`` and ``grad_output`` as `row_norm`'s input, of one shape and dtype, within
-    `row_fits`; ``normalized_shape`` and ``weight`` as `row_norm` takes them; ``stats`` as
-    `grid_grads` takes them, of the input's leading shape."""
-    if (dtype := _backward_dtype(grad_output, input, stats)) is None or not row_fits(input, grad_output):
+    Plain: ``input`` and ``grad_output`` as `row_norm`'s input, of one shape and dtype;
+    ``normalized_shape`` and ``weight`` as `row_norm` takes them; ``stats`` as `grid_grads` takes
+    them, of the input's leading shape.  Past the serial crossover at more than one thread the
+    lane runs the fused parallel kernel the checked path runs, as `row_norm` does."""
+    if (dtype := _backward_dtype(grad_output, input)) is None or not (
+            0 < (size := input.size) <= SMALL_ELEMENTS * ONE_THREAD_ROW_FACTOR):
         return None
     dims = input.shape
-    if (shape := _dims(normalized_shape, input.size)) is None or dims[len(dims) - len(shape):] != shape:
+    if (shape := _dims(normalized_shape, size)) is None or dims[len(dims) - len(shape):] != shape:
         return None
     if weight is not None and not _plain_param(weight, dtype, shape) or not _plain_stats(
             stats, dims[: len(dims) - len(shape)]):
         return None
     rows = stats.mean.size
-    length = input.size // rows
+    length = size // rows
     has_bias = stats.has_bias
-    dx = np.empty(dims, dtype)
-    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if weight is not None or has_bias else (None, None)
-    S.norm_rows_backward(grad_output.reshape(rows, length), input.reshape(rows, length),
-                         constant(1.0, length, dtype) if weight is None else weight.reshape(length),
-                         stats.mean.reshape(rows), stats.rstd.reshape(rows), centered, dx.reshape(rows, length),
-                         grad_weight, grad_bias)
+    if (dx := _row_input_grad(grad_output, input, rows, size, weight, stats, centered, has_bias, 0.0)) is None:
+        return None
+    dx, grad_weight, grad_bias = dx
     return Grads(dx, None if weight is None else _delivered(grad_weight, shape, dtype),
                  _delivered(grad_bias, shape, dtype) if has_bias else None)
+
+
+def weight_grads(grad_output, weight, eps):
+    """A plain `weight_standardization_backward` in the lane (its statistics recomputed, one row
+    per output channel), as the front returns it, or None (as `row_grads`; ``eps`` a float)."""
+    if (dtype := _backward_dtype(grad_output, weight)) is None or type(eps) is not float or not 0.0 <= eps < _INF:
+        return None
+    if weight.ndim < 2 or not 0 < (size := weight.size) <= SMALL_ELEMENTS * ONE_THREAD_ROW_FACTOR:
+        return None
+    result = _row_input_grad(grad_output, weight, weight.shape[0], size, None, None, True, False, eps)
+    return None if result is None else result[0]
+
+
+def _row_input_grad(dy, x, rows, size, weight, stats, centered, has_bias, eps):
+    """(dx, grad_weight, grad_bias) of a plain row norm backward over ``rows`` rows (the parameter
+    gradients float64, None without parameters): serially, or past the serial crossover at more
+    than one thread the fused parallel kernel (`CPUDevice.fused_row_backward`) where its rows fit
+    and the threading layer needs no guard, else None.  Without ``stats`` (weight
+    standardization) each row's statistics are recomputed with ``eps``."""
+    length = size // rows
+    recompute = stats is None
+    mean, rstd = (np.empty(rows), np.empty(rows)) if recompute else (stats.mean.reshape(rows), stats.rstd.reshape(rows))
+    if size > SMALL_ELEMENTS * ROW_FACTOR and (threads := thread_count()) > 1:
+        if not CPUDevice.fits_fused_rows(x, rows, 1, threads) or launch_guard() is not NO_GUARD:
+            return None
+        dx2, grad_weight, grad_bias = CPUDevice.fused_row_backward(dy.reshape(rows, length), x.reshape(rows, length),
+                                                                   weight, mean, rstd, centered, has_bias, recompute,
+                                                                   eps)
+        return dx2.reshape(x.shape), grad_weight, grad_bias
+    params = weight is not None or has_bias
+    dx = np.empty(x.shape, x.dtype)
+    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
+    S.norm_rows_backward(dy.reshape(rows, length), x.reshape(rows, length),
+                         constant(1.0, length, x.dtype) if weight is None else weight.reshape(length), mean, rstd,
+                         centered, dx.reshape(rows, length), grad_weight, grad_bias, recompute, eps)
+    return dx, grad_weight, grad_bias

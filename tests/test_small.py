@@ -832,9 +832,102 @@ def test_the_row_backward_lane_refuses_as_the_checks_do(call, monkeypatch):
     _assert_refused_alike(call, "row_grads", monkeypatch, rng.standard_normal(x.shape).astype(np.float32), x, stats, w)
 
 
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two Numba threads")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "weight_standardization"])
+def test_past_the_serial_crossover_the_row_backward_lane_runs_the_fused_kernel(op, dtype, driver_calls,
+                                                                              monkeypatch):
+    """At two threads a plain row norm backward past ROW_FACTOR times SMALL_ELEMENTS (up to
+    ONE_THREAD_ROW_FACTOR times) runs from the lane the fused parallel kernel the checked path
+    runs (`CPUDevice.fused_row_backward`) and gives its bits; with fewer rows than two a thread it
+    leaves the call to the front."""
+    from numbanorm import _engine
+
+    monkeypatch.setattr(_small, "SMALL_ELEMENTS", 64)
+    lane_calls = []
+    original = _engine.CPUDevice.fused_row_backward
+
+    def spy(*args, **kwargs):
+        lane_calls.append(args[1].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_engine.CPUDevice, "fused_row_backward", staticmethod(spy))  # the lane's; the front's is bound
+    backward, lane = getattr(nn, op + "_backward"), "weight_grads" if op == "weight_standardization" else "row_grads"
+    rng = np.random.default_rng(28)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(2)
+        for shape, normalized in PARALLEL_ROW_LANE_SHAPES + [((2, 256), 256)]:
+            x = (2 + rng.standard_normal(shape)).astype(dtype)
+            dy = rng.standard_normal(shape).astype(dtype)
+            if op == "weight_standardization":
+                args = (dy, x)
+            else:
+                w = rng.standard_normal(normalized).astype(dtype)
+                _, stats = getattr(nn, op)(x, normalized, w, return_stats=True)
+                args = (dy, x, stats, normalized, w)
+            grads = backward(*args)
+            rows = x.shape[0] if op == "weight_standardization" else x.size // int(np.prod(normalized))
+            assert lane_calls == ([(rows, x.size // rows)] if rows >= 4 else []), shape
+            lane_calls.clear()
+            with monkeypatch.context() as m:
+                m.setattr(_small, lane, lambda *a: None)
+                checked = backward(*args)
+            if op == "weight_standardization":
+                np.testing.assert_array_equal(grads, checked)
+                assert grads.dtype == checked.dtype and grads.shape == checked.shape
+            else:
+                _assert_same_grads(grads, checked, dtype)
+        assert not driver_calls, "the serial driver ran past the crossover at two threads"
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_plain_weight_standardization_backward_takes_the_lane(dtype, driver_calls, monkeypatch):
+    """Within the lane a plain `weight_standardization_backward` goes from the public function to
+    the lane's driver (``_small.weight_grads``, its statistics recomputed) and gives the checked
+    path's bits and the float64 reference's values."""
+    served = _served(monkeypatch, "weight_grads")
+    rng = np.random.default_rng(29)
+    for shape in [(8, 3, 3, 3), (4, 16), (6, 2, 5), (3, 1)]:
+        w = (2 + rng.standard_normal(shape)).astype(dtype)
+        dy = rng.standard_normal(shape).astype(dtype)
+        driver_calls.clear()
+        dw = nn.weight_standardization_backward(dy, w)
+        assert driver_calls == ["norm_rows_backward"]
+        with monkeypatch.context() as m:
+            m.setattr(_small, "weight_grads", lambda *a: None)
+            checked = nn.weight_standardization_backward(dy, w)
+        np.testing.assert_array_equal(dw, checked)
+        assert dw.dtype == checked.dtype == np.dtype(dtype) and dw.shape == shape and dw.flags.c_contiguous
+        expected = ref.weight_standardization_backward(dy.astype(np.float64), w.astype(np.float64))
+        scale = max(1.0, float(np.abs(expected).max()))
+        tol = 1e-4 if dtype == "float32" else 1e-10  # (3, 1): rows of one value, rstd 316
+        np.testing.assert_allclose(dw, expected, rtol=tol, atol=tol * scale)
+    assert served == [True] * 4
+
+
+@pytest.mark.parametrize("call", [
+    lambda dy, w: nn.weight_standardization_backward(dy, w, eps=-1.0),
+    lambda dy, w: nn.weight_standardization_backward(dy, w, eps=float("nan")),
+    lambda dy, w: nn.weight_standardization_backward(dy, w, eps="1e-5"),
+    lambda dy, w: nn.weight_standardization_backward(dy[:2], w),
+    lambda dy, w: nn.weight_standardization_backward(dy.astype(np.float64), w),
+    lambda dy, w: nn.weight_standardization_backward(dy[0, 0, 0], w[0, 0, 0]),
+    lambda dy, w: nn.weight_standardization_backward(dy, None),
+], ids=["eps", "nan-eps", "str-eps", "dy-shape", "dy-dtype", "1d", "no-weight"])
+def test_the_weight_standardization_backward_lane_refuses_as_the_checks_do(call, monkeypatch):
+    """A bad argument gets the exception and message of the checks, with the lane open or shut."""
+    rng = np.random.default_rng(30)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    _assert_refused_alike(call, "weight_grads", monkeypatch, rng.standard_normal(w.shape).astype(np.float32), w)
+
+
 @pytest.mark.parametrize("name", ["layer_norm", "rms_norm", "weight_standardization", "batch_norm", "instance_norm",
                                   "group_norm", "batch_norm_backward", "instance_norm_backward",
-                                  "group_norm_backward", "layer_norm_backward", "rms_norm_backward"])
+                                  "group_norm_backward", "layer_norm_backward", "rms_norm_backward",
+                                  "weight_standardization_backward"])
 def test_a_lane_takes_its_public_functions_arguments(name):
     """A lane makes the public function (see `dispatch`), and hands the calls it does not take on
     to the routed one: it has the function's parameters, kinds and defaults, so a default changed
