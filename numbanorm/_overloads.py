@@ -556,10 +556,7 @@ def _ov_rms_norm_backward(grad_output, input, stats, normalized_shape, weight=No
 
 # -- batch, instance and group norm: statistics per (sample, channel), grouped -------------------
 
-@njit(cache=False)
-def _grid_shape(shape, ch):
-    """(N, P, C, Q): the batch axis, the axes before the channels, the channels, the axes after."""
-    return (shape[0], _prod(shape, 1, ch), shape[ch], _prod(shape, ch + 1, len(shape)))
+_grid_shape = S.grid_shape4
 
 
 def _check_running_types(running_mean, running_var, num_batches_tracked):

@@ -444,6 +444,37 @@ def _group_totals(per_channel, groups, over_batch, totals):
             totals[s, c // members] += per_channel[n, c]
 
 
+@njit(inline="always", **_ew)
+def grid_shape4(shape, ch):
+    """(N, P, C, Q) of an input of ``shape`` with channels on axis ``ch``: the batch axis, the
+    axes before the channels, the channels, the axes after."""
+    p = 1
+    for i in range(1, ch):
+        p *= shape[i]
+    q = 1
+    for i in range(ch + 1, len(shape)):
+        q *= shape[i]
+    return shape[0], p, shape[ch], q
+
+
+@njit(**_ew)
+def grid_forward_viewed(x, ch, groups, over_batch, weight, bias, eps, y, stats):
+    """`grid_forward` on C-contiguous ``x`` and ``y`` of any number of dimensions, channels on
+    axis ``ch``: the small lane's one call from Python for the views it would make there (on 64
+    elements each is a measurable part of the call)."""
+    shape4 = grid_shape4(x.shape, ch)
+    grid_forward(x.reshape(shape4), groups, over_batch, weight, bias, eps, y.reshape(shape4), stats)
+
+
+@njit(**_ew)
+def grid_backward_viewed(dy, x, ch, mean, rstd, weight, over_batch, batch_stats, dx, grad_weight, grad_bias):
+    """`grid_backward` on C-contiguous ``dy``, ``x`` and ``dx`` of any number of dimensions (as
+    `grid_forward_viewed`)."""
+    shape4 = grid_shape4(x.shape, ch)
+    grid_backward(dy.reshape(shape4), x.reshape(shape4), mean, rstd, weight, over_batch, batch_stats,
+                  dx.reshape(shape4), grad_weight, grad_bias)
+
+
 @njit(**_ew)
 def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
     """Batch statistics of a small ``x4`` and its normalization into ``y4``; ``stats`` (4, 1 or

@@ -112,12 +112,6 @@ def _rows(a, rows, length):
     return a if a.shape == (rows, length) else a.reshape(rows, length)
 
 
-@functools.lru_cache(maxsize=256)
-def grid_shape(shape, ch):
-    """(N, P, C, Q): the batch axis, the axes before the channels, the channels, the axes after."""
-    return shape[0], math.prod(shape[1:ch]), shape[ch], math.prod(shape[ch + 1:])
-
-
 def _target(out, x):
     """``out`` if the driver can write it directly, else a new array like ``x``."""
     if out is None:
@@ -135,24 +129,22 @@ def _deliver(y, out):
 def grid_forward(x, ch, groups, over_batch, weight, bias, eps, out):
     """Batch statistics and normalization of a grid norm: (y, stats) with ``stats`` (4, S, G)
     float64 = count, mean, biased variance, rstd per group (S = 1 over the batch, else N)."""
-    shape4 = grid_shape(x.shape, ch)
-    c = shape4[2]
+    c = x.shape[ch]
     y = _target(out, x)
-    stats = np.empty((4, 1 if over_batch else shape4[0], groups))
-    S.grid_forward(x.reshape(shape4), groups, over_batch, _or_ones(weight, c, x.dtype), _or_zeros(bias, c, x.dtype),
-                   eps, y.reshape(shape4), stats)
+    stats = np.empty((4, 1 if over_batch else x.shape[0], groups))
+    S.grid_forward_viewed(x, ch, groups, over_batch, _or_ones(weight, c, x.dtype), _or_zeros(bias, c, x.dtype), eps,
+                          y, stats)
     return _deliver(y, out), stats
 
 
 def grid_backward(dy, x, ch, mean, rstd, weight, over_batch, batch_stats):
     """(dx, grad_weight, grad_bias), the gradients float64 (C,), of a grid norm that normalized
     with per-group ``mean``/``rstd`` (S, G) float64."""
-    shape4 = grid_shape(x.shape, ch)
-    c = shape4[2]
+    c = x.shape[ch]
     dx = np.empty_like(x)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
-    S.grid_backward(dy.reshape(shape4), x.reshape(shape4), mean, rstd, _or_ones(weight, c, x.dtype), over_batch,
-                    batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
+    S.grid_backward_viewed(dy, x, ch, mean, rstd, _or_ones(weight, c, x.dtype), over_batch, batch_stats, dx,
+                           grad_weight, grad_bias)
     return dx, grad_weight, grad_bias
 
 
@@ -357,11 +349,10 @@ def grid_norm(input, groups, weight, bias, eps, channel_axis, over_batch, return
             return y
         return y, NormStats(stats[0].reshape(n, groups), stats[2].reshape(n, groups), True, bias is not None, eps)
     # `grid_forward` without its steps for ``out``
-    shape4 = grid_shape(shape, ch)
     y = np.empty(shape, dtype)  # C order, as the input (see `row_norm`)
     stats = np.empty((4, 1 if over_batch else n, groups))
-    S.grid_forward(input.reshape(shape4), groups, over_batch, constant(1.0, c, dtype) if weight is None else weight,
-                   constant(0.0, c, dtype) if bias is None else bias, eps, y.reshape(shape4), stats)
+    S.grid_forward_viewed(input, ch, groups, over_batch, constant(1.0, c, dtype) if weight is None else weight,
+                          constant(0.0, c, dtype) if bias is None else bias, eps, y, stats)
     if not return_stats:
         return y
     if over_batch:
@@ -387,12 +378,11 @@ def grid_grads(grad_output, input, stats, groups, weight, channel_axis, over_bat
         return None
     if not _plain_stats(stats, (c,) if over_batch else (shape[0], groups)):
         return None
-    shape4 = grid_shape(shape, ch)
     dx = np.empty(shape, dtype)
     grad_weight, grad_bias = np.empty(c), np.empty(c)
-    S.grid_backward(grad_output.reshape(shape4), input.reshape(shape4), stats.mean.reshape(-1, groups),
-                    stats.rstd.reshape(-1, groups), constant(1.0, c, dtype) if weight is None else weight, over_batch,
-                    stats.batch_stats, dx.reshape(shape4), grad_weight, grad_bias)
+    S.grid_backward_viewed(grad_output, input, ch, stats.mean.reshape(-1, groups), stats.rstd.reshape(-1, groups),
+                           constant(1.0, c, dtype) if weight is None else weight, over_batch, stats.batch_stats, dx,
+                           grad_weight, grad_bias)
     return Grads(dx, None if weight is None else _delivered(grad_weight, (c,), dtype),
                  _delivered(grad_bias, (c,), dtype) if stats.has_bias else None)
 

@@ -182,11 +182,11 @@ def test_read_only_inputs_run_the_writable_inputs_compiled_kernels(rng):
     x = rng.normal(size=(4, 8, 6)).astype(np.float32)
     w = rng.normal(size=8).astype(np.float32)
     y, stats = nn.group_norm(x, 2, w, return_stats=True)
-    compiled = len(_serial.grid_forward.signatures)
+    compiled = len(_serial.grid_forward_viewed.signatures)
     xr, wr = x.copy(), w.copy()
     xr.flags.writeable = wr.flags.writeable = False
     yr, stats_r = nn.group_norm(xr, 2, wr, return_stats=True)
-    assert len(_serial.grid_forward.signatures) == compiled
+    assert len(_serial.grid_forward_viewed.signatures) == compiled
     np.testing.assert_array_equal(yr, y)
     np.testing.assert_array_equal(stats_r.rstd, stats.rstd)
     assert not xr.flags.writeable and not wr.flags.writeable
