@@ -494,6 +494,14 @@ def test_past_the_serial_crossover_the_row_lane_runs_the_fused_kernel(op, dtype,
 GRID_LANE_SHAPES = [((4, 8, 3, 3), 1), ((4, 3, 3, 8), -1), ((2, 8, 5), 1), ((2, 3, 4, 8), 3), ((3, 8, 2, 2, 2), 1)]
 
 
+def _grid_params(rng, channels, dtype, params):
+    """(weight, bias) of ``channels``: given, None, or with a strided view for a bias."""
+    if params == "none":
+        return None, None
+    w, b = (rng.standard_normal(channels).astype(dtype) for _ in range(2))
+    return (w, np.repeat(b, 2)[::2]) if params == "unusual" else (w, b)  # b's values, every other element
+
+
 def _grid_call(api, op, x, w, b, ca, **options):
     if op == "batch_norm":
         return api.batch_norm(x, None, None, w, b, training=True, channel_axis=ca, **options)
@@ -514,11 +522,7 @@ def test_a_plain_grid_norm_takes_the_lane_from_the_front(op, dtype, params, prep
     rng = np.random.default_rng(18)
     for shape, ca in GRID_LANE_SHAPES:
         x = (2 + rng.standard_normal(shape)).astype(dtype)
-        w = b = None
-        if params != "none":
-            w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
-        if params == "unusual":
-            b = np.repeat(b, 2)[::2]  # b's values, every other element of a buffer
+        w, b = _grid_params(rng, shape[ca], dtype, params)
         y = _grid_call(nn, op, x, w, b, ca)
         y_with_stats, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
         assert prepared_hits == []
@@ -597,11 +601,7 @@ def test_past_the_serial_crossover_the_grid_lane_runs_the_fused_row_kernel(op, d
         for shape, ca, lane in PARALLEL_GRID_LANE_SHAPES:
             x = (2 + rng.standard_normal(shape)).astype(dtype)
             assert _small.PARALLEL_PER_SAMPLE_FACTOR * 64 < x.size <= _small.FUSED_LANE_FACTOR * 64
-            w = b = None
-            if params != "none":
-                w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
-            if params == "unusual":
-                b = np.repeat(b, 2)[::2]  # b's values, every other element of a buffer
+            w, b = _grid_params(rng, shape[ca], dtype, params)
             y = _grid_call(nn, op, x, w, b, ca)
             y_with_stats, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
             assert kernel_calls == (["row_normalize_viewed"] * 2 if lane else []), shape
@@ -663,11 +663,7 @@ def test_a_plain_grid_backward_takes_the_lane_from_the_front(op, dtype, params, 
     for shape, ca in GRID_LANE_SHAPES:
         x = (2 + rng.standard_normal(shape)).astype(dtype)
         dy = rng.standard_normal(shape).astype(dtype)
-        w = b = None
-        if params != "none":
-            w, b = (rng.standard_normal(shape[ca]).astype(dtype) for _ in range(2))
-        if params == "unusual":
-            w = np.repeat(w, 2)[::2]  # w's values, every other element of a buffer
+        b, w = _grid_params(rng, shape[ca], dtype, params)  # the strided one is the weight here
         _, stats = _grid_call(nn, op, x, w, b, ca, return_stats=True)
         driver_calls.clear()
         grads = _grid_backward_call(nn, op, dy, x, stats, w, ca)
