@@ -8,10 +8,12 @@ scheme), on the C-contiguous input seen as ``(N, P, C, Q)`` (grid norms) or ``(R
 norms).  The CPU device (``_cpu_pipelines``) asks `row_fits` or `grid_fits` first and otherwise
 takes its fused or planned kernels.
 
-A plain forward (`row_norm`, `grid_norm`) takes the lane from the public function on: a few exact
-tests of its arguments stand in for the front's checks, which on a few hundred elements cost more
-than the arithmetic.  At more than one thread a plain row norm past the serial crossover (up to
-``ONE_THREAD_ROW_FACTOR``) runs from the lane the fused parallel kernel the checked path would.
+A plain forward (`row_norm`, `grid_norm`) or backward (`row_grads`, `grid_grads`, `weight_grads`)
+takes the lane from the public function on: a few exact tests of its arguments stand in for the
+front's checks, which on a few hundred elements cost more than the arithmetic.  At more than one
+thread a plain row norm past the serial crossover (up to ``ONE_THREAD_ROW_FACTOR``), forward or
+backward, and a channels-first instance or group norm forward past it (up to
+``FUSED_LANE_FACTOR``) run from the lane the fused parallel kernel the checked path would.
 
 Absent parameters are passed as shared ones and zeros rather than None: scaling by 1
 and adding 0 change no bit, and the drivers then compile once per dtype instead of once per
