@@ -206,16 +206,16 @@ def merge_grid(states, groups, over_batch, merged):
     merged[:, :, :] = 0.0
     for n in range(n_):
         s = 0 if over_batch else n
-        for c in range(c_):
-            k = states[0, n, c]
-            if k == 0.0:
-                continue
-            g = c // members
-            if merged[0, s, g] == 0.0:
-                merged[1, s, g] = states[1, n, c]
-            merged[0, s, g], merged[2, s, g], merged[3, s, g] = _chan_merge(
-                merged[0, s, g], merged[2, s, g], merged[3, s, g], k,
-                (states[1, n, c] - merged[1, s, g]) + states[2, n, c], states[3, n, c])
+        for g in range(groups):  # by group, then its channels (see `grid_coefficients`)
+            for c in range(g * members, (g + 1) * members):
+                k = states[0, n, c]
+                if k == 0.0:
+                    continue
+                if merged[0, s, g] == 0.0:
+                    merged[1, s, g] = states[1, n, c]
+                merged[0, s, g], merged[2, s, g], merged[3, s, g] = _chan_merge(
+                    merged[0, s, g], merged[2, s, g], merged[3, s, g], k,
+                    (states[1, n, c] - merged[1, s, g]) + states[2, n, c], states[3, n, c])
 
 
 @njit(**_ew)
@@ -440,8 +440,9 @@ def _group_totals(per_channel, groups, over_batch, totals):
     totals[:, :] = 0.0
     for n in range(n_):
         s = 0 if over_batch else n
-        for c in range(c_):
-            totals[s, c // members] += per_channel[n, c]
+        for g in range(groups):  # by group, then its channels (see `grid_coefficients`)
+            for c in range(g * members, (g + 1) * members):
+                totals[s, g] += per_channel[n, c]
 
 
 @njit(inline="always", **_ew)
@@ -515,8 +516,8 @@ def grid_forward(x4, groups, over_batch, weight, bias, eps, y4, stats):
     _group_totals(acc[0], groups, over_batch, base)
     base /= count
     for s in range(s_):
-        for c in range(c_):
-            shift[s, c] = base[s, c // members]
+        for g in range(groups):
+            shift[s, g * members:(g + 1) * members] = base[s, g]
     channel_deviations(x4, shift, acc)
     dev = np.empty((s_, groups))
     sq = np.empty((s_, groups))
