@@ -171,23 +171,27 @@ def row_backward(dy, x, mean, rstd, weight, centered, params=True):
     """(dx, grad_weight, grad_bias) of a row norm, the gradients float64 (L,) (None without
     ``params``: a forward with neither weight nor bias)."""
     rows = mean.size
-    length = x.size // rows
-    dx = np.empty_like(x)
-    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
-    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype),
-                         mean.reshape(rows), rstd.reshape(rows), centered, _rows(dx, rows, length), grad_weight,
-                         grad_bias, False, 0.0)  # as `_row_input_grad` passes them: one compiled variant
-    return dx, grad_weight, grad_bias
+    return _serial_row_backward(dy, x, rows, weight, mean.reshape(rows), rstd.reshape(rows), centered, params, False,
+                                0.0)
 
 
 def row_backward_recomputing(dy, x, rows, eps):
     """The input gradient of a layer norm without parameters over ``rows`` rows whose forward
     kept no statistics (weight standardization): recomputed row by row in the same call."""
+    return _serial_row_backward(dy, x, rows, None, np.empty(rows), np.empty(rows), True, False, True, eps)[0]
+
+
+def _serial_row_backward(dy, x, rows, weight, mean, rstd, centered, params, recompute, eps):
+    """The serial driver's (dx, grad_weight, grad_bias) on C-contiguous ``dy`` and ``x`` seen as
+    ``rows`` rows (the gradients None without ``params``); with ``recompute`` the rows' statistics
+    are taken into ``mean``/``rstd`` (rows,) first.  The checked path and the lane both call it,
+    with every argument given: one compiled variant."""
     length = x.size // rows
-    dx = np.empty_like(x)
-    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), constant(1.0, length, x.dtype),
-                         np.empty(rows), np.empty(rows), True, _rows(dx, rows, length), None, None, True, eps)
-    return dx
+    dx = np.empty(x.shape, x.dtype)  # C order, as x (see `row_norm`)
+    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
+    S.norm_rows_backward(_rows(dy, rows, length), _rows(x, rows, length), _or_ones(weight, length, x.dtype), mean,
+                         rstd, centered, _rows(dx, rows, length), grad_weight, grad_bias, recompute, eps)
+    return dx, grad_weight, grad_bias
 
 
 # the dtypes of a plain call, compared by identity: NumPy keeps one instance of each native
@@ -436,12 +440,11 @@ def row_grads(grad_output, input, stats, normalized_shape, weight, centered):
     if weight is not None and not _plain_param(weight, dtype, shape) or not _plain_stats(
             stats, dims[: len(dims) - len(shape)]):
         return None
-    rows = stats.mean.size
-    length = size // rows
     has_bias = stats.has_bias
-    if (dx := _row_input_grad(grad_output, input, rows, size, weight, stats, centered, has_bias, 0.0)) is None:
+    if (result := _row_input_grad(grad_output, input, stats.mean.size, size, weight, stats, centered, has_bias,
+                                  0.0)) is None:
         return None
-    dx, grad_weight, grad_bias = dx
+    dx, grad_weight, grad_bias = result
     return Grads(dx, None if weight is None else _delivered(grad_weight, shape, dtype),
                  _delivered(grad_bias, shape, dtype) if has_bias else None)
 
@@ -473,10 +476,5 @@ def _row_input_grad(dy, x, rows, size, weight, stats, centered, has_bias, eps):
                                                                    weight, mean, rstd, centered, has_bias, recompute,
                                                                    eps)
         return dx2.reshape(x.shape), grad_weight, grad_bias
-    params = weight is not None or has_bias
-    dx = np.empty(x.shape, x.dtype)
-    grad_weight, grad_bias = (np.empty(length), np.empty(length)) if params else (None, None)
-    S.norm_rows_backward(dy.reshape(rows, length), x.reshape(rows, length),
-                         constant(1.0, length, x.dtype) if weight is None else weight.reshape(length), mean, rstd,
-                         centered, dx.reshape(rows, length), grad_weight, grad_bias, recompute, eps)
-    return dx, grad_weight, grad_bias
+    return _serial_row_backward(dy, x, rows, weight, mean, rstd, centered, weight is not None or has_bias, recompute,
+                                eps)
